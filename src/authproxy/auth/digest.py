@@ -1,15 +1,15 @@
 """HTTP Digest authentication, RFC 7616 (and RFC 2617 section 3.2.2 for the qop-less form).
 
 Algorithms (RFC 7616 section 3.2 and the IANA registry): MD5, SHA-256, SHA-512-256, each with ``-sess``.
-SHA-512-256 is SHA-512/256 of FIPS 180-4 (its own initial values), not SHA-512 truncated: RFC 7616 section 3.9.2
-prints the truncated values by mistake (erratum 4897).
+SHA-512-256 is SHA-512/256 of FIPS 180-4 (its own initial values), not SHA-512 truncated: RFC 7616
+section 3.9.2 prints the truncated values by mistake (erratum 4897).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 def _sha512_256(data: bytes) -> str:

@@ -1,7 +1,8 @@
 """The project's one error hierarchy.
 
-Expected outcomes (a wrong password, an expired nonce) are values, not exceptions. Exceptions are for malformed
-input and misuse; each carries the HTTP status a server should answer with (h11's ``error_status_hint`` idea).
+Expected outcomes (a wrong password, an expired nonce) are values, not exceptions. Exceptions are for
+malformed input and misuse; each carries the HTTP status a server should answer with (h11's
+``error_status_hint`` idea).
 """
 
 from __future__ import annotations
