@@ -321,7 +321,8 @@ def parse_auth_params(value: str) -> tuple[tuple[str, str], ...]:
 def _format_params(params: Sequence[tuple[str, str]], token_valued: frozenset[str]) -> str:
     parts: list[str] = []
     for name, value in params:
-        if name in token_valued and is_token(value):
+        # RFC 8187 section 3.2: an ext-value ("name*") is sent bare; every ext-value is a token.
+        if (name in token_valued or name.endswith("*")) and is_token(value):
             parts.append(f"{name}={value}")
         else:
             # realm is always quoted (section 11.5); so is everything not known to be token-valued, which
