@@ -1,0 +1,103 @@
+"""The command line: ``authproxy serve`` and ``authproxy users ...``.
+
+The spellings here are a contract other tools drive; keep them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from authproxy import __version__
+from authproxy.auth.errors import AuthProxyError
+from authproxy.config import Config, load_config, parse_connect_ports, replace
+from authproxy.users.commands import add_users_parser, run_users_command
+
+DEFAULT_CONFIG = Config()
+
+
+def _serve_parser(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run the proxy",
+                                  description="Run the authenticating forward proxy.")
+    serve.add_argument("--config", metavar="FILE", help="TOML file holding any option below (flags win)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help=f"default {DEFAULT_CONFIG.listen}")
+    serve.add_argument("--users", metavar="FILE",
+                       help=f"authproxy users file, htpasswd or htdigest file (default {DEFAULT_CONFIG.users})")
+    serve.add_argument("--realm", metavar="REALM", help=f"default {DEFAULT_CONFIG.realm!r}")
+    serve.add_argument("--schemes", metavar="LIST", help="offered schemes, strongest first (digest,basic)")
+    serve.add_argument("--digest-algorithms", metavar="LIST",
+                       help="offered Digest algorithms, strongest first (default SHA-256,MD5)")
+    serve.add_argument("--connect-ports", metavar="LIST|any", help="ports CONNECT may reach (default 443)")
+    serve.add_argument("--access-log", metavar="FILE", help="access log path, '-' for stdout, '' for none")
+    serve.add_argument("--access-log-format", choices=("squid", "json"))
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "listen": args.listen,
+        "users": args.users,
+        "realm": args.realm,
+        "schemes": _split(args.schemes),
+        "digest_algorithms": _split(args.digest_algorithms),
+        "access_log": args.access_log,
+        "access_log_format": args.access_log_format,
+    }
+    config = load_config(args.config, overrides)
+    if args.connect_ports is not None:  # after load_config: None ("any") must win over the file too
+        config = replace(config, connect_ports=parse_connect_ports(args.connect_ports, key="--connect-ports"))
+    _ensure_users(config)
+    from authproxy.proxy.server import run
+
+    run(config)
+    return 0
+
+
+def _ensure_users(config: Config) -> None:
+    """The embedded default: a users file with one user, created (and its password shown) on first run."""
+    from authproxy.users import detect_format
+    from authproxy.users.native import ensure_default_user
+
+    path = config.users
+    if os.path.exists(path) and detect_format(path) != "native":
+        return
+    created = ensure_default_user(path, config.realm)
+    if created is not None:
+        name, password = created
+        # Shown once, on the terminal of the person who started the proxy; never logged anywhere else.
+        print(f"authproxy: created user {name!r} with password {password!r} in {path}\n"
+              f"authproxy: (shown once; change it with `authproxy users passwd {name}`)",
+              file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authproxy", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(subparsers)
+    add_users_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _run_serve(args)
+        return run_users_command(args)
+    except AuthProxyError as exc:
+        print(f"authproxy: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Configuration: read once, from a TOML file and then the command line, into one frozen dataclass.
+
+Every option has a TOML key of the same name (``--connect-timeout`` is ``connect_timeout``); command-line flags
+override the file. A bad value gives one ConfigError that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from authproxy.auth.digest import get_algorithm
+from authproxy.auth.errors import ConfigError
+
+_SCHEMES = ("digest", "basic")
+_QOPS = ("auth", "auth-int")
+_LOG_FORMATS = ("squid", "json")
+
+
+def parse_hostport(value: str, *, key: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (meaning 127.0.0.1) into (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port_text)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option of ``authproxy serve``. Field names are the TOML keys."""
+
+    listen: str = "127.0.0.1:3128"
+    users: str = "authproxy.users"
+    realm: str = "authproxy"
+    schemes: tuple[str, ...] = ("digest", "basic")
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    qop: tuple[str, ...] = ("auth", "auth-int")
+    userhash: bool = True
+    nonce_lifetime: float = 300.0
+    basic_cache_ttl: float = 60.0
+    access_log: str = "-"  # a path, "-" for stdout, "" for none
+    access_log_format: str = "squid"
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    header_timeout: float = 30.0
+    idle_timeout: float = 120.0
+    max_header_size: int = 65536
+    auth_int_max_body: int = 1 << 20
+    connect_ports: tuple[int, ...] | None = (443,)  # None: any port
+    via_pseudonym: str = "authproxy"
+    pool_size: int = 32  # idle origin connections kept per host:port
+
+    listen_address: tuple[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "listen_address", parse_hostport(self.listen))
+        if not self.realm or '"' in self.realm or any(ord(c) < 32 for c in self.realm):
+            raise ConfigError(f"realm: must be non-empty, without quotes or control characters: {self.realm!r}")
+        _check_choices("schemes", self.schemes, _SCHEMES, allow_empty=False)
+        _check_choices("qop", self.qop, _QOPS, allow_empty="digest" not in self.schemes)
+        for name in self.digest_algorithms:
+            if get_algorithm(name) is None:
+                raise ConfigError(f"digest_algorithms: unknown algorithm {name!r}")
+        if "digest" in self.schemes and not self.digest_algorithms:
+            raise ConfigError("digest_algorithms: Digest is offered but no algorithm is configured")
+        if self.access_log_format not in _LOG_FORMATS:
+            raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
+        for key in ("nonce_lifetime", "connect_timeout", "read_timeout", "header_timeout", "idle_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be positive")
+        for key in ("max_header_size", "auth_int_max_body"):
+            if getattr(self, key) < 1024:
+                raise ConfigError(f"{key}: must be at least 1024")
+        if self.basic_cache_ttl < 0 or self.pool_size < 0:
+            raise ConfigError("basic_cache_ttl and pool_size must not be negative")
+        if self.connect_ports is not None:
+            for port in self.connect_ports:
+                if not 1 <= port <= 65535:
+                    raise ConfigError(f"connect_ports: {port} is not a port")
+
+
+def _check_choices(key: str, values: tuple[str, ...], allowed: tuple[str, ...], *, allow_empty: bool) -> None:
+    if not values and not allow_empty:
+        raise ConfigError(f"{key}: must not be empty")
+    for value in values:
+        if value not in allowed:
+            raise ConfigError(f"{key}: unknown value {value!r} (expected one of {', '.join(allowed)})")
+
+
+def parse_connect_ports(value: Any, *, key: str = "connect_ports") -> tuple[int, ...] | None:
+    """``"any"``, a list of ints, or a comma-separated string of ports."""
+    if value == "any":
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ConfigError(f"{key}: expected 'any' or a comma-separated list of ports, got {value!r}")
+        return tuple(int(p) for p in parts)
+    if isinstance(value, list) and all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        return tuple(value)
+    raise ConfigError(f"{key}: expected 'any' or a list of ports")
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """Check one TOML value against the field's declared type; the error names the key."""
+    if key == "connect_ports":
+        return parse_connect_ports(value)
+    if annotation == "str":
+        ok = isinstance(value, str)
+    elif annotation == "bool":
+        ok = isinstance(value, bool)
+    elif annotation == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation == "tuple[str, ...]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:  # pragma: no cover - a field type this function does not know
+        raise AssertionError(annotation)
+    if not ok:
+        raise ConfigError(f"{key}: expected {annotation.replace('tuple[str, ...]', 'a list of strings')}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+_FIELDS = {f.name: f for f in fields(Config) if f.init}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
+    """The TOML file at ``path`` (if any), then ``overrides`` (CLI flags, already typed), as a Config."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+        for key, value in raw.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{key}: unknown option in {path}")
+            values[key] = _coerce(key, str(_FIELDS[key].type), value)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config(**values)
+    except TypeError as exc:  # pragma: no cover - overrides come from our own CLI
+        raise ConfigError(str(exc)) from None
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """A copy of ``config`` with ``changes``, validated again."""
+    return dataclasses.replace(config, **changes)

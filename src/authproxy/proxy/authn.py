@@ -1,0 +1,162 @@
+"""Driving the sans-IO verifier from the proxy: user lookups, password checks, nonce counts, body hashes.
+
+The verifier (authproxy.auth.verifier) yields what it needs and is sent the answer. Most needs are answered at
+once from memory, so most requests are decided without leaving the httptools callback. Two are not:
+- a Basic password against a slow hash (bcrypt): run in a thread, its success cached for ``basic_cache_ttl`` so
+  a keep-alive connection does not pay bcrypt on every request;
+- the request body for qop=auth-int: the flow waits until the body has been read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from authproxy.auth.digest import get_algorithm
+from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.verifier import (
+    Allow,
+    AuthPolicy,
+    NeedBodyHash,
+    NeedNonceUse,
+    NeedPasswordCheck,
+    NeedUser,
+    NeedUserByHash,
+    Reject,
+    Verifier,
+)
+from authproxy.config import Config
+from authproxy.state.base import NonceCounterStore
+from authproxy.users.base import UserEntry, UserStore, basic_check_is_slow, check_basic_password
+
+Outcome = Allow | Reject
+Flow = Generator[Any, Any, Outcome]
+
+
+@dataclass(slots=True)
+class PendingBody:
+    """The flow is waiting for the whole request body (qop=auth-int) hashed under ``algorithm``."""
+
+    flow: Flow
+    algorithm: str
+
+
+@dataclass(slots=True)
+class PendingPassword:
+    """The flow is waiting for a slow password check; ``key`` caches its success."""
+
+    flow: Flow
+    entry: UserEntry
+    password: str
+    key: bytes
+
+
+Step = Outcome | PendingBody | PendingPassword
+
+
+class Authenticator:
+    """The proxy's side of authentication: one per server, shared by every connection."""
+
+    def __init__(self, config: Config, store: UserStore, counters: NonceCounterStore,
+                 nonce_key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.realm = config.realm
+        self.store = store
+        self.counters = counters
+        self.clock = clock
+        policy = AuthPolicy(
+            realm=config.realm,
+            schemes=config.schemes,
+            digest_algorithms=config.digest_algorithms,
+            qop=config.qop,
+            userhash=config.userhash,
+            nonce_lifetime=config.nonce_lifetime,
+        )
+        issuer = NonceIssuer(nonce_key or secrets.token_bytes(32), config.realm, config.nonce_lifetime)
+        self.verifier = Verifier(policy, issuer)
+        self.cache_ttl = config.basic_cache_ttl
+        # sha256(name, stored secret, password) -> expiry. Only successes; the key changes with the password.
+        self._cache: dict[bytes, float] = {}
+        self._cache_salt = secrets.token_bytes(16)
+
+    # -- challenges -----------------------------------------------------------------------------------------
+    def challenge_fields(self, stale: bool = False) -> list[tuple[str, str]]:
+        """The Proxy-Authenticate fields of a 407, strongest scheme first (RFC 9110 section 11.7.1)."""
+        values = self.verifier.challenges(self.clock(), os.urandom(16), stale=stale)
+        return [("Proxy-Authenticate", v) for v in values]
+
+    # -- running a flow -------------------------------------------------------------------------------------
+    def start(self, method: str, target: str, authorization: str | None) -> Step:
+        """Begin verifying one request. Raises AuthHeaderError (400) for malformed credentials."""
+        self.store.refresh()
+        flow = self.verifier.verify(method, target, authorization, self.clock())
+        return self._run(flow, None)
+
+    def resume_body(self, pending: PendingBody, body: bytes) -> Step:
+        algorithm = get_algorithm(pending.algorithm)
+        assert algorithm is not None  # the verifier only asks for algorithms it accepted
+        return self._run(pending.flow, algorithm.hexdigest(body))
+
+    def check_slow_password(self, pending: PendingPassword) -> bool:
+        """Run in a worker thread: the bcrypt (or similar) check itself."""
+        return check_basic_password(pending.entry, pending.password, self.realm)
+
+    def resume_password(self, pending: PendingPassword, ok: bool) -> Step:
+        if ok:
+            self._remember(pending.key)
+        return self._run(pending.flow, ok)
+
+    def _run(self, flow: Flow, answer: Any) -> Step:
+        try:
+            need = flow.send(answer)
+            while True:
+                if isinstance(need, NeedUser):
+                    answer = self.store.lookup(need.name)
+                elif isinstance(need, NeedUserByHash):
+                    answer = self.store.lookup_userhash(need.algorithm, need.realm, need.hashed)
+                elif isinstance(need, NeedNonceUse):
+                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, self.clock())
+                elif isinstance(need, NeedPasswordCheck):
+                    key = self._cache_key(need.entry, need.password)
+                    if self._cached(key):
+                        answer = True
+                    elif basic_check_is_slow(need.entry, self.realm):
+                        return PendingPassword(flow, need.entry, need.password, key)
+                    else:
+                        answer = check_basic_password(need.entry, need.password, self.realm)
+                        if answer:
+                            self._remember(key)
+                elif isinstance(need, NeedBodyHash):
+                    return PendingBody(flow, need.algorithm)
+                else:  # pragma: no cover - a need this driver does not know is a programming error
+                    raise TypeError(f"unknown verifier need {need!r}")
+                need = flow.send(answer)
+        except StopIteration as stop:
+            result: Outcome = stop.value
+            return result
+
+    # -- the Basic cache ------------------------------------------------------------------------------------
+    def _cache_key(self, entry: UserEntry, password: str) -> bytes:
+        stored = entry.password_hash or "|".join(f"{k}={v}" for k, v in sorted(entry.ha1.items()))
+        material = "\0".join((entry.name, entry.realm or "", stored, password)).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(self._cache_salt + material).digest()
+
+    def _cached(self, key: bytes) -> bool:
+        expiry = self._cache.get(key)
+        if expiry is None:
+            return False
+        if expiry < time.monotonic():
+            del self._cache[key]
+            return False
+        return True
+
+    def _remember(self, key: bytes) -> None:
+        if self.cache_ttl > 0:
+            if len(self._cache) > 100_000:  # bound memory; a full purge is rare and cheap enough
+                self._cache.clear()
+            self._cache[key] = time.monotonic() + self.cache_ttl
+

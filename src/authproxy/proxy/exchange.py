@@ -1,0 +1,520 @@
+"""One request and its response as they cross the proxy: authenticate, route, relay, log.
+
+An ``Exchange`` is created when a request head has been parsed. It asks the Authenticator, then either answers
+itself (400, 403, 407 ...), opens a CONNECT tunnel, or forwards the request to an origin over a pooled
+connection and relays the response, streaming bodies both ways with back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from authproxy.auth.errors import AuthProxyError, ProtocolError
+from authproxy.auth.verifier import Allow, Reject
+from authproxy.observe.accesslog import AccessRecord
+from authproxy.proxy import forward
+from authproxy.proxy.authn import PendingBody, PendingPassword, Step
+from authproxy.proxy.responses import made_up_response
+from authproxy.proxy.tunnel import TunnelUpstream
+from authproxy.proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from authproxy.proxy.connection import ClientConnection
+
+#: What a 407 tells the user, by the verifier's outcome. Never echoes what the client sent.
+_REJECT_DETAIL = {
+    "missing": "this proxy requires credentials (Proxy-Authorization) and none were sent",
+    "unknown-user": "the proxy did not accept the user name or password",
+    "bad-password": "the proxy did not accept the user name or password",
+    "stale-nonce": "the Digest nonce has expired; answer the new challenge (stale=true)",
+    "replay": "this Digest nonce count (nc) was already used; a replayed request is refused",
+    "bad-nonce": "the Digest nonce or opaque value was not issued by this proxy",
+    "wrong-realm": "the credentials are for another realm",
+    "unsupported-scheme": "the credentials use a scheme or algorithm this proxy does not offer here",
+    "no-digest-secret": "this user's password is stored in a form that cannot answer this Digest algorithm",
+    "no-basic-secret": "this user's password is stored in a form that cannot check Basic credentials",
+}
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_DISCARD_LIMIT = 1 << 20  # body bytes of a refused request we read and drop to keep the connection alive
+
+
+class Exchange:
+    """A request, from parsed head to logged response. Implements upstream.ResponseSink."""
+
+    def __init__(self, conn: ClientConnection, method: bytes, target: bytes, version: str,
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool,
+                 content_length: int | None, chunked: bool) -> None:
+        self.conn = conn
+        self.server = conn.server
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.has_body = chunked or bool(content_length)
+        self.body_complete = not self.has_body
+        self.started = time.time()
+        self.t0 = time.monotonic()
+        # Request body bytes received before the exchange could forward them (auth, connecting).
+        self.body_buffer: list[bytes] = []
+        self.buffered = 0
+        self.discarding = False
+        self.discarded = 0
+        self.forwarding = False
+        # Authentication.
+        self.user: str | None = None
+        self.outcome = "none"
+        self.auth_info: str | None = None
+        self.pending_body: PendingBody | None = None
+        # Routing and response.
+        self.dest: forward.Target | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.reused_upstream = False
+        self.tunnel: TunnelUpstream | None = None
+        self.status = 0
+        self.head_sent = False
+        self.chunked_out = False
+        self.close_delimited = False
+        self.upstream_keep_alive = False
+        self.sent_bytes = 0
+        self.peer: str | None = None
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+
+    # == start: authenticate ==================================================================================
+    @property
+    def target_text(self) -> str:
+        return self.target.decode("latin-1")
+
+    def begin(self) -> None:
+        try:
+            if self.method == b"CONNECT":
+                self.connect_dest = forward.parse_authority(self.target)
+            else:
+                self.dest = forward.parse_absolute_target(self.target)
+            authorization = self._proxy_authorization()
+            step = self.server.auth.start(self.method.decode("ascii"), self.target_text, authorization)
+        except AuthProxyError as exc:
+            self.outcome = "bad-request"
+            self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
+            return
+        self.on_auth_step(step)
+
+    def _proxy_authorization(self) -> str | None:
+        values = [v for n, v in self.headers if n.lower() == b"proxy-authorization"]
+        if not values:
+            return None
+        if len(values) > 1:
+            raise ProtocolError("more than one Proxy-Authorization field")
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return values[0].decode("latin-1")
+
+    def on_auth_step(self, step: Step) -> None:
+        if self.done:
+            return
+        if isinstance(step, Allow):
+            self.user, self.outcome, self.auth_info = step.user, "ok", step.auth_info
+            self.route()
+        elif isinstance(step, Reject):
+            self.user, self.outcome = step.user, step.outcome
+            self.challenge(step.stale)
+        elif isinstance(step, PendingBody):
+            self.pending_body = step
+            limit = self.server.config.auth_int_max_body
+            if self.buffered > limit or (self.content_length or 0) > limit:
+                self.outcome = "bad-request"
+                self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
+                            error="http_request_denied", close=True)
+            elif self.body_complete:
+                self._resume_body()
+        elif isinstance(step, PendingPassword):
+            self.conn.pause_reading("auth")
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(None, self.server.auth.check_slow_password, step)
+            future.add_done_callback(lambda f: self._password_checked(step, f))
+
+    def _password_checked(self, pending: PendingPassword, future: asyncio.Future[bool]) -> None:
+        self.conn.resume_reading("auth")
+        if self.done or self.conn.closed:
+            return
+        try:
+            ok = future.result()
+        except Exception:
+            ok = False
+        self._guarded(lambda: self.on_auth_step(self.server.auth.resume_password(pending, ok)))
+
+    def _resume_body(self) -> None:
+        pending, self.pending_body = self.pending_body, None
+        assert pending is not None
+        body = b"".join(self.body_buffer)
+        self._guarded(lambda: self.on_auth_step(self.server.auth.resume_body(pending, body)))
+
+    def _guarded(self, action: object) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except AuthProxyError as exc:
+            self.outcome = "bad-request"
+            self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
+
+    def challenge(self, stale: bool) -> None:
+        """407 with a fresh challenge (RFC 9110 section 15.5.8: at least one Proxy-Authenticate)."""
+        detail = _REJECT_DETAIL.get(self.outcome, "the proxy did not accept the credentials")
+        detail = f"{detail} (realm {self.server.auth.realm!r})"
+        self.refuse(407, detail, extra=self.server.auth.challenge_fields(stale))
+
+    # == made-up responses ====================================================================================
+    def refuse(self, status: int, detail: str, *, error: str | None = None, close: bool = False,
+               extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer the request ourselves. A request body still on its way is read and dropped, or we close."""
+        if self.done:
+            return
+        if self.head_sent:  # the response already started: all we can do is cut the connection
+            self.finish(reusable=False, keep_client=False)
+            return
+        keep = self.keep_alive and not close and not self.conn.draining
+        if not self.body_complete:
+            expects_continue = any(
+                n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self.headers
+            )
+            if expects_continue or (self.content_length or 0) > _DISCARD_LIMIT:
+                keep = False  # the client may never send the body: we cannot find the next request
+            else:
+                self.discarding = True
+                self.body_buffer.clear()
+        data = made_up_response(
+            status, detail, proxy_name=self.server.config.via_pseudonym,
+            error=error, keep_alive=keep, extra_headers=extra or (), head_only=self.method == b"HEAD",
+        )
+        self.status = status
+        self.head_sent = True
+        self.sent_bytes += len(data)
+        self.conn.transport.write(data)
+        self.finish(reusable=False, keep_client=keep)
+
+    # == routing ==============================================================================================
+    def route(self) -> None:
+        config = self.server.config
+        if self.method == b"CONNECT":
+            host, port = self.connect_dest
+            if config.connect_ports is not None and port not in config.connect_ports:
+                allowed = ", ".join(str(p) for p in config.connect_ports)
+                self.refuse(403, f"CONNECT to port {port} is not allowed by this proxy (allowed: {allowed})",
+                            error="http_request_denied")
+                return
+            self.conn.expect_tunnel(self)
+            self.conn.pause_reading("connect")
+            self.task = asyncio.get_running_loop().create_task(self._open_tunnel(host, port))
+            return
+        assert self.dest is not None
+        hop_limit = None
+        if self.method in (b"TRACE", b"OPTIONS"):
+            try:
+                hop_limit = forward.max_forwards(self.headers)
+            except ProtocolError as exc:
+                self.outcome = "bad-request"
+                self.refuse(400, exc.message, error="http_request_error", close=True)
+                return
+            if hop_limit == 0:
+                self._answer_max_forwards()
+                return
+        tokens = forward.connection_tokens(self.headers)
+        self.request_head = forward.build_request_head(
+            self.method, self.dest, forward.end_to_end(self.headers, tokens),
+            via=self.conn.via_in, content_length=self.content_length, chunked=self.chunked,
+            hop_limit=hop_limit,
+        )
+        upstream = self.server.pool.get((self.dest.host, self.dest.port))
+        if upstream is not None:
+            self.reused_upstream = True
+            self._send_request(upstream)
+        else:
+            self._connect_upstream()
+
+    def _answer_max_forwards(self) -> None:
+        """Max-Forwards reached zero here: this proxy is the final recipient (RFC 9110 section 7.6.2)."""
+        if self.method == b"TRACE":
+            body = forward.trace_echo(self.method, self.target, self.version, self.headers)
+            ctype = b"message/http"
+        else:
+            body, ctype = b"", b"text/plain"
+        head = forward.build_response_head(
+            200, b"OK", [(b"Content-Type", ctype), (b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")],
+            via=self.conn.via_out, content_length=len(body), chunked=False, keep_alive=self.keep_alive,
+        )
+        self.status = 200
+        self.head_sent = True
+        self.sent_bytes = len(head) + len(body)
+        self.conn.transport.write(head + body)
+        self.finish(reusable=False, keep_client=self.keep_alive)
+
+    def _connect_upstream(self) -> None:
+        assert self.dest is not None
+        self.conn.pause_reading("connect")
+        self.task = asyncio.get_running_loop().create_task(self._open_upstream(self.dest.host, self.dest.port))
+
+    async def _open_upstream(self, host: str, port: int) -> None:
+        server = self.server
+        try:
+            _, upstream = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: UpstreamConnection((host, port), server.pool), host, port
+                ),
+                server.config.connect_timeout,
+            )
+        except Exception as exc:  # every failure becomes a 502/504 that names the hop
+            self.conn.resume_reading("connect")
+            self._connect_failed(host, port, exc)
+            return
+        self.conn.resume_reading("connect")
+        if self.done or self.conn.closed:
+            upstream.close()
+            return
+        self._send_request(upstream)
+
+    def _connect_failed(self, host: str, port: int, exc: BaseException) -> None:
+        where = f"{host}:{port}"
+        if isinstance(exc, TimeoutError):
+            self.refuse(504, f"the origin {where} did not accept a connection within "
+                        f"{self.server.config.connect_timeout:g} s", error="connection_timeout")
+        elif isinstance(exc, socket.gaierror):
+            self.refuse(502, f"the origin's name {host!r} could not be resolved", error="dns_error")
+        elif isinstance(exc, ConnectionRefusedError):
+            self.refuse(502, f"the origin {where} refused the connection", error="connection_refused")
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            self.refuse(502, f"the origin {where} could not be reached: {reason}",
+                        error="destination_unavailable")
+
+    def _send_request(self, upstream: UpstreamConnection) -> None:
+        assert self.dest is not None
+        self.upstream = upstream
+        self.peer = self.dest.authority
+        upstream.start(self, head_only=self.method == b"HEAD")
+        upstream.write(self.request_head)
+        self.forwarding = True
+        if self.body_buffer:
+            for chunk in self.body_buffer:
+                self._write_body(chunk)
+            self.body_buffer.clear()
+            self.buffered = 0
+            self.conn.resume_reading("body")
+        if self.body_complete and self.chunked:
+            upstream.write(b"0\r\n\r\n")
+
+    # == the request body =====================================================================================
+    def request_body(self, data: bytes) -> None:
+        if self.discarding or self.done:
+            self.discarded += len(data)
+            if self.discarded > _DISCARD_LIMIT:
+                self.conn.close()
+            return
+        if self.forwarding:
+            self._write_body(data)
+            return
+        self.body_buffer.append(data)
+        self.buffered += len(data)
+        if self.pending_body is not None:
+            limit = self.server.config.auth_int_max_body
+            if self.buffered > limit:
+                self.outcome = "bad-request"
+                self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
+                            error="http_request_denied", close=True)
+                return
+        if self.buffered > 256 * 1024:
+            self.conn.pause_reading("body")
+
+    def _write_body(self, data: bytes) -> None:
+        assert self.upstream is not None
+        if self.chunked:
+            self.upstream.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.upstream.write(data)
+
+    def request_complete(self) -> None:
+        self.body_complete = True
+        if self.discarding:
+            self.discarding = False
+            self.conn.exchange_body_done(self)
+            return
+        if self.forwarding and self.chunked and self.upstream is not None:
+            self.upstream.write(b"0\r\n\r\n")
+        elif self.pending_body is not None:
+            self._resume_body()
+        if self.done:
+            self.conn.exchange_body_done(self)
+
+    # == the response (upstream.ResponseSink) ==================================================================
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      keep_alive: bool) -> None:
+        if 100 <= status < 200:
+            if status == 101:
+                self.upstream_error("the origin switched protocols, which this proxy does not relay")
+            elif self.version == "1.1":
+                self.conn.transport.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
+            return
+        tokens = forward.connection_tokens(headers)
+        content_length: int | None = None
+        chunked = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                content_length = int(value)  # llhttp has checked it is one valid number
+            elif lower == b"transfer-encoding":
+                chunked = True
+        out_headers = forward.end_to_end(headers, tokens)
+        if self.auth_info is not None:
+            out_headers.append((b"Proxy-Authentication-Info", self.auth_info.encode("latin-1")))
+        keep = self.keep_alive and not self.conn.draining
+        bodiless = self.method == b"HEAD" or status in _NO_BODY_STATUS
+        send_length: int | None = None
+        if bodiless:
+            send_length = content_length
+        elif content_length is not None and not chunked:
+            send_length = content_length
+        elif self.version == "1.1":
+            self.chunked_out = True
+        else:
+            keep = False  # an HTTP/1.0 client learns where the body ends when the connection closes
+        self.close_delimited = not bodiless and content_length is None and not chunked
+        self.upstream_keep_alive = keep_alive and not self.close_delimited
+        self.keep_alive = keep
+        self.status = status
+        self.head_sent = True
+        head = forward.build_response_head(
+            status, reason, out_headers, via=self.conn.via_out, content_length=send_length,
+            chunked=self.chunked_out, keep_alive=keep,
+        )
+        self.sent_bytes += len(head)
+        self.conn.transport.write(head)
+
+    def upstream_body(self, data: bytes) -> None:
+        if not data:
+            return
+        self.sent_bytes += len(data)
+        if self.chunked_out:
+            self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.transport.write(data)
+
+    def upstream_complete(self) -> None:
+        if self.chunked_out:
+            self.conn.transport.write(b"0\r\n\r\n")
+        self.finish(reusable=self.upstream_keep_alive and self.body_complete, keep_client=self.keep_alive)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.done:
+            return
+        if self.head_sent and self.close_delimited:
+            self.upstream_complete()  # read-until-close: the close is the end of the body
+            return
+        if not self.head_sent:
+            upstream = self.upstream
+            if (self.reused_upstream and upstream is not None and not upstream.received_any
+                    and not self.has_body):
+                # A pooled connection the origin had just closed: try once more on a new one.
+                self.reused_upstream = False
+                self.upstream = None
+                self.forwarding = False
+                self._connect_upstream()
+                return
+            self.refuse(502, f"the origin {self.peer} closed the connection without answering",
+                        error="connection_terminated")
+            return
+        self.outcome = self.outcome if self.outcome != "ok" else "ok"
+        self.finish(reusable=False, keep_client=False, abort=True)
+
+    def upstream_error(self, message: str) -> None:
+        if self.head_sent:
+            self.finish(reusable=False, keep_client=False, abort=True)
+        else:
+            self.refuse(502, message, error="http_protocol_error")
+
+    def upstream_pause_writing(self) -> None:
+        self.conn.pause_reading("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self.conn.resume_reading("upstream")
+
+    def upstream_timed_out(self) -> None:
+        """The origin sent nothing for read_timeout seconds (called by the server's housekeeping)."""
+        if self.head_sent:
+            self.finish(reusable=False, keep_client=False, abort=True)
+        else:
+            self.refuse(504, f"the origin {self.peer} sent no response within "
+                        f"{self.server.config.read_timeout:g} s", error="http_response_timeout")
+
+    # == CONNECT ==============================================================================================
+    async def _open_tunnel(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, tunnel = await asyncio.wait_for(
+                loop.create_connection(lambda: TunnelUpstream(self.conn), host, port),
+                self.server.config.connect_timeout,
+            )
+        except Exception as exc:
+            self.conn.resume_reading("connect")
+            self._connect_failed(host, port, exc)
+            return
+        if self.done or self.conn.closed:
+            tunnel.close()
+            return
+        self.tunnel = tunnel
+        self.peer = f"{host}:{port}"
+        self.status = 200
+        self.head_sent = True
+        # RFC 9110 section 9.3.6: a 2xx answer to CONNECT carries no Content-Length or Transfer-Encoding.
+        head = b"HTTP/1.1 200 Connection established\r\n"
+        if self.auth_info is not None:
+            head += b"Proxy-Authentication-Info: " + self.auth_info.encode("latin-1") + b"\r\n"
+        head += b"\r\n"
+        self.sent_bytes += len(head)
+        self.conn.transport.write(head)
+        self.conn.start_tunnel(self, tunnel)
+        self.conn.resume_reading("connect")
+
+    # == the end ==============================================================================================
+    def finish(self, *, reusable: bool, keep_client: bool, abort: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.upstream is not None:
+            self.upstream.release(reusable)
+            self.upstream = None
+        self.log()
+        self.conn.exchange_done(self, keep_client=keep_client, abort=abort)
+
+    def log(self, extra_bytes: int = 0) -> None:
+        self.server.access_log.write(
+            AccessRecord(
+                started=self.started,
+                duration=time.monotonic() - self.t0,
+                client=self.conn.client,
+                user=self.user,
+                method=self.method.decode("latin-1"),
+                target=self.target_text,
+                status=self.status,
+                sent_bytes=self.sent_bytes + extra_bytes,
+                outcome=self.outcome,
+                peer=self.peer,
+                tunnel=self.tunnel is not None,
+            )
+        )
+
+    def abandon(self) -> None:
+        """The client went away: release the origin side."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if not self.done:
+            self.done = True
+            self.log()

@@ -1,0 +1,183 @@
+"""Rewriting message heads as they cross the proxy (RFC 9110 section 7.6, RFC 9112 section 3.2.2).
+
+Pure functions over bytes: the server feeds them what httptools parsed and writes what they return.
+- hop-by-hop fields and every field ``Connection`` names are removed (RFC 9110 section 7.6.1);
+- ``Proxy-Authorization`` is consumed here and never forwarded (section 11.7.2; CVE-2011-1498);
+  ``Authorization`` and ``WWW-Authenticate`` pass untouched;
+- Host is regenerated from the absolute URI, whatever the client sent (RFC 9112 section 3.2.2);
+- ``Via`` is added (section 7.6.3); ``Max-Forwards`` is honoured for TRACE and OPTIONS (section 7.6.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httptools
+
+from authproxy.auth.errors import ProtocolError
+
+#: Fields that describe one connection, never the message (RFC 9110 section 7.6.1, RFC 9112 section 9.6).
+#: Proxy-Authorization is here because this proxy consumes it.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authorization",
+        # Framing is ours to choose on each side; Content-Length is re-added when we keep it.
+        b"content-length",
+    }
+)
+
+#: Fields a TRACE echo leaves out (RFC 9110 section 9.3.8: the recipient should exclude sensitive data).
+_TRACE_HIDDEN = frozenset({b"proxy-authorization", b"authorization", b"cookie"})
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an absolute-form request goes: RFC 9112 section 3.2.2."""
+
+    host: str  # without brackets
+    port: int
+    origin_form: bytes  # path and query, what the origin sees on its request line
+    host_header: bytes  # the regenerated Host value
+
+    @property
+    def authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_absolute_target(target: bytes) -> Target:
+    """The destination of an absolute-form request-target; ProtocolError (400) for anything else."""
+    if target.startswith(b"/") or target == b"*":
+        raise ProtocolError("this is a proxy: the request-target must be an absolute URI (http://host/path)")
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise ProtocolError("the request-target is not a valid URI") from None
+    scheme = (url.schema or b"").lower()
+    if scheme == b"https":
+        raise ProtocolError("use CONNECT for https:// targets; this proxy does not originate TLS")
+    if scheme != b"http":
+        raise ProtocolError("only http:// targets can be forwarded (https:// goes through CONNECT)")
+    if url.userinfo is not None:
+        raise ProtocolError("the request-target must not carry user information (user@host)")
+    host = (url.host or b"").decode("ascii", "strict")
+    if not host:
+        raise ProtocolError("the request-target has no host")
+    port = url.port if url.port is not None else 80
+    if not 0 < port < 65536:
+        raise ProtocolError("the request-target port is out of range")
+    path = url.path or b"/"
+    origin_form = path + b"?" + url.query if url.query is not None else path
+    shown = f"[{host}]" if ":" in host else host
+    host_header = (shown if port == 80 else f"{shown}:{port}").encode("ascii")
+    return Target(host.lower(), port, origin_form, host_header)
+
+
+def parse_authority(target: bytes) -> tuple[str, int]:
+    """``host:port`` of a CONNECT request (RFC 9110 section 9.3.6: the port is mandatory)."""
+    text = target.decode("ascii", "replace")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not host:
+        raise ProtocolError("CONNECT needs host:port as its target")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ProtocolError("CONNECT port is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ProtocolError("an IPv6 CONNECT target must be bracketed: [addr]:port")
+    if "@" in host or "/" in host or not host.isprintable():
+        raise ProtocolError("CONNECT target is not a host:port")
+    return host.lower(), port
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The lower-cased options of every Connection field (RFC 9110 section 7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def end_to_end(headers: Headers, tokens: frozenset[bytes]) -> Headers:
+    """``headers`` without hop-by-hop fields and without the fields ``Connection`` named."""
+    return [(n, v) for n, v in headers if (lower := n.lower()) not in HOP_BY_HOP and lower not in tokens]
+
+
+def max_forwards(headers: Headers) -> int | None:
+    """The Max-Forwards value, or None when absent (RFC 9110 section 7.6.2)."""
+    for name, value in headers:
+        if name.lower() == b"max-forwards":
+            if not value.strip().isdigit():
+                raise ProtocolError("Max-Forwards must be a non-negative integer")
+            return int(value)
+    return None
+
+
+def build_request_head(
+    method: bytes,
+    target: Target,
+    headers: Headers,
+    *,
+    via: bytes,
+    content_length: int | None,
+    chunked: bool,
+    hop_limit: int | None = None,
+) -> bytes:
+    """The request head to send to the origin, in origin-form (RFC 9112 section 3.2.1)."""
+    parts = [method, b" ", target.origin_form, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"host":
+            continue
+        if lower == b"max-forwards" and hop_limit is not None:
+            value = str(hop_limit - 1).encode()
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"Via: ", via, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts += (b"Content-Length: ", str(content_length).encode(), b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def build_response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    via: bytes,
+    content_length: int | None,
+    chunked: bool,
+    keep_alive: bool,
+) -> bytes:
+    """The response head to send to the client; framing and Connection are the proxy's own."""
+    parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"Via: ", via, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts += (b"Content-Length: ", str(content_length).encode(), b"\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def trace_echo(method: bytes, target: bytes, version: str, headers: Headers) -> bytes:
+    """The body of a TRACE answered here (Max-Forwards: 0), without credentials (RFC 9110 section 9.3.8)."""
+    lines = [method + b" " + target + b" HTTP/" + version.encode()]
+    lines += [n + b": " + v for n, v in headers if n.lower() not in _TRACE_HIDDEN]
+    return b"\r\n".join(lines) + b"\r\n\r\n"

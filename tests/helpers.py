@@ -1,0 +1,232 @@
+"""Real parts for the tests: an origin server, a TLS origin, and the proxy itself run through its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import trustme
+
+from authproxy.users.native import add_user
+
+USERS = {
+    "alice": "wonderland",
+    "bob": "pa:ss:word",  # a colon in the password: split on the first colon only (RFC 7617 section 2)
+    "jösé": "pässwörd€ ok",  # non-ASCII user name and password, with a space
+}
+REALM = "authproxy-test"
+
+
+class OriginHandler(BaseHTTPRequestHandler):
+    """An origin that tells the test what it received."""
+
+    protocol_version = "HTTP/1.1"
+    server: OriginServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self) -> None:
+        body = self._body()
+        self.server.seen.append(
+            {"method": self.command, "path": self.path, "headers": list(self.headers.items()), "body": body}
+        )
+        path = self.path.split("?")[0]
+        if path == "/401":
+            payload = b"origin says: who are you?\n"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="origin-realm"')
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"hello ", b"chunked ", b"world\n"):
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/until-close":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"body ends when the connection closes\n")
+            self.close_connection = True
+            return
+        if path.startswith("/bytes/"):
+            count = int(path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(count))
+            self.end_headers()
+            block = b"x" * 65536
+            while count > 0:
+                self.wfile.write(block[: min(count, len(block))])
+                count -= len(block)
+            return
+        payload = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": [[k, v] for k, v in self.headers.items()],
+                "body": body.decode("latin-1"),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
+
+
+class OriginServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), OriginHandler)
+        self.seen: list[dict[str, object]] = []
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def make_tls(tmp: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 'localhost' and 127.0.0.1, and the CA file that trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ca_path = tmp / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return ctx, ca_path
+
+
+def make_users_file(path: Path, realm: str = REALM) -> Path:
+    for name, password in USERS.items():
+        add_user(path, name, password, realm)
+    return path
+
+
+@dataclass
+class ProxyProcess:
+    """``authproxy serve`` run as a user would run it, on a free port."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    stderr_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> str:
+        time.sleep(1.2)  # the access log is flushed by the once-a-second housekeeping timer
+        return self.log_path.read_text(encoding="utf-8")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def start_proxy(tmp: Path, users: Path, *args: str) -> ProxyProcess:
+    log_path = tmp / f"access-{time.monotonic_ns()}.log"
+    cmd = [sys.executable, "-m", "authproxy", "serve", "--listen", "127.0.0.1:0", "--users", str(users),
+           "--realm", REALM, "--connect-ports", "any", "--access-log", str(log_path), *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode("utf-8", "replace")
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"listening on [^ ]+:(\d+)", line)
+        if match:
+            proxy = ProxyProcess(proc, int(match.group(1)), log_path, lines)
+            threading.Thread(target=_drain, args=(proc, lines), daemon=True).start()
+            return proxy
+    proc.kill()
+    raise RuntimeError("authproxy did not start:\n" + "".join(lines) + proc.stderr.read().decode())
+
+
+def _drain(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        lines.append(raw.decode("utf-8", "replace"))
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = False) -> bytes:
+    """Send bytes to the proxy and read one response head and body (or everything, until close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_response(sock, read_until_close=read_until_close)
+
+
+def read_response(sock: socket.socket, *, read_until_close: bool = False) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+    if read_until_close:
+        while chunk := sock.recv(65536):
+            buf += chunk
+        return buf
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
+def lines_of(text: str) -> Iterator[str]:
+    return iter(text.splitlines())
