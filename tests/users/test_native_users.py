@@ -52,9 +52,9 @@ def test_record_layout() -> None:
 
 
 def test_percent_encoding_of_awkward_names_and_realms() -> None:
-    entry = make_entry("#50% off zoë", "pw", "realm: with colon\tand tab")
+    entry = make_entry("#50% off zoë", "pw", "realm: with colon\u3000and wide space")
     line = format_record(entry)
-    assert line.startswith("%2350%25%20off%20zoë:realm%3A%20with%20colon%09and%20tab:")
+    assert line.startswith("%2350%25%20off%20zoë:realm%3A%20with%20colon%E3%80%80and%20wide%20space:")
     assert parse_record(line, "test") == entry
 
 
