@@ -41,7 +41,12 @@ def add_users_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="read the password from the first line of standard input instead of prompting",
     )
 
-    users = subparsers.add_parser("users", help="manage the users file", description=__doc__)
+    users = subparsers.add_parser(
+        "users",
+        help="manage the users file",
+        description="Add, remove, list users and set passwords in authproxy's own users file. htpasswd and"
+        " htdigest files can be listed; change them with Apache's htpasswd and htdigest tools.",
+    )
     commands = users.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
     add = commands.add_parser("add", parents=[common, stdin_option], help="add a user")
     add.add_argument("name", metavar="NAME")
