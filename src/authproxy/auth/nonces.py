@@ -39,6 +39,7 @@ _ENCODED_SIZE = (_RAW_SIZE * 8 + 5) // 6  # unpadded base64url length
 _NONCE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_ENCODED_SIZE}}}")
 _DOMAIN = b"authproxy digest nonce\x00"
 _OPAQUE_DOMAIN = b"authproxy digest opaque\x00"
+_NEXT_DOMAIN = b"authproxy digest nextnonce\x00"
 
 #: Smallest HMAC key accepted; 32 random bytes is what a deployment should use.
 MIN_KEY_SIZE = 16
@@ -94,6 +95,17 @@ class NonceIssuer:
             raise ValueError("now must be a finite time")
         payload = _PAYLOAD.pack(_VERSION, now, bytes(rand[:16]))
         return _b64url(payload + self._tag(payload))
+
+    def next_nonce(self, previous: str, now: float, context: str) -> str:
+        """A fresh nonce for a ``nextnonce`` (RFC 7616 section 3.5), when no random bytes are at hand.
+
+        Its 16 "random" bytes are HMAC(key, previous nonce | context): unpredictable without the key, and
+        distinct for every (nonce, nc, cnonce) the caller passes as context. Still no randomness of our own.
+        """
+        material = _NEXT_DOMAIN + previous.encode("utf-8", "surrogatepass") + b"\x00"
+        material += context.encode("utf-8", "surrogatepass")
+        rand = hmac.new(self._key, material, hashlib.sha256).digest()[:16]
+        return self.issue(now, rand)
 
     def _decode(self, nonce: str) -> float | None:
         """issued_at of an authentic nonce, None for anything else."""

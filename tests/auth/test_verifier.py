@@ -1,0 +1,671 @@
+"""The verifier flow, driven by hand: every algorithm, -sess, auth and auth-int, userhash, stale, replay,
+out-of-order nc, realm and uri checks, Basic, the challenges of a 407, and the fuzz invariant."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from authproxy.auth.basic import encode_basic
+from authproxy.auth.digest import (
+    ALGORITHMS,
+    BASE_ALGORITHMS,
+    DigestChallenge,
+    DigestCredentials,
+    compute_ha1,
+    compute_userhash,
+    get_algorithm,
+    request_digest,
+    response_auth,
+)
+from authproxy.auth.errors import AuthHeaderError, ConfigError
+from authproxy.auth.headers import build_credentials, parse_auth_params, parse_challenges
+from authproxy.auth.nonces import NonceIssuer, NonceStatus
+from authproxy.auth.verifier import (
+    Allow,
+    AuthPolicy,
+    NeedBodyHash,
+    NeedNonceUse,
+    NeedPasswordCheck,
+    NeedUser,
+    NeedUserByHash,
+    Reject,
+    Verifier,
+    uri_matches,
+)
+from authproxy.state import MemoryNonceCounterStore
+from authproxy.users.base import UserEntry, check_basic_password
+
+REALM = "proxy@example.org"
+KEY = b"0123456789abcdef0123456789abcdef"
+T0 = 1_700_000_000.0
+RAND = b"r" * 16
+ALL_ALGS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
+TARGET = "http://www.example.org/dir/index.html?x=1"
+
+VECTORS: dict[str, dict[str, Any]] = {
+    v["id"]: v
+    for v in json.loads(
+        (Path(__file__).parent / "vectors" / "digest_vectors.json").read_text(encoding="utf-8")
+    )
+}
+
+
+def entry(name: str, password: str, realm: str = REALM) -> UserEntry:
+    return UserEntry(name, realm, {alg: compute_ha1(alg, name, realm, password) for alg in BASE_ALGORITHMS})
+
+
+USERS: dict[str, UserEntry] = {
+    e.name: e
+    for e in (
+        entry("Mufasa", "Circle of Life"),
+        entry("Jäsøn Doe", "Secret, or not?"),
+        entry("colon", "a:b:c"),
+        UserEntry("crypt", password_hash=bcrypt.hashpw(b"hunter2", bcrypt.gensalt(4)).decode()),
+        UserEntry("elsewhere", "other-realm", {"MD5": compute_ha1("MD5", "elsewhere", "other-realm", "pw")}),
+        UserEntry("nosecret"),
+    )
+}
+
+
+def make_verifier(**policy: Any) -> Verifier:
+    pol = AuthPolicy(realm=policy.pop("realm", REALM), **policy)
+    return Verifier(pol, NonceIssuer(KEY, pol.realm, pol.nonce_lifetime))
+
+
+class Driver:
+    """Answers the flow's needs from USERS and a MemoryNonceCounterStore, recording what was asked."""
+
+    def __init__(self, users: dict[str, UserEntry] | None = None) -> None:
+        self.users = USERS if users is None else users
+        self.counters = MemoryNonceCounterStore()
+        self.needs: list[Any] = []
+
+    def run(
+        self,
+        verifier: Verifier,
+        method: str,
+        target: str,
+        auth: str | None,
+        now: float = T0,
+        body: bytes = b"",
+    ) -> Allow | Reject:
+        self.needs = []
+        flow = verifier.verify(method, target, auth, now)
+        answer: Any = None
+        try:
+            while True:
+                need = flow.send(answer)
+                self.needs.append(need)
+                if isinstance(need, NeedUser):
+                    answer = self.users.get(need.name)
+                elif isinstance(need, NeedUserByHash):
+                    alg = get_algorithm(need.algorithm)
+                    assert alg is not None and not alg.sess
+                    answer = next(
+                        (
+                            e
+                            for e in self.users.values()
+                            if compute_userhash(alg, e.name, need.realm) == need.hashed
+                        ),
+                        None,
+                    )
+                elif isinstance(need, NeedPasswordCheck):
+                    answer = check_basic_password(need.entry, need.password, REALM)
+                elif isinstance(need, NeedBodyHash):
+                    alg = get_algorithm(need.algorithm)
+                    assert alg is not None and not alg.sess
+                    answer = alg.hexdigest(body)
+                elif isinstance(need, NeedNonceUse):
+                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, now)
+                else:  # pragma: no cover
+                    raise AssertionError(need)
+        except StopIteration as stop:
+            result: Allow | Reject = stop.value
+            return result
+
+    def asked(self, kind: type) -> bool:
+        return any(isinstance(n, kind) for n in self.needs)
+
+
+def digest_challenge(verifier: Verifier, algorithm: str, now: float = T0) -> DigestChallenge:
+    for value in verifier.challenges(now, RAND):
+        challenge = parse_challenges([value])[0]
+        if challenge.scheme_key == "digest":
+            dc = DigestChallenge.from_challenge(challenge)
+            if dc is not None and dc.algorithm == algorithm:
+                return dc
+    raise AssertionError(f"no {algorithm} challenge")
+
+
+def answer(
+    ch: DigestChallenge,
+    user: str,
+    password: str,
+    *,
+    method: str = "GET",
+    uri: str = TARGET,
+    nc: int = 1,
+    cnonce: str = "0a4f113b",
+    qop: str | None = "auth",
+    body: bytes = b"",
+    userhash: bool = False,
+    **override: Any,
+) -> tuple[str, str]:
+    """A client's Proxy-Authorization value for challenge ``ch``, and the rspauth it expects back."""
+    alg = ch.alg
+    ha1 = compute_ha1(alg.name, user, ch.realm, password)
+    body_hash = alg.hexdigest(body) if qop == "auth-int" else None
+    nc_text = f"{nc:08x}" if qop else None
+    cn = cnonce if qop else None
+    response = request_digest(
+        alg,
+        ha1=ha1,
+        nonce=ch.nonce,
+        nc=nc_text,
+        cnonce=cn,
+        qop=qop,
+        method=method,
+        uri=uri,
+        body_hash=body_hash,
+    )
+    rspauth = ""
+    if qop != "auth-int":
+        rspauth = response_auth(alg, ha1=ha1, nonce=ch.nonce, nc=nc_text, cnonce=cn, qop=qop, uri=uri)
+    fields: dict[str, Any] = dict(
+        username=compute_userhash(alg, user, ch.realm) if userhash else user,
+        userhash=userhash,
+        realm=ch.realm,
+        nonce=ch.nonce,
+        uri=uri,
+        response=response,
+        algorithm=alg,
+        cnonce=cn,
+        nc=nc_text,
+        qop=qop,
+        opaque=ch.opaque,
+    )
+    fields.update(override)
+    return build_credentials(DigestCredentials(**fields).to_credentials()), rspauth
+
+
+# --- the 407 ------------------------------------------------------------------------------------------------
+
+
+def test_challenges_strongest_first_then_basic() -> None:
+    v = make_verifier(digest_algorithms=("MD5", "SHA-256-sess", "SHA-512-256", "sha-256"))
+    values = v.challenges(T0, RAND)
+    parsed = parse_challenges(values)
+    assert [c.scheme for c in parsed] == ["Digest"] * 4 + ["Basic"]
+    digests = [DigestChallenge.from_challenge(c) for c in parsed[:4]]
+    assert [d.algorithm for d in digests if d] == ["SHA-512-256", "SHA-256-sess", "SHA-256", "MD5"]
+    for d in digests:
+        assert d is not None
+        assert d.realm == REALM and d.qop == ("auth", "auth-int") and d.userhash and d.charset_utf8
+        assert d.opaque == v.issuer.opaque and not d.stale
+        assert v.issuer.check(d.nonce, T0) is NonceStatus.VALID
+    assert values[-1] == f'Basic realm="{REALM}", charset="UTF-8"'
+
+
+def test_challenges_stale_and_scheme_selection() -> None:
+    stale = parse_challenges(make_verifier().challenges(T0, RAND, stale=True))
+    assert [c.param("stale") for c in stale] == ["true", "true", None]
+    assert make_verifier(schemes=("basic",)).challenges(T0, RAND) == [
+        f'Basic realm="{REALM}", charset="UTF-8"'
+    ]
+    only_digest = make_verifier(schemes=("Digest",), userhash=False, qop=("auth",)).challenges(T0, RAND)
+    assert len(only_digest) == 2
+    assert all("userhash" not in c and 'qop="auth"' in c for c in only_digest)
+
+
+def test_missing() -> None:
+    d = Driver()
+    assert d.run(make_verifier(), "GET", TARGET, None) == Reject(
+        "missing", None, False, "no Proxy-Authorization field"
+    )
+
+
+# --- Digest: the happy paths ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALL_ALGS)
+@pytest.mark.parametrize("qop", ["auth", "auth-int"])
+def test_every_algorithm_and_qop(algorithm: str, qop: str) -> None:
+    v = make_verifier(digest_algorithms=ALL_ALGS)
+    ch = digest_challenge(v, algorithm)
+    auth, rspauth = answer(ch, "Mufasa", "Circle of Life", method="POST", qop=qop, body=b"hello")
+    d = Driver()
+    result = d.run(v, "POST", TARGET, auth, body=b"hello")
+    assert isinstance(result, Allow)
+    assert (result.user, result.scheme) == ("Mufasa", "digest")
+    assert d.asked(NeedBodyHash) is (qop == "auth-int")
+    assert result.auth_info is not None
+    info = dict(parse_auth_params(result.auth_info))
+    assert info["qop"] == qop and info["nc"] == "00000001" and info["cnonce"] == "0a4f113b"
+    if qop == "auth":
+        assert info["rspauth"] == rspauth
+    else:
+        assert "rspauth" not in info  # a proxy cannot hash a response body it has not seen yet
+    assert "nextnonce" not in info
+
+
+def test_auth_int_with_wrong_body_is_bad_password() -> None:
+    v = make_verifier()
+    auth, _ = answer(
+        digest_challenge(v, "SHA-256"),
+        "Mufasa",
+        "Circle of Life",
+        method="POST",
+        qop="auth-int",
+        body=b"what the client signed",
+    )
+    result = Driver().run(v, "POST", TARGET, auth, body=b"what arrived")
+    assert isinstance(result, Reject) and result.outcome == "bad-password"
+
+
+def test_connect_uri_is_the_authority() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    auth, _ = answer(ch, "Mufasa", "Circle of Life", method="CONNECT", uri="www.example.org:443")
+    assert isinstance(Driver().run(v, "CONNECT", "www.example.org:443", auth), Allow)
+    with pytest.raises(AuthHeaderError) as err:
+        Driver().run(v, "CONNECT", "www.example.org:8443", auth)
+    assert err.value.status_hint == 400
+    wrong, _ = answer(ch, "Mufasa", "Circle of Life", method="CONNECT", uri="/")
+    with pytest.raises(AuthHeaderError):
+        Driver().run(v, "CONNECT", "www.example.org:443", wrong)
+
+
+def test_origin_form_uri_accepted_for_absolute_target() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    auth, _ = answer(ch, "Mufasa", "Circle of Life", uri="/dir/index.html?x=1")
+    assert isinstance(Driver().run(v, "GET", TARGET, auth), Allow)
+
+
+def test_wrong_uri_is_400() -> None:
+    v = make_verifier()
+    auth, _ = answer(digest_challenge(v, "SHA-256"), "Mufasa", "Circle of Life", uri="/dir/other.html")
+    with pytest.raises(AuthHeaderError) as err:
+        Driver().run(v, "GET", TARGET, auth)
+    assert err.value.status_hint == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "uri", "ok"),
+    [
+        ("GET", "http://h/p?q", "http://h/p?q", True),
+        ("GET", "http://h/p?q", "/p?q", True),
+        ("GET", "http://h/p?q", "/p", False),
+        ("GET", "http://h/p?q", "/P?q", False),
+        ("GET", "http://h", "/", True),
+        ("GET", "http://h?q", "/?q", True),
+        ("GET", "http://h:80/p", "http://h/p", False),  # no normalisation
+        ("GET", "http://h/%7Ep", "/~p", False),
+        ("CONNECT", "h:443", "h:443", True),
+        ("CONNECT", "h:443", "/", False),
+        ("OPTIONS", "*", "*", True),
+    ],
+)
+def test_uri_matches(method: str, target: str, uri: str, ok: bool) -> None:
+    assert uri_matches(method, target, uri) is ok
+
+
+def test_userhash() -> None:
+    v = make_verifier(digest_algorithms=("SHA-512-256",))
+    ch = digest_challenge(v, "SHA-512-256")
+    auth, _ = answer(ch, "Jäsøn Doe", "Secret, or not?", userhash=True)
+    d = Driver()
+    result = d.run(v, "GET", TARGET, auth)
+    assert isinstance(result, Allow) and result.user == "Jäsøn Doe"
+    assert d.asked(NeedUserByHash) and not d.asked(NeedUser)
+    hashed = next(n for n in d.needs if isinstance(n, NeedUserByHash))
+    assert hashed == NeedUserByHash("SHA-512-256", REALM, compute_userhash(ch.alg, "Jäsøn Doe", REALM))
+
+
+def test_userhash_store_answering_for_someone_else_is_refused() -> None:
+    v = make_verifier()
+    auth, _ = answer(digest_challenge(v, "SHA-256"), "Mufasa", "Circle of Life", userhash=True)
+    liar = {"Mufasa": USERS["Mufasa"]}
+    d = Driver(liar)
+    flow = v.verify("GET", TARGET, auth, T0)
+    need = next(flow)
+    assert isinstance(need, NeedUserByHash)
+    with pytest.raises(StopIteration) as stop:
+        flow.send(USERS["Jäsøn Doe"])  # the wrong user for this hash
+    assert stop.value.value.outcome == "unknown-user"
+    assert isinstance(d.run(v, "GET", TARGET, auth), Allow)
+
+
+def test_non_ascii_username_star() -> None:
+    v = make_verifier()
+    auth, _ = answer(digest_challenge(v, "SHA-256"), "Jäsøn Doe", "Secret, or not?")
+    assert "username*=UTF-8''J%C3%A4s%C3%B8n%20Doe" in auth
+    result = Driver().run(v, "GET", TARGET, auth)
+    assert isinstance(result, Allow) and result.user == "Jäsøn Doe"
+
+
+# --- the RFC examples, through the verifier ---------------------------------------------------------------
+
+
+class FixedIssuer(NonceIssuer):
+    """Accepts the RFC's own nonce and opaque, so the printed credentials can be checked verbatim."""
+
+    def __init__(self, realm: str, nonce: str, opaque: str) -> None:
+        super().__init__(KEY, realm, 300.0)
+        self._fixed = (nonce, opaque)
+
+    @property
+    def opaque(self) -> str:
+        return self._fixed[1]
+
+    def check(self, nonce: str, now: float) -> NonceStatus:
+        return NonceStatus.VALID if nonce == self._fixed[0] else NonceStatus.INVALID
+
+    def issued_at(self, nonce: str) -> float:
+        return T0
+
+    def expires_at(self, nonce: str) -> float:
+        return T0 + 300.0
+
+
+@pytest.mark.parametrize(
+    "vid",
+    [
+        "rfc7616-3.9.1-md5",
+        "rfc7616-3.9.1-sha256",
+        "rfc2617-3.5-md5-auth",
+        "rfc5090-http-get",
+        "rfc7616-3.9.2-sha512-256-userhash",
+    ],
+)
+def test_rfc_vectors_through_the_verifier(vid: str) -> None:
+    vec = VECTORS[vid]
+    alg = ALGORITHMS[vec["algorithm"].upper()]
+    realm = vec["realm"]
+    users = {vec["username"]: entry(vec["username"], vec["password"], realm)}
+    policy = AuthPolicy(realm=realm, digest_algorithms=(vec["algorithm"],))
+    v = Verifier(policy, FixedIssuer(realm, vec["nonce"], vec["opaque"] or ""))
+    username = vec["expected_username_hash"] if vec["userhash"] else vec["username"]
+    creds = DigestCredentials(
+        username=username,
+        userhash=vec["userhash"],
+        realm=realm,
+        nonce=vec["nonce"],
+        uri=vec["uri"],
+        response=vec["expected_response"],
+        algorithm=alg,
+        cnonce=vec["cnonce"],
+        nc=vec["nc"],
+        qop=vec["qop"],
+        opaque=vec["opaque"] or "",
+    )
+    target = "http://www.example.org" + vec["uri"]
+    result = Driver(users).run(v, vec["method"], target, build_credentials(creds.to_credentials()))
+    assert isinstance(result, Allow), result
+    assert result.user == vec["username"]
+    assert result.auth_info is not None
+    if "expected_rspauth" in vec:
+        assert dict(parse_auth_params(result.auth_info))["rspauth"] == vec["expected_rspauth"]
+
+
+# --- Digest: the refusals ---------------------------------------------------------------------------------
+
+
+def test_stale_nonce_only_when_digest_right() -> None:
+    v = make_verifier(nonce_lifetime=60.0)
+    ch = digest_challenge(v, "SHA-256")
+    later = T0 + 61
+    good, _ = answer(ch, "Mufasa", "Circle of Life")
+    d = Driver()
+    assert d.run(v, "GET", TARGET, good, now=later) == Reject(
+        "stale-nonce", "Mufasa", True, "nonce expired; the digest was right"
+    )
+    assert not d.asked(NeedNonceUse)
+    bad, _ = answer(ch, "Mufasa", "wrong")
+    result = d.run(v, "GET", TARGET, bad, now=later)
+    assert isinstance(result, Reject) and result.outcome == "bad-password" and not result.stale
+
+
+def test_replay_and_out_of_order_nc() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    d = Driver()
+    results = {}
+    for nc in (3, 1, 2, 2, 3, 4):
+        auth, _ = answer(ch, "Mufasa", "Circle of Life", nc=nc)
+        r = d.run(v, "GET", TARGET, auth)
+        results.setdefault(nc, []).append(r)
+    assert [type(r) for r in results[1]] == [Allow]
+    assert [type(r) for r in results[4]] == [Allow]
+    for nc in (2, 3):
+        first, second = results[nc]
+        assert isinstance(first, Allow)
+        assert isinstance(second, Reject) and second.outcome == "replay" and not second.stale
+
+
+def test_wrong_password_does_not_burn_the_count() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    d = Driver()
+    bad, _ = answer(ch, "Mufasa", "guess")
+    result = d.run(v, "GET", TARGET, bad)
+    assert isinstance(result, Reject) and result.outcome == "bad-password"
+    assert not d.asked(NeedNonceUse)
+    good, _ = answer(ch, "Mufasa", "Circle of Life")
+    assert isinstance(d.run(v, "GET", TARGET, good), Allow)
+
+
+def test_wrong_realm() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    auth, _ = answer(ch, "Mufasa", "Circle of Life", realm="other@example.org")
+    result = Driver().run(v, "GET", TARGET, auth)
+    assert isinstance(result, Reject) and result.outcome == "wrong-realm"
+
+
+def test_forged_nonce_and_opaque_cost_no_lookup() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    other = Verifier(v.policy, NonceIssuer(b"x" * 32, REALM, 300.0))
+    forged = digest_challenge(other, "SHA-256")
+    cases = [
+        answer(forged, "Mufasa", "Circle of Life", opaque=ch.opaque)[0],  # a nonce under another key
+        answer(ch, "Mufasa", "Circle of Life", opaque="not-ours")[0],
+        answer(ch, "Mufasa", "Circle of Life", opaque=None)[0],
+    ]
+    for auth in cases:
+        d = Driver()
+        result = d.run(v, "GET", TARGET, auth, now=T0 + 10_000)
+        assert isinstance(result, Reject) and result.outcome == "bad-nonce" and not result.stale
+        assert d.needs == []
+
+
+def test_not_offered() -> None:
+    v = make_verifier(digest_algorithms=("SHA-256",), qop=("auth",), userhash=False)
+    sha = digest_challenge(v, "SHA-256")
+    md5 = DigestChallenge(REALM, sha.nonce, sha.opaque, "MD5", sha.qop)
+    cases = [
+        answer(md5, "Mufasa", "Circle of Life")[0],
+        answer(sha, "Mufasa", "Circle of Life", qop="auth-int")[0],
+        answer(sha, "Mufasa", "Circle of Life", qop=None)[0],  # RFC 2069 form: no nc, no replay protection
+        answer(sha, "Mufasa", "Circle of Life", userhash=True)[0],
+    ]
+    for auth in cases:
+        d = Driver()
+        result = d.run(v, "GET", TARGET, auth)
+        assert isinstance(result, Reject) and result.outcome == "unsupported-scheme", auth
+        assert d.needs == []
+
+
+def test_unknown_user_and_missing_secret() -> None:
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    for user, outcome in [
+        ("nobody", "unknown-user"),
+        ("crypt", "no-digest-secret"),
+        ("elsewhere", "no-digest-secret"),
+        ("nosecret", "no-digest-secret"),
+    ]:
+        auth, _ = answer(ch, user, "pw")
+        result = Driver().run(v, "GET", TARGET, auth)
+        assert isinstance(result, Reject) and result.outcome == outcome, user
+
+
+def test_store_without_this_algorithm() -> None:
+    only_md5 = {"Mufasa": UserEntry("Mufasa", REALM, {"MD5": USERS["Mufasa"].ha1["MD5"]})}
+    v = make_verifier()
+    auth, _ = answer(digest_challenge(v, "SHA-256"), "Mufasa", "Circle of Life")
+    result = Driver(only_md5).run(v, "GET", TARGET, auth)
+    assert isinstance(result, Reject) and result.outcome == "no-digest-secret"
+    auth, _ = answer(digest_challenge(v, "MD5"), "Mufasa", "Circle of Life")
+    assert isinstance(Driver(only_md5).run(v, "GET", TARGET, auth), Allow)
+
+
+def test_nextnonce_after_half_life() -> None:
+    v = make_verifier(nonce_lifetime=100.0)
+    ch = digest_challenge(v, "SHA-256")
+    auth, _ = answer(ch, "Mufasa", "Circle of Life")
+    d = Driver()
+    result = d.run(v, "GET", TARGET, auth, now=T0 + 60)
+    assert isinstance(result, Allow) and result.auth_info is not None
+    nextnonce = dict(parse_auth_params(result.auth_info))["nextnonce"]
+    assert v.issuer.check(nextnonce, T0 + 60) is NonceStatus.VALID
+    assert v.issuer.issued_at(nextnonce) == T0 + 60
+    fresh = DigestChallenge(REALM, nextnonce, ch.opaque, "SHA-256", ch.qop)
+    auth2, _ = answer(fresh, "Mufasa", "Circle of Life")
+    assert isinstance(d.run(v, "GET", TARGET, auth2, now=T0 + 130), Allow)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        'Digest username="Mufasa"',  # missing parameters
+        "Digest realm=",  # a token68
+        'Digest username="a", username="b"',
+        "Basic !!!",
+        'Basic realm="x"',
+        "Basic " + encode_basic("a", "b") + ", Basic x",
+        'Digest realm="r\r\n"',
+        "",
+    ],
+)
+def test_malformed_is_400(auth: str) -> None:
+    with pytest.raises(AuthHeaderError) as err:
+        Driver().run(make_verifier(), "GET", TARGET, auth)
+    assert err.value.status_hint == 400
+
+
+def test_unknown_or_disabled_scheme() -> None:
+    for auth, v in [
+        ("Negotiate abc=", make_verifier()),
+        ("Bearer abc", make_verifier()),
+        ("Basic " + encode_basic("Mufasa", "Circle of Life"), make_verifier(schemes=("digest",))),
+    ]:
+        result = Driver().run(v, "GET", TARGET, auth)
+        assert isinstance(result, Reject) and result.outcome == "unsupported-scheme"
+
+
+# --- Basic --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "expected"),
+    [
+        ("Mufasa", "Circle of Life", "allow"),
+        ("colon", "a:b:c", "allow"),
+        ("Jäsøn Doe", "Secret, or not?", "allow"),
+        ("crypt", "hunter2", "allow"),
+        ("crypt", "hunter3", "bad-password"),
+        ("Mufasa", "Circle of life", "bad-password"),
+        ("colon", "a", "bad-password"),
+        ("nobody", "x", "unknown-user"),
+        ("nosecret", "x", "no-basic-secret"),
+        ("elsewhere", "pw", "no-basic-secret"),
+    ],
+)
+def test_basic(user: str, password: str, expected: str) -> None:
+    d = Driver()
+    result = d.run(make_verifier(), "GET", TARGET, "basic " + encode_basic(user, password))
+    if expected == "allow":
+        assert result == Allow(user, "basic", None)
+        assert NeedPasswordCheck(USERS[user], password) in d.needs
+    else:
+        assert isinstance(result, Reject) and result.outcome == expected and not result.stale
+
+
+# --- policy -------------------------------------------------------------------------------------------------
+
+
+def test_policy_normalises() -> None:
+    p = AuthPolicy(realm="r", schemes=("Digest", "BASIC"), digest_algorithms=("sha-256-SESS",), qop=("AUTH",))
+    assert (
+        p.schemes == ("digest", "basic") and p.digest_algorithms == ("SHA-256-sess",) and p.qop == ("auth",)
+    )
+    assert AuthPolicy(realm="r", schemes=("basic",), digest_algorithms=(), qop=()).schemes == ("basic",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"schemes": ()}, "schemes"),
+        ({"schemes": ("ntlm",)}, "schemes"),
+        ({"schemes": ("basic", "Basic")}, "schemes"),
+        ({"digest_algorithms": ("SHA-1",)}, "digest_algorithms"),
+        ({"digest_algorithms": ()}, "digest_algorithms"),
+        ({"qop": ("auth-conf",)}, "qop"),
+        ({"qop": ()}, "qop"),
+        ({"nonce_lifetime": 0}, "nonce_lifetime"),
+        ({"nonce_lifetime": -1.0}, "nonce_lifetime"),
+        ({"nonce_lifetime": float("inf")}, "nonce_lifetime"),
+        ({"realm": ""}, "realm"),
+        ({"realm": "a\nb"}, "realm"),
+    ],
+)
+def test_policy_errors_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    kwargs.setdefault("realm", "r")
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        AuthPolicy(**kwargs)
+
+
+def test_verifier_refuses_mismatched_issuer() -> None:
+    with pytest.raises(ConfigError, match="realm"):
+        Verifier(AuthPolicy(realm="a"), NonceIssuer(KEY, "b", 300.0))
+    with pytest.raises(ConfigError, match="nonce_lifetime"):
+        Verifier(AuthPolicy(realm="a"), NonceIssuer(KEY, "a", 60.0))
+
+
+def test_reject_outcome_is_checked() -> None:
+    with pytest.raises(ValueError):
+        Reject("nope", None, False, "")
+
+
+# --- the fuzz invariant -------------------------------------------------------------------------------------
+
+_V = make_verifier(digest_algorithms=ALL_ALGS)
+_CH = digest_challenge(_V, "SHA-256")
+_GOOD = answer(_CH, "Mufasa", "Circle of Life")[0]
+
+
+@settings(max_examples=300)
+@given(
+    st.text(max_size=80)
+    | st.builds(
+        lambda i, j, s: _GOOD[:i] + s + _GOOD[j:],
+        st.integers(0, len(_GOOD)),
+        st.integers(0, len(_GOOD)),
+        st.text(max_size=5),
+    )
+    | st.none()
+)
+def test_any_authorization_gives_an_outcome_or_our_error(auth: str | None) -> None:
+    with contextlib.suppress(AuthHeaderError):
+        result = Driver().run(_V, "GET", TARGET, auth)
+        assert isinstance(result, Allow | Reject)
