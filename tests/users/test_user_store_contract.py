@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 import pytest
-from user_files import REALM, USERS, FakeClock, StoreKind, write_atomically
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from user_files import REALM, STORE_KINDS, USERS, FakeClock, StoreKind, write_atomically
 
 import authproxy.users._file as file_module
 from authproxy.auth.digest import BASE_ALGORITHMS, get_algorithm
 from authproxy.auth.errors import UserStoreError
+from authproxy.users import open_user_store
 from authproxy.users._file import UserFile
 from authproxy.users.base import UserStore, check_basic_password
 
@@ -176,3 +181,17 @@ def test_crlf_and_bom(kind: StoreKind, tmp_path: Path, clock: FakeClock) -> None
     store = kind.open(path, clock)
     entry = store.lookup("zoë")
     assert entry is not None and check_basic_password(entry, USERS["zoë"], REALM)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_any_file_loads_or_raises_user_store_error(data: bytes) -> None:
+    # The parser invariant of DESIGN.md: any input parses or raises our error, never anything else.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "users"
+        path.write_bytes(data)
+        for kind in STORE_KINDS.values():
+            with contextlib.suppress(UserStoreError):
+                list(kind.open(path, FakeClock()))
+        with contextlib.suppress(UserStoreError):
+            list(open_user_store(path, REALM))
