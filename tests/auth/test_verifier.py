@@ -3,6 +3,7 @@ out-of-order nc, realm and uri checks, Basic, the challenges of a 407, and the f
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from pathlib import Path
@@ -669,3 +670,25 @@ def test_any_authorization_gives_an_outcome_or_our_error(auth: str | None) -> No
     with contextlib.suppress(AuthHeaderError):
         result = Driver().run(_V, "GET", TARGET, auth)
         assert isinstance(result, Allow | Reject)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        "Basic !!!SECRET",
+        "SECRET(",
+        'Digest SECRET="a", SECRET="b"',
+        'Digest username="a", realm="SECRET',
+        'Digest username="a" SECRET',
+        "Digest username=SECRET, realm=r, nonce=n, uri=/, response=00, algorithm=SECRET",
+        "Digest username=u, realm=r, nonce=n, uri=/, response=00, qop=SECRET, nc=00000001, cnonce=c",
+        "Digest username*=SECRET''x, realm=r, nonce=n, uri=/, response=00",
+        "Digest username=u, realm=r, nonce=n, uri=/, response=00, userhash=SECRET",
+        "Basic " + base64.b64encode(b"SECRET:SECRET\x01").decode(),
+    ],
+)
+def test_errors_never_echo_the_credentials(auth: str) -> None:
+    # The proxy puts the message into its 400 body; credentials must never come back in an error page.
+    with pytest.raises(AuthHeaderError) as err:
+        Driver().run(make_verifier(), "GET", TARGET, auth)
+    assert "SECRET" not in str(err.value)

@@ -12,6 +12,8 @@ Implements:
   quoted-string with quoted-pair unescaping, section 5.5 (CR, LF, NUL and other CTLs are refused).
 
 Everything malformed raises :class:`~authproxy.auth.errors.AuthHeaderError`; nothing else escapes the parsers.
+Its messages go into 400 responses, so they name offsets and rules but never echo what the peer sent (Squid
+echoed credentials into error pages).
 Values are ``str``: how the proxy maps field bytes to text (latin-1 or UTF-8) is its business, so any
 character at or above U+0080 is treated as obs-text.
 """
@@ -75,7 +77,7 @@ class _AuthItem:
 
     def __post_init__(self) -> None:
         if not is_token(self.scheme):
-            raise AuthHeaderError(f"auth-scheme is not a token: {self.scheme!r}")
+            raise AuthHeaderError("auth-scheme is not a token")
         if self.token68 is not None:
             if self.params:
                 raise AuthHeaderError("an auth-scheme carries a token68 or parameters, not both")
@@ -86,14 +88,14 @@ class _AuthItem:
         seen: set[str] = set()
         for name, value in normalised:
             if not is_token(name):
-                raise AuthHeaderError(f"auth-param name is not a token: {name!r}")
+                raise AuthHeaderError("auth-param name is not a token")
             if name in seen:
                 # Section 11.2: each parameter name MUST only occur once per challenge. Accepting a second
                 # one would let two parties read different values from the same field (Squid-style bugs).
-                raise AuthHeaderError(f"duplicate auth-param {name!r}")
+                raise AuthHeaderError("an auth-param name occurs twice")
             seen.add(name)
             if _CTL_RE.search(value):
-                raise AuthHeaderError(f"control character in auth-param {name!r}")
+                raise AuthHeaderError("control character in an auth-param value")
         if normalised != self.params:
             object.__setattr__(self, "params", normalised)
 
@@ -205,7 +207,7 @@ class _Cursor:
             raise AuthHeaderError(f"expected an auth-param at offset {self.pos}")
         self.skip_ws()
         if self.peek() != "=":
-            raise AuthHeaderError(f"expected '=' after auth-param {name!r}")
+            raise AuthHeaderError(f"expected '=' at offset {self.pos}")
         self.pos += 1
         self.skip_ws()
         if self.peek() == '"':
@@ -213,14 +215,14 @@ class _Cursor:
         else:
             token = self.token()
             if token is None:
-                raise AuthHeaderError(f"auth-param {name!r} has no value")
+                raise AuthHeaderError(f"auth-param without a value at offset {self.pos}")
             value = token
         return name.lower(), value
 
     def end_element(self) -> None:
         self.skip_ws()
         if not self.at_end() and self.peek() != ",":
-            raise AuthHeaderError(f"unexpected {self.peek()!r} at offset {self.pos}")
+            raise AuthHeaderError(f"unexpected character at offset {self.pos}")
 
 
 class _Builder:
@@ -311,7 +313,7 @@ def parse_auth_params(value: str) -> tuple[tuple[str, str], ...]:
             break
         name, pvalue = cur.auth_param()
         if name in seen:
-            raise AuthHeaderError(f"duplicate auth-param {name!r}")
+            raise AuthHeaderError("an auth-param name occurs twice")
         seen.add(name)
         params.append((name, pvalue))
         cur.end_element()
@@ -353,5 +355,5 @@ def build_auth_params(params: Sequence[tuple[str, str]]) -> str:
     """A (Proxy-)Authentication-Info field value from ``(name, value)`` pairs (RFC 7616 section 3.5)."""
     for name, _ in params:
         if not is_token(name):
-            raise AuthHeaderError(f"auth-param name is not a token: {name!r}")
+            raise AuthHeaderError("auth-param name is not a token")
     return _format_params([(n.lower(), v) for n, v in params], _TOKEN_VALUED_INFO)
