@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import OriginServer, ProxyProcess, make_tls, make_users_file, start_proxy  # noqa: E402
+from helpers import OriginServer, ProxyProcess, make_tls, make_users_file, start_proxy
 
 
 @pytest.fixture(scope="session")

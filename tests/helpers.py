@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -206,8 +207,12 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, read_until_clo
         return read_response(sock, read_until_close=read_until_close)
 
 
+_LEFTOVER: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket, *, read_until_close: bool = False) -> bytes:
-    buf = b""
+    """One response (head and Content-Length body) from ``sock``; bytes past it are kept for the next call."""
+    buf = _LEFTOVER.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -225,8 +230,65 @@ def read_response(sock: socket.socket, *, read_until_close: bool = False) -> byt
         if not chunk:
             break
         rest += chunk
-    return head + b"\r\n\r\n" + rest
+    _LEFTOVER[sock] = rest[length:]
+    return head + b"\r\n\r\n" + rest[:length]
 
 
 def lines_of(text: str) -> Iterator[str]:
     return iter(text.splitlines())
+
+
+def challenges_of(response: bytes) -> list[str]:
+    """The Proxy-Authenticate values of a raw response, in order."""
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
+            if line.lower().startswith("proxy-authenticate:")]
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def header_of(response: bytes, name: str) -> str | None:
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def digest_authorization(challenge_value: str, user: str, password: str, method: str, uri: str, *,
+                         nc: int = 1, cnonce: str = "0a4f113b", qop: str = "auth", body: bytes = b"",
+                         userhash: bool = False, nonce: str | None = None) -> str:
+    """A Digest Proxy-Authorization answering ``challenge_value``, computed with the auth core."""
+    from authproxy.auth.digest import (
+        DigestChallenge,
+        DigestCredentials,
+        compute_ha1,
+        compute_userhash,
+        request_digest,
+    )
+    from authproxy.auth.headers import build_credentials, parse_challenges
+
+    challenge = DigestChallenge.from_challenge(parse_challenges([challenge_value])[0])
+    assert challenge is not None
+    alg = challenge.alg
+    use_nonce = nonce or challenge.nonce
+    ha1 = compute_ha1(alg.base, user, challenge.realm, password)
+    nc_text = f"{nc:08x}"
+    body_hash = alg.hexdigest(body) if qop == "auth-int" else None
+    response = request_digest(alg, ha1=ha1, nonce=use_nonce, nc=nc_text, cnonce=cnonce, qop=qop,
+                              method=method, uri=uri, body_hash=body_hash)
+    creds = DigestCredentials(
+        username=compute_userhash(alg, user, challenge.realm) if userhash else user,
+        userhash=userhash, realm=challenge.realm, nonce=use_nonce, uri=uri, response=response,
+        algorithm=alg, cnonce=cnonce, nc=nc_text, qop=qop, opaque=challenge.opaque,
+    )
+    return build_credentials(creds.to_credentials())
+
+
+def basic_authorization(user: str, password: str) -> str:
+    from authproxy.auth.basic import encode_basic
+
+    return "Basic " + encode_basic(user, password)

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers import USERS, OriginServer, ProxyProcess
 
 CURL = shutil.which("curl")
@@ -79,7 +80,7 @@ def test_origin_401_passes_through_untouched(proxy: ProxyProcess, origin: Origin
     status, body, verbose = curl(proxy, f"http://127.0.0.1:{origin.port}/401", "--proxy-digest",
                                  "--proxy-user", "alice:wonderland")
     assert status == 401
-    assert body == "origin says: who are you?"
+    assert body == "origin says: who are you?\n"
     assert '< WWW-Authenticate: Basic realm="origin-realm"' in verbose
 
 
@@ -100,7 +101,7 @@ def test_post_body_with_digest_auth_int_is_not_offered_by_curl_but_auth_works(
 
 def test_keep_alive_several_requests_each_authenticated(proxy: ProxyProcess, origin: OriginServer) -> None:
     url = f"http://127.0.0.1:{origin.port}/one"
-    status, body, verbose = curl(proxy, url, "--proxy-digest", "--proxy-user", "alice:wonderland",
+    status, _, verbose = curl(proxy, url, "--proxy-digest", "--proxy-user", "alice:wonderland",
                                  "--next", "-x", proxy.url, "--proxy-digest", "--proxy-user", "alice:wonderland",
                                  f"http://127.0.0.1:{origin.port}/two")
     assert status == 200

@@ -98,7 +98,7 @@ class AccessLog:
             return cls(None, fmt)
         if where == "-":
             return cls(sys.stdout, fmt)
-        return cls(open(where, "a", encoding="utf-8", buffering=1 << 16), fmt)  # noqa: SIM115
+        return cls(open(where, "a", encoding="utf-8", buffering=1 << 16), fmt)
 
     def write(self, record: AccessRecord) -> None:
         if self._stream is not None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from authproxy.auth.digest import get_algorithm
+from authproxy.auth.errors import UserStoreError
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.verifier import (
     Allow,
@@ -92,7 +94,11 @@ class Authenticator:
     # -- running a flow -------------------------------------------------------------------------------------
     def start(self, method: str, target: str, authorization: str | None) -> Step:
         """Begin verifying one request. Raises AuthHeaderError (400) for malformed credentials."""
-        self.store.refresh()
+        try:
+            self.store.refresh()
+        except UserStoreError as exc:
+            # A bad edit of the users file: keep serving the last good users, and tell the operator once.
+            print(f"authproxy: users file not reloaded: {exc.message}", file=sys.stderr, flush=True)
         flow = self.verifier.verify(method, target, authorization, self.clock())
         return self._run(flow, None)
 

@@ -58,8 +58,8 @@ class ClientConnection(asyncio.Protocol):
 
     # == asyncio.Protocol =====================================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "-"
         self.server.connections.add(self)

@@ -375,9 +375,7 @@ class Exchange:
         keep = self.keep_alive and not self.conn.draining
         bodiless = self.method == b"HEAD" or status in _NO_BODY_STATUS
         send_length: int | None = None
-        if bodiless:
-            send_length = content_length
-        elif content_length is not None and not chunked:
+        if bodiless or (content_length is not None and not chunked):
             send_length = content_length
         elif self.version == "1.1":
             self.chunked_out = True

@@ -49,8 +49,8 @@ class UpstreamConnection(asyncio.Protocol):
         "loop",
         "owner",
         "parser",
-        "transport",
         "received_any",
+        "transport",
     )
 
     def __init__(self, key: tuple[str, int], pool: Pool) -> None:
@@ -69,8 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
+        self.transport = transport  # type: ignore[assignment]
         self.last_activity = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
