@@ -55,7 +55,8 @@ class OriginHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._body()
         self.server.seen.append(
-            {"method": self.command, "path": self.path, "headers": list(self.headers.items()), "body": body}
+            {"method": self.command, "path": self.path, "headers": list(self.headers.items()), "body": body,
+             "client_port": self.client_address[1]}
         )
         path = self.path.split("?")[0]
         if path == "/401":

@@ -9,13 +9,15 @@ import sys
 import time
 from collections.abc import Callable
 
+from authproxy.auth.digest import get_algorithm
 from authproxy.config import Config
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.upstream import Pool
 from authproxy.state.memory import MemoryNonceCounterStore
-from authproxy.users import open_user_store
+from authproxy.users import describe_capabilities, open_user_store
+from authproxy.users.base import UserStore
 
 
 class ProxyServer:
@@ -91,6 +93,8 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     shown = f"[{host}]" if ":" in host else host
     (announce or _stderr)(f"authproxy: listening on {shown}:{port}, realm {config.realm!r}, "
                           f"users from {server.auth.store.description}")
+    for line in users_summary(server.auth.store, config):
+        (announce or _stderr)(f"authproxy: {line}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +102,30 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+
+
+def users_summary(store: UserStore, config: Config, limit: int = 20) -> list[str]:
+    """What each user can sign in with, said once at start so a scheme a user cannot answer is no surprise.
+
+    A bcrypt htpasswd user cannot answer Digest; an HA1 for another realm answers nothing. Past ``limit``
+    users, only those who cannot use every offered scheme are listed.
+    """
+    offered = config.digest_algorithms if "digest" in config.schemes else ()
+    entries = list(store)
+    lines = [f"{len(entries)} user(s) in {store.description}"]
+    for entry in entries:
+        digest_ok = not offered or all(
+            (alg := get_algorithm(name)) is not None and alg.base in entry.digest_algorithms(config.realm)
+            for name in offered
+        )
+        if len(entries) <= limit or not digest_ok:
+            lines.append("  " + describe_capabilities(entry, config.realm, offered))
+            if len(lines) > limit + 1:
+                lines.append("  ...")
+                break
+    if not entries:
+        lines.append("  no user can sign in: add one with `authproxy users add NAME`")
+    return lines
 
 
 def _stderr(message: str) -> None:
