@@ -1,0 +1,81 @@
+"""Config loading (TOML, flags, one clear error per bad key) and the access log formats."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from authproxy.auth.errors import ConfigError
+from authproxy.config import Config, load_config, parse_hostport
+from authproxy.observe.accesslog import AccessLog, AccessRecord
+
+
+def test_defaults_are_safe() -> None:
+    config = Config()
+    assert config.listen_address == ("127.0.0.1", 3128)
+    assert config.schemes == ("digest", "basic")
+    assert config.digest_algorithms == ("SHA-256", "MD5")
+    assert config.connect_ports == (443,)
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('realm = "file"\nlisten = "0.0.0.0:8080"\nconnect_ports = [443, 8443]\n'
+                    "nonce_lifetime = 60\n")
+    config = load_config(path, {"realm": "flag", "listen": None})
+    assert config.realm == "flag" and config.listen_address == ("0.0.0.0", 8080)
+    assert config.connect_ports == (443, 8443) and config.nonce_lifetime == 60.0
+    path.write_text('connect_ports = "any"\n')
+    assert load_config(path, {}).connect_ports is None
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus = 1", "bogus"),
+        ('realm = 5', "realm"),
+        ('realm = "has \\"quote"', "realm"),
+        ("userhash = 1", "userhash"),
+        ("max_header_size = 10", "max_header_size"),
+        ('connect_ports = ["x"]', "connect_ports"),
+        ('qop = ["auth-conf"]', "qop"),
+        ('access_log_format = "xml"', "access_log_format"),
+        ('listen = "nohost"', "listen"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.message.startswith(key)
+
+
+def test_hostport_forms() -> None:
+    assert parse_hostport("[::1]:3128") == ("::1", 3128)
+    assert parse_hostport(":3128") == ("127.0.0.1", 3128)
+
+
+RECORD = AccessRecord(started=1700000000.5, duration=0.0123, client="127.0.0.1", user="jö sé",
+                      method="GET", target="http://h/p?token=secret", status=407, sent_bytes=321,
+                      outcome="bad-password", peer=None)
+
+
+def test_squid_format() -> None:
+    out = io.StringIO()
+    AccessLog(out, "squid").write(RECORD)
+    line = out.getvalue()
+    assert line == ("1700000000.500     12 127.0.0.1 TCP_DENIED/407 321 GET http://h/p? jö%20sé "
+                    "HIER_NONE/- - auth=bad-password\n")
+    assert "secret" not in line and len(line.split()) == 11
+
+
+def test_json_format() -> None:
+    out = io.StringIO()
+    AccessLog(out, "json").write(RECORD)
+    record = json.loads(out.getvalue())
+    assert record["auth"] == "bad-password" and record["auth_failed"] is True
+    assert record["target"] == "http://h/p?" and record["user"] == "jö sé"
