@@ -1,0 +1,576 @@
+"""The client's side of proxy authentication as a sans-IO generator flow (RFC 9110 sections 11.7 and 15.5.8,
+RFC 7616, RFC 7617).
+
+The mirror of :mod:`authproxy.auth.verifier`. :meth:`Responder.flow` is a generator in the style of httpx's
+``Auth.auth_flow``: it yields :class:`Send` (the Proxy-Authorization value to put on the next attempt, or
+None), the caller sends the request to the proxy and sends back the :class:`ProxyResponse`; the generator
+either yields the next attempt or returns the response the caller should use. Failures raise
+:class:`ProxyAuthError`, which carries everything a person needs to understand the refusal.
+
+What the flow does, and why:
+
+- Every challenge of every Proxy-Authenticate field is read (RFC 9110 section 11.7.1, several per field and
+  several fields); a field line that does not parse is skipped, not fatal, so one odd challenge cannot hide a
+  good one. Unknown schemes and algorithms are skipped (RFC 7616 section 3.3).
+- The strongest answerable challenge wins: Digest SHA-512-256 > SHA-256 > MD5 (each with -sess), then Basic.
+  Among equals the proxy's order stands (section 11.7.1: it lists its preference first). Basic on a cleartext
+  connection to the proxy is used only when allowed, since it shows the password to every hop on the path.
+- A known nonce is reused, with a fresh nc per request (RFC 7616 section 3.4), on later requests and
+  connections, so a steady stream of requests costs no extra round trip. The nc counter is per nonce and taken
+  under a lock: concurrent requests never send the same nc twice (httpx shares one counter and races).
+- ``stale=true`` (RFC 7616 section 3.3) after a right answer: retry once with the new nonce. A 407 without
+  ``stale`` after credentials answering this very exchange's challenge: the credentials are wrong; stop. A 407
+  after *cached* credentials only means the nonce went away (proxy restart): answer the new challenge once.
+- ``nextnonce`` and ``rspauth`` from Proxy-Authentication-Info (RFC 7616 section 3.5): the next nonce replaces
+  the cached one; an rspauth that does not match means the peer does not know the password: an error.
+- The rounds are capped; the flow never loops on 407.
+
+Randomness (the cnonce) comes from the caller, like the verifier's clock: this package does no IO.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from authproxy.auth.basic import encode_basic
+from authproxy.auth.digest import (
+    DigestAlgorithm,
+    DigestChallenge,
+    DigestCredentials,
+    compute_ha1,
+    compute_userhash,
+    request_digest,
+    response_auth,
+)
+from authproxy.auth.errors import AuthHeaderError, AuthProxyError
+from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params, parse_challenges
+
+#: Rounds of one exchange: cached credentials, a fresh answer, one stale retry, and one spare.
+MAX_ROUNDS = 4
+
+_KNOWN_QOP = ("auth", "auth-int")
+
+
+# --- what goes in and out ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyRequest:
+    """One request to the proxy, as far as authentication cares.
+
+    ``target`` is the request-target sent to the proxy and also the Digest ``uri`` (RFC 7616 section 3.4):
+    ``host:port`` for CONNECT (RFC 9110 section 9.3.6), the absolute URI for plain proxying (RFC 9112
+    section 3.2.2). ``body`` is the request body, or None when it is a stream that cannot be read twice (then
+    it can neither be hashed for auth-int nor sent again after a 407). ``secure`` tells whether the connection
+    to the proxy itself is TLS, which decides whether Basic would expose the password.
+    """
+
+    method: str
+    target: str
+    body: bytes | None = b""
+    secure: bool = False
+
+
+@dataclass(frozen=True)
+class ProxyResponse:
+    """The proxy's answer: status, header fields (name, value) in order, and the body when it was read.
+
+    The caller reads the body when :func:`wants_body` says so (a 407, or a refused CONNECT), otherwise it
+    leaves it on the wire for its own caller.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def get_all(self, name: str) -> list[str]:
+        key = name.lower()
+        return [value for fname, value in self.headers if fname.lower() == key]
+
+    @property
+    def body_text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send the request (again) with this Proxy-Authorization value; None: without one."""
+
+    proxy_authorization: str | None
+
+
+def wants_body(method: str, status: int) -> bool:
+    """Whether the caller should read the body before handing the response to the flow.
+
+    A 407's body must be read to reuse the connection and to explain a refusal; a refused CONNECT has no
+    tunnel behind it, so its body is the proxy's explanation too.
+    """
+    return status == 407 or (method.upper() == "CONNECT" and not 200 <= status < 300)
+
+
+# --- errors -----------------------------------------------------------------------------------------------
+
+
+class ProxyError(AuthProxyError):
+    """The proxy hop failed: it refused the request, could not reach the next hop, or misbehaved.
+
+    ``status``/``headers``/``body_text`` are the proxy's answer (status 0 when there was none);
+    ``challenges`` every challenge it offered; ``reason`` a stable keyword for programs; ``hop`` which hop
+    failed ("proxy", "parent proxy", "origin") when known. The message says it in words.
+    """
+
+    status_hint = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        headers: Sequence[tuple[str, str]] = (),
+        body_text: str = "",
+        challenges: Sequence[Challenge] = (),
+        reason: str = "proxy-error",
+        hop: str | None = "proxy",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = tuple(headers)
+        self.body_text = body_text
+        self.challenges = tuple(challenges)
+        self.reason = reason
+        self.hop = hop
+
+
+class ProxyAuthError(ProxyError):
+    """The proxy did not accept us: wrong credentials, nothing we can answer, or a broken exchange.
+
+    ``reason`` is one of ``wrong-credentials``, ``no-credentials``, ``no-usable-challenge``,
+    ``basic-refused``, ``body-not-replayable``, ``stale-loop``, ``rspauth-mismatch``, ``answered-401``,
+    ``malformed-challenge``, ``too-many-rounds``.
+    """
+
+    status_hint = 407
+
+
+# --- describing challenges in words -----------------------------------------------------------------------
+
+
+def describe_challenge(challenge: Challenge) -> str:
+    """One challenge in words: ``Digest SHA-256 (qop auth, auth-int; realm "x"; userhash)``."""
+    realm = challenge.param("realm")
+    if challenge.scheme_key == "digest":
+        alg = challenge.param("algorithm") or "MD5"
+        parts: list[str] = []
+        qop = challenge.param("qop")
+        parts.append(f"qop {qop}" if qop else "no qop (RFC 2069 form)")
+        if realm is not None:
+            parts.append(f'realm "{realm}"')
+        if (challenge.param("userhash") or "").lower() == "true":
+            parts.append("userhash")
+        if (challenge.param("stale") or "").lower() == "true":
+            parts.append("stale")
+        return f"Digest {alg} ({'; '.join(parts)})"
+    if realm is not None:
+        return f'{challenge.scheme} (realm "{realm}")'
+    return challenge.scheme
+
+
+def _offered(challenges: Sequence[Challenge]) -> str:
+    return ", ".join(describe_challenge(c) for c in challenges) or "nothing"
+
+
+# --- choosing what to answer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One answerable challenge."""
+
+    rank: int  # higher is stronger
+    challenge: Challenge
+    digest: DigestChallenge | None  # None: Basic
+
+
+@dataclass
+class _Judged:
+    """The challenges of one 407, sorted into what we can answer and why not the rest."""
+
+    challenges: list[Challenge] = field(default_factory=list)
+    options: list[_Option] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # reasons, in words
+    unreadable: int = 0  # field lines that did not parse
+    basic_refused: bool = False
+    auth_int_declined: bool = False
+
+
+@dataclass
+class _Session:
+    """A Digest nonce known to work, kept for the next requests (preemptive authentication)."""
+
+    challenge: DigestChallenge
+    ha1: str
+    nc: int = 0
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one attempt sent, to check the answer against."""
+
+    header: str
+    from_cache: bool
+    scheme: str  # "digest" or "basic"
+    realm: str | None
+    alg: DigestAlgorithm | None = None
+    ha1: str | None = None
+    nonce: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    qop: str | None = None
+    uri: str | None = None
+
+
+class Responder:
+    """Answers a proxy's 407s for one user at one proxy; one instance is shared by every request and
+    connection to that proxy (it holds the nonce cache and its lock).
+
+    ``random`` returns that many random bytes (pass ``secrets.token_bytes``): it makes the cnonces.
+    ``warn`` receives one sentence when something works but deserves a person's attention (Basic over
+    cleartext). ``allow_basic_cleartext=False`` refuses to send Basic over a cleartext connection to the proxy.
+    ``prefer_auth_int`` picks qop=auth-int when both qop values are offered and the body can be hashed.
+    ``userhash`` sends H(user:realm) instead of the name when the proxy offers it (RFC 7616 section 3.4.4).
+    """
+
+    def __init__(
+        self,
+        username: str | None,
+        password: str | None,
+        *,
+        random: Callable[[int], bytes],
+        warn: Callable[[str], None] | None = None,
+        allow_basic_cleartext: bool = True,
+        prefer_auth_int: bool = False,
+        userhash: bool = True,
+        max_rounds: int = MAX_ROUNDS,
+    ) -> None:
+        if (username is None) != (password is None):
+            raise ValueError("give both a user name and a password, or neither")
+        self.username = username
+        self._password = password
+        self._random = random
+        self._warn = warn
+        self.allow_basic_cleartext = allow_basic_cleartext
+        self.prefer_auth_int = prefer_auth_int
+        self.userhash = userhash
+        self.max_rounds = max(2, max_rounds)
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._basic_realm: str | None = None  # set once Basic is known to be what the proxy wants
+        self._warned_basic = False
+
+    def __repr__(self) -> str:  # never show the password
+        return f"<Responder user={self.username!r}>"
+
+    # -- the flow ---------------------------------------------------------------------------------------------
+
+    def flow(self, request: ProxyRequest) -> Generator[Send, ProxyResponse, ProxyResponse]:
+        """The exchange for one request; see the module docstring. Returns the response to use."""
+        sent = self._preemptive(request)
+        stale_retries = 0
+        rounds = 0
+        while True:
+            response = yield Send(sent.header if sent else None)
+            rounds += 1
+            if response.status != 407:
+                if response.status == 401 and request.method.upper() == "CONNECT":
+                    raise self._answered_401(response)
+                if sent is not None:
+                    self._check_auth_info(sent, response)
+                return response
+
+            judged = self._judge(response, request)
+            if sent is not None and sent.from_cache:
+                # The cached nonce is gone (expired or the proxy restarted): forget it, answer afresh.
+                self._forget(sent)
+            digest_stale = any(o.digest is not None and o.digest.stale for o in judged.options)
+            if sent is not None and not sent.from_cache:
+                if sent.scheme == "digest" and digest_stale and stale_retries == 0:
+                    # RFC 7616 section 3.3: stale means the digest was right and only the nonce was old.
+                    stale_retries += 1
+                elif sent.scheme == "digest" and digest_stale:
+                    raise self._error(
+                        response, judged, "stale-loop",
+                        "the proxy called a fresh nonce stale twice in a row; its clock or its nonce store "
+                        "is likely broken",
+                    )
+                else:
+                    raise self._wrong_credentials(response, judged, sent)
+            if rounds >= self.max_rounds:
+                raise self._error(response, judged, "too-many-rounds",
+                                  f"the proxy still answered 407 after {rounds} attempts; giving up")
+            if self.username is None or self._password is None:
+                raise self._error(response, judged, "no-credentials",
+                                  f"the proxy wants credentials ({_offered(judged.challenges)}) and none were "
+                                  "given")
+            if request.body is None and request.method.upper() != "CONNECT":
+                raise self._error(
+                    response, judged, "body-not-replayable",
+                    "the proxy asked for credentials after the request body was sent, and the body is a "
+                    "stream that cannot be sent again; pass it as bytes, or make one small request first "
+                    "so that the nonce is known and later requests carry credentials from the start",
+                )
+            option = self._pick(response, judged)
+            sent = self._answer(option, request)
+
+    # -- building credentials ---------------------------------------------------------------------------------
+
+    def _preemptive(self, request: ProxyRequest) -> _Sent | None:
+        if self.username is None or self._password is None:
+            return None
+        with self._lock:
+            session = self._session
+            basic_realm = self._basic_realm
+            if session is not None:
+                qop = self._choose_qop(session.challenge.qop, request)
+                if qop is None and session.challenge.qop:
+                    return None  # no usable qop for this body: go without and answer the 407
+                session.nc += 1
+                nc = session.nc
+        if session is not None:
+            return self._digest_credentials(session.challenge, session.ha1, request, qop, nc, from_cache=True)
+        if basic_realm is not None and self._basic_allowed(request):
+            return _Sent("Basic " + encode_basic(self.username, self._password), True, "basic", basic_realm)
+        return None
+
+    def _answer(self, option: _Option, request: ProxyRequest) -> _Sent:
+        assert self.username is not None and self._password is not None
+        dc = option.digest
+        if dc is None:
+            realm = option.challenge.param("realm")
+            if not request.secure:
+                self._warn_basic()
+            with self._lock:
+                self._basic_realm = realm or ""
+                self._session = None
+            try:
+                token = encode_basic(self.username, self._password)
+            except AuthHeaderError as exc:
+                raise ProxyAuthError(f"cannot send Basic credentials: {exc.message}", reason="no-credentials") \
+                    from exc
+            return _Sent("Basic " + token, False, "basic", realm)
+        alg = dc.alg
+        ha1 = compute_ha1(alg.base, self.username, dc.realm, self._password)
+        qop = self._choose_qop(dc.qop, request)
+        session = _Session(dc, ha1, nc=1)
+        with self._lock:
+            self._session = session
+            self._basic_realm = None
+        return self._digest_credentials(dc, ha1, request, qop, 1, from_cache=False)
+
+    def _choose_qop(self, offered: tuple[str, ...], request: ProxyRequest) -> str | None:
+        """auth, or auth-int when it is all the proxy takes (or preferred) and the body can be hashed."""
+        if not offered:
+            return None
+        can_hash = request.body is not None
+        if "auth-int" in offered and can_hash and (self.prefer_auth_int or "auth" not in offered):
+            return "auth-int"
+        if "auth" in offered:
+            return "auth"
+        return None
+
+    def _digest_credentials(
+        self, dc: DigestChallenge, ha1: str, request: ProxyRequest, qop: str | None, nc_value: int,
+        *, from_cache: bool,
+    ) -> _Sent:
+        assert self.username is not None
+        alg = dc.alg
+        uri = request.target
+        # RFC 7616 section 3.4: cnonce is an opaque quoted string chosen by the client; 128 random bits.
+        cnonce = self._random(16).hex() if (qop is not None or alg.sess) else None
+        nc = f"{nc_value:08x}" if qop is not None else None
+        body_hash = alg.hexdigest(request.body) if qop == "auth-int" and request.body is not None else None
+        response = request_digest(alg, ha1=ha1, nonce=dc.nonce, nc=nc, cnonce=cnonce, qop=qop,
+                                  method=request.method.upper(), uri=uri, body_hash=body_hash)
+        use_hash = dc.userhash and self.userhash
+        creds = DigestCredentials(
+            username=compute_userhash(alg, self.username, dc.realm) if use_hash else self.username,
+            userhash=use_hash, realm=dc.realm, nonce=dc.nonce, uri=uri, response=response, algorithm=alg,
+            cnonce=cnonce, nc=nc, qop=qop, opaque=dc.opaque,
+        )
+        header = build_credentials(creds.to_credentials())
+        return _Sent(header, from_cache, "digest", dc.realm, alg, ha1, dc.nonce, nc, cnonce, qop, uri)
+
+    # -- reading challenges -----------------------------------------------------------------------------------
+
+    def _judge(self, response: ProxyResponse, request: ProxyRequest) -> _Judged:
+        judged = _Judged()
+        for value in response.get_all("Proxy-Authenticate"):
+            try:
+                judged.challenges.extend(parse_challenges([value]))
+            except AuthHeaderError:
+                judged.unreadable += 1
+        for position, challenge in enumerate(judged.challenges):
+            # Later in the list ranks lower among equals: the proxy lists its preference first.
+            order = -position
+            if challenge.scheme_key == "digest":
+                try:
+                    dc = DigestChallenge.from_challenge(challenge)
+                except AuthHeaderError as exc:
+                    judged.skipped.append(f"a malformed Digest challenge ({exc.message})")
+                    continue
+                if dc is None:
+                    judged.skipped.append(f"Digest {challenge.param('algorithm')} (an algorithm we do not know)")
+                    continue
+                known = tuple(q for q in dc.qop if q in _KNOWN_QOP)
+                if dc.qop and not known:
+                    judged.skipped.append(f"Digest {dc.algorithm} with qop {', '.join(dc.qop)} (unknown qop)")
+                    continue
+                if known and "auth" not in known and request.body is None:
+                    judged.auth_int_declined = True
+                    judged.skipped.append(f"Digest {dc.algorithm} qop=auth-int (the body is a stream and "
+                                          "cannot be hashed)")
+                    continue
+                dc = DigestChallenge(dc.realm, dc.nonce, dc.opaque, dc.algorithm, known, dc.stale, dc.userhash,
+                                     dc.charset_utf8)
+                judged.options.append(_Option(dc.alg.strength * 1000 + order, challenge, dc))
+            elif challenge.scheme_key == "basic":
+                if not self._basic_allowed(request):
+                    judged.basic_refused = True
+                    judged.skipped.append("Basic (refused: it would send the password in clear text to an "
+                                          "http:// proxy)")
+                    continue
+                if self.username is not None and ":" in self.username:
+                    judged.skipped.append("Basic (the user name contains ':', which Basic cannot carry)")
+                    continue
+                judged.options.append(_Option(order, challenge, None))
+            else:
+                judged.skipped.append(f"{challenge.scheme} (a scheme this client does not speak)")
+        judged.options.sort(key=lambda o: -o.rank)
+        return judged
+
+    def _pick(self, response: ProxyResponse, judged: _Judged) -> _Option:
+        if judged.options:
+            return judged.options[0]
+        if not judged.challenges:
+            what = ("its Proxy-Authenticate fields could not be parsed" if judged.unreadable
+                    else "it sent no Proxy-Authenticate field")
+            raise self._error(response, judged, "malformed-challenge",
+                              f"the proxy answered 407 but {what}, so there is nothing to answer")
+        if judged.basic_refused and all(c.scheme_key == "basic" for c in judged.challenges):
+            raise self._error(response, judged, "basic-refused",
+                              "the proxy offers only Basic, and sending the password in clear text to an http:// "
+                              "proxy was refused; use an https:// proxy URL or allow Basic over cleartext")
+        if judged.auth_int_declined:
+            raise self._error(response, judged, "body-not-replayable",
+                              "the proxy accepts only Digest qop=auth-int, which covers the request body, and "
+                              "this body is a stream that cannot be read twice; pass the body as bytes")
+        raise self._error(response, judged, "no-usable-challenge",
+                          f"the proxy offers only {_offered(judged.challenges)}; this client answers Digest "
+                          "SHA-512-256, SHA-256 and MD5 (each also -sess) and Basic; skipped: "
+                          + "; ".join(judged.skipped))
+
+    def _basic_allowed(self, request: ProxyRequest) -> bool:
+        return request.secure or self.allow_basic_cleartext
+
+    def _warn_basic(self) -> None:
+        if self._warn is not None and not self._warned_basic:
+            self._warned_basic = True
+            self._warn("the proxy is answered with Basic over a cleartext connection: the password crosses the "
+                       "network readable by anyone on the path (use an https:// proxy URL, or a Digest proxy)")
+
+    def _forget(self, sent: _Sent) -> None:
+        with self._lock:
+            if sent.scheme == "basic":
+                self._basic_realm = None
+            elif self._session is not None and self._session.challenge.nonce == sent.nonce:
+                self._session = None
+
+    # -- after success ----------------------------------------------------------------------------------------
+
+    def _check_auth_info(self, sent: _Sent, response: ProxyResponse) -> None:
+        """RFC 7616 section 3.5: verify rspauth (qop=auth) and take nextnonce."""
+        if sent.scheme != "digest":
+            return
+        values = response.get_all("Proxy-Authentication-Info")
+        if not values:
+            return
+        try:
+            params = dict(parse_auth_params(", ".join(values)))
+        except AuthHeaderError:
+            return  # unreadable: nothing to verify against, and the request did succeed
+        assert sent.alg is not None and sent.ha1 is not None and sent.nonce is not None
+        rspauth = params.get("rspauth")
+        # For auth-int, rspauth covers the response body, which the caller has not read yet: not checked here.
+        if rspauth is not None and sent.qop != "auth-int":
+            echoed_ok = params.get("cnonce", sent.cnonce) == sent.cnonce and (
+                params.get("nc") is None or sent.nc is None or params["nc"].lower() == sent.nc
+            )
+            expected = response_auth(sent.alg, ha1=sent.ha1, nonce=sent.nonce, nc=sent.nc, cnonce=sent.cnonce,
+                                     qop=sent.qop, uri=sent.uri or "")
+            if not echoed_ok or not hmac.compare_digest(expected.encode(), rspauth.lower().encode()):
+                with self._lock:
+                    self._session = None
+                raise ProxyAuthError(
+                    "the proxy's rspauth (Proxy-Authentication-Info) does not match: whoever answered does not "
+                    "know the password, so the response cannot be trusted to come from the real proxy",
+                    status=response.status, headers=response.headers, reason="rspauth-mismatch",
+                )
+        nextnonce = params.get("nextnonce")
+        if nextnonce:
+            with self._lock:
+                session = self._session
+                if session is not None and session.challenge.nonce == sent.nonce:
+                    c = session.challenge
+                    fresh = DigestChallenge(c.realm, nextnonce, c.opaque, c.algorithm, c.qop, False, c.userhash,
+                                            c.charset_utf8)
+                    self._session = _Session(fresh, session.ha1, nc=0)
+
+    # -- errors -----------------------------------------------------------------------------------------------
+
+    def _error(self, response: ProxyResponse, judged: _Judged, reason: str, message: str) -> ProxyAuthError:
+        return ProxyAuthError(message, status=response.status, headers=response.headers,
+                              body_text=response.body_text, challenges=judged.challenges, reason=reason)
+
+    def _wrong_credentials(self, response: ProxyResponse, judged: _Judged, sent: _Sent) -> ProxyAuthError:
+        with self._lock:
+            self._session = None
+            self._basic_realm = None
+        how = "Basic" if sent.scheme == "basic" else f"Digest {sent.alg.name if sent.alg else ''}".rstrip()
+        realm = f' in realm "{sent.realm}"' if sent.realm is not None else ""
+        return self._error(
+            response, judged, "wrong-credentials",
+            f"the proxy rejected the password for {self.username}{realm} ({how}): it answered with a new "
+            "challenge, not a stale one; check the user name, the password and that the user exists in that "
+            "realm",
+        )
+
+    def _answered_401(self, response: ProxyResponse) -> ProxyAuthError:
+        challenges: list[Challenge] = []
+        for value in response.get_all("WWW-Authenticate"):
+            try:
+                challenges.extend(parse_challenges([value]))
+            except AuthHeaderError:
+                continue
+        return ProxyAuthError(
+            "the proxy answered the CONNECT with 401 instead of 407 (RFC 9110 section 15.5.2: 401 is an "
+            "origin's answer); it most likely refused the credentials, and since a 401 asks for origin "
+            f"credentials they are not sent again; it offered: {_offered(challenges)}",
+            status=response.status, headers=response.headers, body_text=response.body_text,
+            challenges=challenges, reason="answered-401",
+        )
+
+
+Flow = Generator[Send, ProxyResponse, ProxyResponse]
+
+
+def drive(flow: Flow, send: Callable[[Send], ProxyResponse]) -> ProxyResponse:
+    """Run ``flow`` to the end with a synchronous ``send``; for tests and simple callers."""
+    step = next(flow)
+    while True:
+        try:
+            step = flow.send(send(step))
+        except StopIteration as stop:
+            return cast(ProxyResponse, stop.value)

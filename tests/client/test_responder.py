@@ -1,0 +1,322 @@
+"""The responder flow driven by hand against the real verifier (no sockets): every algorithm, -sess, auth
+and auth-int, userhash, non-ASCII names, stale, nextnonce, rspauth, preemptive reuse with nc per nonce under
+concurrency, choice among several challenges, and every refusal in words."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from authproxy.auth.basic import basic_challenge
+from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1
+from authproxy.auth.headers import build_challenge, parse_credentials
+from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.responder import (
+    ProxyAuthError,
+    ProxyRequest,
+    ProxyResponse,
+    Responder,
+    Send,
+    describe_challenge,
+    drive,
+)
+from authproxy.auth.verifier import (
+    Allow,
+    AuthPolicy,
+    NeedBodyHash,
+    NeedNonceUse,
+    NeedPasswordCheck,
+    NeedUser,
+    NeedUserByHash,
+    Verifier,
+)
+from authproxy.state import MemoryNonceCounterStore
+from authproxy.users.base import UserEntry, check_basic_password
+
+REALM = "responder-test"
+USERS = {"alice": "wonderland", "jösé": "pässwörd€", "bob": "pa:ss:word"}
+ALL_ALGS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
+CONNECT = ProxyRequest("CONNECT", "origin.test:443")
+GET = ProxyRequest("GET", "http://origin.test/a?b=1")
+
+
+class FakeProxy:
+    """A proxy's auth decision, in memory: the verifier with a user table, a nonce store and a clock."""
+
+    def __init__(self, **policy: Any) -> None:
+        self.policy = AuthPolicy(realm=REALM, **policy)
+        self.issuer = NonceIssuer(b"k" * 32, REALM, self.policy.nonce_lifetime)
+        self.verifier = Verifier(self.policy, self.issuer)
+        self.store = MemoryNonceCounterStore()
+        self.now = 1_700_000_000.0
+        self.sent: list[str | None] = []
+        self.entries = {
+            name: UserEntry(name, REALM, {a: compute_ha1(a, name, REALM, pw) for a in BASE_ALGORITHMS})
+            for name, pw in USERS.items()
+        }
+        self.lock = threading.Lock()
+
+    def challenge_response(self, stale: bool = False) -> ProxyResponse:
+        values = self.verifier.challenges(self.now, secrets.token_bytes(16), stale=stale)
+        return ProxyResponse(407, tuple(("Proxy-Authenticate", v) for v in values), b"auth needed")
+
+    def __call__(self, request: ProxyRequest) -> Callable[[Send], ProxyResponse]:
+        def send(step: Send) -> ProxyResponse:
+            self.sent.append(step.proxy_authorization)
+            flow = self.verifier.verify(request.method, request.target, step.proxy_authorization, self.now)
+            answer: Any = None
+            try:
+                while True:
+                    need = flow.send(answer)
+                    if isinstance(need, NeedUser):
+                        answer = self.entries.get(need.name)
+                    elif isinstance(need, NeedUserByHash):
+                        wanted = need
+                        answer = next((e for e in self.entries.values()
+                                       if _uh(wanted.algorithm, e.name, wanted.realm) == wanted.hashed), None)
+                    elif isinstance(need, NeedPasswordCheck):
+                        answer = check_basic_password(need.entry, need.password, REALM)
+                    elif isinstance(need, NeedBodyHash):
+                        from authproxy.auth.digest import get_algorithm
+                        alg = get_algorithm(need.algorithm)
+                        assert alg is not None and request.body is not None
+                        answer = alg.hexdigest(request.body)
+                    elif isinstance(need, NeedNonceUse):
+                        with self.lock:
+                            answer = self.store.use(need.nonce, need.nc, need.expires_at, self.now)
+            except StopIteration as stop:
+                result = stop.value
+            if isinstance(result, Allow):
+                headers = (("Proxy-Authentication-Info", result.auth_info),) if result.auth_info else ()
+                return ProxyResponse(200, headers)
+            return self.challenge_response(stale=result.stale)
+        return send
+
+
+def _uh(algorithm: str, name: str, realm: str) -> str:
+    from authproxy.auth.digest import compute_userhash, get_algorithm
+    alg = get_algorithm(algorithm)
+    assert alg is not None
+    return compute_userhash(alg, name, realm)
+
+
+def responder(user: str = "alice", password: str | None = None, **kw: Any) -> Responder:
+    return Responder(user, USERS[user] if password is None else password, random=secrets.token_bytes, **kw)
+
+
+def run(proxy: FakeProxy, r: Responder, request: ProxyRequest) -> ProxyResponse:
+    return drive(r.flow(request), proxy(request))
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+@pytest.mark.parametrize("qop", ["auth", "auth-int"])
+def test_every_algorithm_and_qop(alg: str, qop: str) -> None:
+    proxy = FakeProxy(digest_algorithms=(alg,), qop=(qop,), schemes=("digest",))
+    r = responder()
+    post = ProxyRequest("POST", "http://origin.test/p", body=b"the body")
+    assert run(proxy, r, post).status == 200
+    creds = DigestCredentials.from_credentials(parse_credentials(proxy.sent[-1] or ""))
+    assert creds.algorithm.name == alg and creds.qop == qop and creds.nc == "00000001"
+    # Preemptive: the next request (and a CONNECT) carry credentials at once, nc incremented.
+    before = len(proxy.sent)
+    assert run(proxy, r, post).status == 200
+    assert run(proxy, r, CONNECT).status == 200
+    assert len(proxy.sent) == before + 2
+    last = DigestCredentials.from_credentials(parse_credentials(proxy.sent[-1] or ""))
+    assert last.nc == "00000003" and last.uri == "origin.test:443"
+
+
+@pytest.mark.parametrize("user", list(USERS))
+def test_userhash_and_non_ascii_names(user: str) -> None:
+    for userhash in (True, False):
+        proxy = FakeProxy(userhash=True)
+        r = responder(user, userhash=userhash)
+        assert run(proxy, r, GET).status == 200
+        creds = parse_credentials(proxy.sent[-1] or "")
+        assert (creds.param("userhash") == "true") == userhash
+        if not userhash and user == "jösé":
+            assert creds.param("username*") == "UTF-8''j%C3%B6s%C3%A9" and creds.param("username") is None
+
+
+def test_strongest_challenge_wins_and_unknown_schemes_are_skipped() -> None:
+    proxy = FakeProxy(digest_algorithms=("MD5", "SHA-512-256", "SHA-256"))
+    r = responder()
+    step = r.flow(GET)
+    assert next(step) == Send(None)
+    real = proxy.challenge_response()
+    odd = ("Proxy-Authenticate", 'Negotiate, NTLM, Digest realm="x", nonce="n", algorithm=SHA-1, qop="auth"')
+    broken = ("Proxy-Authenticate", 'Digest realm="unterminated')
+    attempt = step.send(ProxyResponse(407, (odd, broken, *real.headers)))
+    assert attempt.proxy_authorization is not None and "algorithm=SHA-512-256," in attempt.proxy_authorization
+
+
+def test_wrong_password_stops_with_words() -> None:
+    proxy = FakeProxy()
+    with pytest.raises(ProxyAuthError) as info:
+        run(proxy, responder(password="nope"), CONNECT)
+    err = info.value
+    assert err.reason == "wrong-credentials" and err.status == 407
+    assert f'rejected the password for alice in realm "{REALM}"' in str(err)
+    assert len(proxy.sent) == 2 and len(err.challenges) == 3 and err.body_text == "auth needed"
+
+
+def test_wrong_basic_password() -> None:
+    proxy = FakeProxy(schemes=("basic",))
+    with pytest.raises(ProxyAuthError, match="rejected the password for bob") as info:
+        run(proxy, responder("bob", password="x"), GET)
+    assert info.value.reason == "wrong-credentials"
+
+
+def test_basic_cleartext_warned_once_or_refused() -> None:
+    proxy = FakeProxy(schemes=("basic",))
+    warnings: list[str] = []
+    r = responder("bob", warn=warnings.append)
+    assert run(proxy, r, GET).status == 200
+    assert run(proxy, r, GET).status == 200
+    assert len(warnings) == 1 and "clear" in warnings[0]
+    assert proxy.sent[-1] is not None and proxy.sent[-1].startswith("Basic ")
+    assert len(proxy.sent) == 3  # Basic is preemptive once known
+    refusing = responder("bob", allow_basic_cleartext=False)
+    with pytest.raises(ProxyAuthError, match="offers only Basic") as info:
+        run(proxy, refusing, GET)
+    assert info.value.reason == "basic-refused"
+    # Over TLS to the proxy Basic is fine even when cleartext Basic is refused.
+    assert run(proxy, refusing, ProxyRequest("GET", GET.target, secure=True)).status == 200
+
+
+def test_only_unknown_schemes() -> None:
+    r = responder()
+    flow = r.flow(CONNECT)
+    next(flow)
+    offered = ("Proxy-Authenticate", 'Negotiate, Digest realm="r", nonce="n", algorithm=SHA-1')
+    with pytest.raises(ProxyAuthError, match="offers only Negotiate, Digest SHA-1") as info:
+        flow.send(ProxyResponse(407, (offered,)))
+    assert info.value.reason == "no-usable-challenge"
+
+
+def test_malformed_407() -> None:
+    r = responder()
+    flow = r.flow(CONNECT)
+    next(flow)
+    with pytest.raises(ProxyAuthError, match="could not be parsed") as info:
+        flow.send(ProxyResponse(407, (("Proxy-Authenticate", 'Digest realm="x'),)))
+    assert info.value.reason == "malformed-challenge"
+
+
+def test_no_credentials_given() -> None:
+    r = Responder(None, None, random=secrets.token_bytes)
+    with pytest.raises(ProxyAuthError, match="none were given") as info:
+        run(FakeProxy(), r, CONNECT)
+    assert describe_challenge(info.value.challenges[0]).startswith("Digest SHA-256 (qop auth, auth-int")
+
+
+def test_stale_retries_once_with_the_new_nonce() -> None:
+    proxy = FakeProxy(nonce_lifetime=10)
+    r = responder()
+    assert run(proxy, r, GET).status == 200
+    proxy.now += 60  # the cached nonce expired: cached -> stale 407 -> fresh answer
+    proxy.sent.clear()
+    assert run(proxy, r, GET).status == 200
+    assert len(proxy.sent) == 2
+
+
+def test_fresh_answer_called_stale_twice_is_an_error() -> None:
+    r = responder()
+    proxy = FakeProxy()
+    flow = r.flow(GET)
+    next(flow)
+    flow.send(proxy.challenge_response())
+    flow.send(proxy.challenge_response(stale=True))  # retried once
+    with pytest.raises(ProxyAuthError) as info:
+        flow.send(proxy.challenge_response(stale=True))
+    assert info.value.reason == "stale-loop"
+
+
+def test_never_loops() -> None:
+    # A proxy that calls every nonce stale from a cache-less start: capped, never endless.
+    r = responder(max_rounds=3)
+    proxy = FakeProxy()
+    flow = r.flow(GET)
+    next(flow)
+    flow.send(proxy.challenge_response())
+    with pytest.raises(ProxyAuthError):
+        for _ in range(5):
+            flow.send(proxy.challenge_response(stale=True))
+
+
+def test_nextnonce_is_taken() -> None:
+    proxy = FakeProxy(nonce_lifetime=100)
+    r = responder()
+    assert run(proxy, r, GET).status == 200
+    first = DigestCredentials.from_credentials(parse_credentials(proxy.sent[-1] or "")).nonce
+    proxy.now += 60  # past half its life: the proxy hands out nextnonce
+    assert run(proxy, r, GET).status == 200
+    assert run(proxy, r, GET).status == 200
+    last = DigestCredentials.from_credentials(parse_credentials(proxy.sent[-1] or ""))
+    assert last.nonce != first and last.nc == "00000001"
+
+
+def test_rspauth_mismatch_is_an_error() -> None:
+    proxy = FakeProxy(qop=("auth",))
+    r = responder()
+    flow = r.flow(GET)
+    next(flow)
+    attempt = flow.send(proxy.challenge_response())
+    creds = DigestCredentials.from_credentials(parse_credentials(attempt.proxy_authorization or ""))
+    info = f'qop=auth, rspauth="{"0" * 64}", cnonce="{creds.cnonce}", nc={creds.nc}'
+    with pytest.raises(ProxyAuthError, match="rspauth") as err:
+        flow.send(ProxyResponse(200, (("Proxy-Authentication-Info", info),)))
+    assert err.value.reason == "rspauth-mismatch"
+
+
+def test_auth_int_with_a_stream_body() -> None:
+    stream = ProxyRequest("POST", "http://origin.test/p", body=None)
+    with pytest.raises(ProxyAuthError, match="stream") as info:
+        run(FakeProxy(qop=("auth-int",)), responder(), stream)
+    assert info.value.reason == "body-not-replayable"
+    # With both offered, auth-int is preferred only when the body can be hashed.
+    proxy = FakeProxy()
+    r = responder(prefer_auth_int=True)
+    assert run(proxy, r, ProxyRequest("POST", "http://origin.test/p", body=b"x")).status == 200
+    assert "qop=auth-int" in (proxy.sent[-1] or "")
+    assert run(proxy, r, stream).status == 200  # preemptive, qop=auth: nothing to replay
+    assert "qop=auth," in (proxy.sent[-1] or "")
+
+
+def test_401_to_connect() -> None:
+    r = responder()
+    flow = r.flow(CONNECT)
+    next(flow)
+    with pytest.raises(ProxyAuthError, match="401 instead of 407") as info:
+        flow.send(ProxyResponse(401, (("WWW-Authenticate", build_challenge(basic_challenge("t"))),)))
+    assert info.value.reason == "answered-401"
+    # A 401 on a plain request is the origin's: handed back, never answered with proxy credentials.
+    flow = r.flow(GET)
+    next(flow)
+    with pytest.raises(StopIteration):
+        flow.send(ProxyResponse(401, (("WWW-Authenticate", 'Basic realm="origin"'),)))
+
+
+def test_concurrent_requests_never_share_an_nc() -> None:
+    proxy = FakeProxy()
+    r = responder()
+    assert run(proxy, r, GET).status == 200
+    proxy.sent.clear()
+    results: list[int] = []
+
+    def worker() -> None:
+        for _ in range(50):
+            results.append(run(proxy, r, GET).status)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 400
+    ncs = [DigestCredentials.from_credentials(parse_credentials(s or "")).nc for s in proxy.sent]
+    assert len(ncs) == 400 and len(set(ncs)) == 400
