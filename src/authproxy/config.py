@@ -53,7 +53,7 @@ class Config:
     auth_int_max_body: int = 1 << 20
     connect_ports: tuple[int, ...] | None = (443,)  # None: any port
     via_pseudonym: str = "authproxy"
-    pool_size: int = 32  # idle origin connections kept per host:port
+    pool_size: int = 256  # idle origin connections kept per host:port
 
     listen_address: tuple[str, int] = field(init=False, repr=False, compare=False)
 

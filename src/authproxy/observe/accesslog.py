@@ -100,6 +100,10 @@ class AccessLog:
             return cls(sys.stdout, fmt)
         return cls(open(where, "a", encoding="utf-8", buffering=1 << 16), fmt)
 
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
+
     def write(self, record: AccessRecord) -> None:
         if self._stream is not None:
             self._stream.write(self._format(record) + "\n")

@@ -45,6 +45,47 @@ _DISCARD_LIMIT = 1 << 20  # body bytes of a refused request we read and drop to 
 class Exchange:
     """A request, from parsed head to logged response. Implements upstream.ResponseSink."""
 
+    __slots__ = (
+        "_out",
+        "auth_info",
+        "body_buffer",
+        "body_complete",
+        "buffered",
+        "chunked",
+        "chunked_out",
+        "close_delimited",
+        "conn",
+        "connect_dest",
+        "content_length",
+        "dest",
+        "discarded",
+        "discarding",
+        "done",
+        "forwarding",
+        "has_body",
+        "head_sent",
+        "headers",
+        "keep_alive",
+        "method",
+        "outcome",
+        "peer",
+        "pending_body",
+        "request_head",
+        "reused_upstream",
+        "sent_bytes",
+        "server",
+        "started",
+        "status",
+        "t0",
+        "target",
+        "task",
+        "tunnel",
+        "upstream",
+        "upstream_keep_alive",
+        "user",
+        "version",
+    )
+
     def __init__(self, conn: ClientConnection, method: bytes, target: bytes, version: str,
                  headers: list[tuple[bytes, bytes]], keep_alive: bool,
                  content_length: int | None, chunked: bool) -> None:
@@ -74,6 +115,8 @@ class Exchange:
         self.pending_body: PendingBody | None = None
         # Routing and response.
         self.dest: forward.Target | None = None
+        self.connect_dest: tuple[str, int] = ("", 0)
+        self.request_head = b""
         self.upstream: UpstreamConnection | None = None
         self.reused_upstream = False
         self.tunnel: TunnelUpstream | None = None
@@ -86,6 +129,8 @@ class Exchange:
         self.peer: str | None = None
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        # Response bytes from one read of the origin, written together by upstream_flush.
+        self._out: list[bytes] = []
 
     # == start: authenticate ==================================================================================
     @property
@@ -358,7 +403,7 @@ class Exchange:
             if status == 101:
                 self.upstream_error("the origin switched protocols, which this proxy does not relay")
             elif self.version == "1.1":
-                self.conn.transport.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
+                self._out.append(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
             return
         tokens = forward.connection_tokens(headers)
         content_length: int | None = None
@@ -391,23 +436,31 @@ class Exchange:
             chunked=self.chunked_out, keep_alive=keep,
         )
         self.sent_bytes += len(head)
-        self.conn.transport.write(head)
+        self._out.append(head)
 
     def upstream_body(self, data: bytes) -> None:
         if not data:
             return
         self.sent_bytes += len(data)
         if self.chunked_out:
-            self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.conn.transport.write(data)
+            self._out.append(data)
+
+    def upstream_flush(self) -> None:
+        """Write what the last read from the origin produced, in one go: a small response is one syscall."""
+        if self._out:
+            self.conn.transport.writelines(self._out)
+            self._out.clear()
 
     def upstream_complete(self) -> None:
         if self.chunked_out:
-            self.conn.transport.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self.upstream_flush()
         self.finish(reusable=self.upstream_keep_alive and self.body_complete, keep_client=self.keep_alive)
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream_flush()
         if self.done:
             return
         if self.head_sent and self.close_delimited:
@@ -430,6 +483,7 @@ class Exchange:
         self.finish(reusable=False, keep_client=False, abort=True)
 
     def upstream_error(self, message: str) -> None:
+        self.upstream_flush()
         if self.head_sent:
             self.finish(reusable=False, keep_client=False, abort=True)
         else:
@@ -490,6 +544,8 @@ class Exchange:
         self.conn.exchange_done(self, keep_client=keep_client, abort=abort)
 
     def log(self, extra_bytes: int = 0) -> None:
+        if not self.server.access_log.enabled:
+            return
         self.server.access_log.write(
             AccessRecord(
                 started=self.started,

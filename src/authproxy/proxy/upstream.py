@@ -26,6 +26,8 @@ class ResponseSink(Protocol):
 
     def upstream_complete(self) -> None: ...
 
+    def upstream_flush(self) -> None: ...
+
     def upstream_lost(self, exc: Exception | None) -> None: ...
 
     def upstream_error(self, message: str) -> None: ...
@@ -80,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle origin sent something unasked: the connection is no longer in a known state.
             self.close()
             return
+        owner = self.owner
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -87,6 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(f"the origin's response could not be relayed ({exc})")
         except httptools.HttpParserError as exc:
             self._fail(f"the origin sent a malformed response ({exc})")
+        owner.upstream_flush()
 
     def eof_received(self) -> bool:
         return False
@@ -136,7 +140,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.owner is not None and self.parser is not None and self.parser.get_status_code() >= 200:
-            self.parser = None
             self.owner.upstream_complete()
 
     # -- used by the exchange -----------------------------------------------------------------------------
@@ -145,7 +148,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner = owner
         self._head_only = head_only
         self.received_any = False
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:  # llhttp resets itself after each complete message; reuse it
+            self.parser = httptools.HttpResponseParser(self)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -154,7 +158,6 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self, reusable: bool) -> None:
         """The exchange is done with this connection: back to the pool, or closed."""
         self.owner = None
-        self.parser = None
         if reusable and not self.closed:
             self._pool.put(self)
         else:
