@@ -33,6 +33,8 @@ def _serve_parser(subparsers: Any) -> None:
     serve.add_argument("--connect-ports", metavar="LIST|any", help="ports CONNECT may reach (default 443)")
     serve.add_argument("--access-log", metavar="FILE", help="access log path, '-' for stdout, '' for none")
     serve.add_argument("--access-log-format", choices=("squid", "json"))
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -48,14 +50,22 @@ def _run_serve(args: argparse.Namespace) -> int:
         "digest_algorithms": _split(args.digest_algorithms),
         "access_log": args.access_log,
         "access_log_format": args.access_log_format,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
     }
-    config = load_config(args.config, overrides)
-    if args.connect_ports is not None:  # after load_config: None ("any") must win over the file too
-        config = replace(config, connect_ports=parse_connect_ports(args.connect_ports, key="--connect-ports"))
+
+    def load() -> Config:
+        config = load_config(args.config, overrides)
+        if args.connect_ports is not None:  # after load_config: None ("any") must win over the file too
+            ports = parse_connect_ports(args.connect_ports, key="--connect-ports")
+            config = replace(config, connect_ports=ports)
+        return config
+
+    config = load()
     _ensure_users(config)
     from authproxy.proxy.server import run
 
-    run(config)
+    run(config, reload=load)  # SIGHUP reads the file again, with the same flags on top
     return 0
 
 

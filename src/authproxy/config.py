@@ -50,6 +50,13 @@ class Config:
     header_timeout: float = 30.0
     idle_timeout: float = 120.0
     max_header_size: int = 65536
+    max_header_count: int = 100
+    max_body_size: int = 0  # request bodies; 0: no limit
+    max_connections: int = 20000
+    max_connections_per_client: int = 2048  # 0: no limit
+    drain_grace: float = 10.0  # seconds SIGTERM waits for in-flight requests
+    tls_cert: str = ""  # PEM files: with both set, clients speak TLS to the proxy
+    tls_key: str = ""
     auth_int_max_body: int = 1 << 20
     connect_ports: tuple[int, ...] | None = (443,)  # None: any port
     via_pseudonym: str = "authproxy"
@@ -76,6 +83,14 @@ class Config:
         for key in ("max_header_size", "auth_int_max_body"):
             if getattr(self, key) < 1024:
                 raise ConfigError(f"{key}: must be at least 1024")
+        for key in ("max_header_count", "max_connections"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1")
+        for key in ("max_body_size", "max_connections_per_client", "drain_grace"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: tls_cert and tls_key go together")
         if self.basic_cache_ttl < 0 or self.pool_size < 0:
             raise ConfigError("basic_cache_ttl and pool_size must not be negative")
         if self.connect_ports is not None:

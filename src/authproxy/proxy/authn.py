@@ -78,7 +78,9 @@ class Authenticator:
             userhash=config.userhash,
             nonce_lifetime=config.nonce_lifetime,
         )
-        issuer = NonceIssuer(nonce_key or secrets.token_bytes(32), config.realm, config.nonce_lifetime)
+        # Kept so a reload (SIGHUP) can build a new Authenticator that still accepts the nonces in flight.
+        self.nonce_key = nonce_key or secrets.token_bytes(32)
+        issuer = NonceIssuer(self.nonce_key, config.realm, config.nonce_lifetime)
         self.verifier = Verifier(policy, issuer)
         self.cache_ttl = config.basic_cache_ttl
         # sha256(name, stored secret, password) -> expiry. Only successes; the key changes with the password.

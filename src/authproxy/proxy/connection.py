@@ -21,8 +21,6 @@ from authproxy.proxy.tunnel import TunnelUpstream
 if TYPE_CHECKING:
     from authproxy.proxy.server import ProxyServer
 
-_MAX_HEADERS = 256
-
 
 class ClientConnection(asyncio.Protocol):
     """asyncio.Protocol for a client of the proxy (uvicorn's httptools fast path is the model)."""
@@ -62,7 +60,13 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "-"
-        self.server.connections.add(self)
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            # Over a connection limit: say so in one response rather than a silent reset.
+            self.closed = True
+            self.transport.write(made_up_response(503, refusal, proxy_name=self.server.config.via_pseudonym,
+                                             keep_alive=False, extra_headers=[("Retry-After", "1")]))
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -107,7 +111,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.release(self)
         if self.tunnel is not None:
             self.tunnel.close()
         for ex in (self.active, self.receiving, *self.queue):
@@ -167,8 +171,8 @@ class ClientConnection(asyncio.Protocol):
         if self.header_size > self.server.config.max_header_size:
             self._refuse_head(431, "the request head is larger than this proxy accepts")
             raise _Stop
-        if len(self.headers) > _MAX_HEADERS:
-            self._refuse_head(431, f"the request has more than {_MAX_HEADERS} header fields")
+        if len(self.headers) > self.server.config.max_header_count:
+            self._refuse_head(431, f"the request has more than {self.server.config.max_header_count} header fields")
             raise _Stop
 
     def on_headers_complete(self) -> None:

@@ -70,6 +70,7 @@ class Exchange:
         "outcome",
         "peer",
         "pending_body",
+        "received",
         "request_head",
         "reused_upstream",
         "sent_bytes",
@@ -105,6 +106,7 @@ class Exchange:
         # Request body bytes received before the exchange could forward them (auth, connecting).
         self.body_buffer: list[bytes] = []
         self.buffered = 0
+        self.received = 0
         self.discarding = False
         self.discarded = 0
         self.forwarding = False
@@ -138,6 +140,12 @@ class Exchange:
         return self.target.decode("latin-1")
 
     def begin(self) -> None:
+        limit = self.server.config.max_body_size
+        if limit and (self.content_length or 0) > limit:
+            self.outcome = "bad-request"
+            self.refuse(413, f"the request body is larger than this proxy accepts ({limit} bytes)",
+                        error="http_request_denied", close=True)
+            return
         try:
             if self.method == b"CONNECT":
                 self.connect_dest = forward.parse_authority(self.target)
@@ -356,6 +364,16 @@ class Exchange:
 
     # == the request body =====================================================================================
     def request_body(self, data: bytes) -> None:
+        self.received += len(data)
+        limit = self.server.config.max_body_size
+        if limit and self.received > limit and not self.discarding:
+            self.outcome = self.outcome if self.outcome != "none" else "bad-request"
+            if self.done:
+                self.conn.close()
+            else:
+                self.refuse(413, f"the request body is larger than this proxy accepts ({limit} bytes)",
+                            error="http_request_denied", close=True)
+            return
         if self.discarding or self.done:
             self.discarded += len(data)
             if self.discarded > _DISCARD_LIMIT:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
 
 from authproxy.auth.digest import get_algorithm
+from authproxy.auth.errors import AuthProxyError, ConfigError
 from authproxy.config import Config
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
@@ -30,14 +33,17 @@ class ProxyServer:
         self.pool = Pool(config.pool_size)
         self.via_1_1 = b"1.1 " + config.via_pseudonym.encode("ascii", "replace")
         self.connections: set[ClientConnection] = set()
+        self.per_client: dict[str, int] = {}
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         host, port = self.config.listen_address
         loop = asyncio.get_running_loop()
+        _raise_fd_limit()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
+            ssl=tls_context(self.config),
         )
         self._housekeeping = loop.call_later(1.0, self._tick)
 
@@ -53,6 +59,26 @@ class ProxyServer:
         self.pool.expire(now)
         self.access_log.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    def admit(self, conn: ClientConnection) -> str | None:
+        """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503)."""
+        config = self.config
+        if len(self.connections) >= config.max_connections:
+            return f"this proxy is at its limit of {config.max_connections} connections; retry shortly"
+        count = self.per_client.get(conn.client, 0)
+        if config.max_connections_per_client and count >= config.max_connections_per_client:
+            return (f"this proxy allows {config.max_connections_per_client} concurrent connections per client "
+                    "address, and yours has that many open")
+        self.per_client[conn.client] = count + 1
+        self.connections.add(conn)
+        return None
+
+    def release(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            count = self.per_client.pop(conn.client, 1) - 1
+            if count > 0:
+                self.per_client[conn.client] = count
 
     def log_refusal(self, conn: ClientConnection, status: int, sent: int) -> None:
         """A request refused before it could be parsed: logged with what little is known."""
@@ -79,15 +105,72 @@ class ProxyServer:
         self.access_log.flush()
 
 
+    def reload(self, config: Config) -> None:
+        """SIGHUP: take a new config and users file without dropping a connection.
+
+        Nonces already issued stay valid (same key, same replay store). The access log is reopened, which is
+        also how log rotation works. The listening address cannot change without a restart.
+        """
+        if config.listen_address != self.config.listen_address or (config.tls_cert, config.tls_key) != (
+                self.config.tls_cert, self.config.tls_key):
+            _stderr("authproxy: reload: listen and tls_* changes need a restart; keeping the current listener")
+        store = open_user_store(config.users, config.realm)
+        auth = Authenticator(config, store, self.auth.counters, nonce_key=self.auth.nonce_key)
+        log = AccessLog.open(config.access_log, config.access_log_format)
+        old_log = self.access_log
+        self.config, self.auth, self.access_log = config, auth, log
+        self.pool.size = config.pool_size
+        old_log.flush()
+        old_log.close()
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context, so Basic credentials need not cross the network in clear."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_cert: cannot load {config.tls_cert} / {config.tls_key}: {exc}") from None
+    return context
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one: each client connection and origin connection is a file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def build_server(config: Config) -> ProxyServer:
     store = open_user_store(config.users, config.realm)
     auth = Authenticator(config, store, MemoryNonceCounterStore())
     return ProxyServer(config, auth, AccessLog.open(config.access_log, config.access_log_format))
 
 
-async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> None:
-    """Run the proxy until SIGTERM or SIGINT."""
+async def serve(config: Config, *, announce: Callable[[str], None] | None = None,
+                reload: Callable[[], Config] | None = None) -> None:
+    """Run the proxy until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config."""
     server = build_server(config)
+    # Signals first: a SIGTERM that arrives as soon as we announce the port must be a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        try:
+            server.reload(reload() if reload is not None else server.config)
+        except AuthProxyError as exc:
+            _stderr(f"authproxy: reload refused, still running with the previous config: {exc.message}")
+        else:
+            _stderr("authproxy: reloaded config and users")
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
     host, port = server.sockets_addresses[0]
     shown = f"[{host}]" if ":" in host else host
@@ -95,13 +178,10 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
                           f"users from {server.auth.store.description}")
     for line in users_summary(server.auth.store, config):
         (announce or _stderr)(f"authproxy: {line}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()
+    _stderr("authproxy: stopping: no new connections; in-flight requests have "
+            f"{server.config.drain_grace:g} s to finish")
+    await server.stop(server.config.drain_grace)
 
 
 def users_summary(store: UserStore, config: Config, limit: int = 20) -> list[str]:
@@ -132,11 +212,11 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(config: Config) -> None:
+def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Blocking entry point: uvloop when available."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run on
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload=reload))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, reload=reload))
