@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -234,3 +235,18 @@ def test_access_log_has_outcomes_and_no_credentials(proxy: ProxyProcess, origin:
     assert "auth=bad-password" in log and "auth=ok" in log
     assert "SECRET" not in log and "nope" not in log and "wonderland" not in log
     assert ALICE.split()[1] not in log
+
+
+def test_tunnel_is_logged_once_with_its_bytes(proxy: ProxyProcess, tls_origin: tuple[OriginServer, object]) -> None:
+    server, _ = tls_origin
+    raw = (f"CONNECT localhost:{server.port} HTTP/1.1\r\nHost: localhost:{server.port}\r\n"
+           f"Proxy-Authorization: {ALICE}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(raw)
+        assert status_of(read_response(sock)) == 200
+        sock.sendall(b"\x16\x03\x01\x00\x05hello")  # not a real ClientHello: the origin answers and hangs up
+        while sock.recv(65536):
+            pass
+    time.sleep(0.3)
+    lines = [line for line in proxy.access_log().splitlines() if f"CONNECT localhost:{server.port}" in line]
+    assert len(lines) == 1 and "TCP_TUNNEL/200" in lines[0]

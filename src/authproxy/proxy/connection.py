@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: TunnelUpstream | None = None
         self.tunnel_exchange: Exchange | None = None
         self.tunnel_pending: list[bytes] = []
+        self.client_eof = False
         self.up_bytes = 0
 
     # == asyncio.Protocol =====================================================================================
@@ -104,18 +105,23 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
 
     def eof_received(self) -> bool:
-        if self.tunnel is not None:
-            self.tunnel.write_eof()
-            return True  # keep reading what the origin still sends (half-close)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.client_eof = True
+            if tunnel.eof:  # both directions are finished: the tunnel is over
+                tunnel.close()
+                return False
+            tunnel.write_eof()
+            return True  # keep relaying what the origin still sends (half-close)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.release(self)
         if self.tunnel is not None:
-            self.tunnel.close()
+            self.tunnel.close()  # its connection_lost logs the tunnel, with the bytes relayed
         for ex in (self.active, self.receiving, *self.queue):
-            if ex is not None:
+            if ex is not None and ex is not self.tunnel_exchange:
                 ex.abandon()
         self.queue.clear()
 

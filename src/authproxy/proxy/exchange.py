@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from authproxy.auth.errors import AuthProxyError, ProtocolError
@@ -210,9 +211,9 @@ class Exchange:
         body = b"".join(self.body_buffer)
         self._guarded(lambda: self.on_auth_step(self.server.auth.resume_body(pending, body)))
 
-    def _guarded(self, action: object) -> None:
+    def _guarded(self, action: Callable[[], None]) -> None:
         try:
-            action()  # type: ignore[operator]
+            action()
         except AuthProxyError as exc:
             self.outcome = "bad-request"
             self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
@@ -497,7 +498,6 @@ class Exchange:
             self.refuse(502, f"the origin {self.peer} closed the connection without answering",
                         error="connection_terminated")
             return
-        self.outcome = self.outcome if self.outcome != "ok" else "ok"
         self.finish(reusable=False, keep_client=False, abort=True)
 
     def upstream_error(self, message: str) -> None:

@@ -14,6 +14,7 @@ class TunnelClientSide(Protocol):
     """The client connection as the tunnel's origin side sees it."""
 
     transport: asyncio.Transport
+    client_eof: bool
 
     def tunnel_closed(self) -> None: ...
 
@@ -43,8 +44,11 @@ class TunnelUpstream(asyncio.Protocol):
         self.client.transport.write(data)
 
     def eof_received(self) -> bool:
-        # Half-close: pass the origin's FIN on and keep reading the client's side (RFC 9112 section 9.6).
+        # Half-close: pass the origin's FIN on and keep reading the client's side (RFC 9112 section 9.6),
+        # unless the client has finished sending too, and the tunnel is over.
         self.eof = True
+        if self.client.client_eof:
+            return False
         if self.client.transport.can_write_eof() and not self.client.transport.is_closing():
             self.client.transport.write_eof()
             return True

@@ -1,0 +1,589 @@
+"""Destination policy: which hosts and ports a user may reach through the proxy (the SSRF defence).
+
+A forward proxy that reaches whatever a client names is a door into the network it runs in: cloud metadata
+(169.254.169.254), admin ports on loopback, the office LAN. This module decides, before any connection is opened,
+whether a destination is allowed, and names the ONE address that was checked so the caller connects to exactly
+that address (resolve once, connect to the checked address: no DNS-rebinding window between check and use).
+
+What it defends against (spec-checklist, "Classes of attack": CONNECT or forwarding to internal addresses):
+
+- every non-public address range, IPv4 and IPv6, from an explicit table (RFC 6890 special-purpose registries)
+  rather than the ``ipaddress`` properties alone, whose answers changed between Python releases (CVE-2024-4032:
+  ``is_private``/``is_global`` were wrong for several ranges before 3.11.10 / 3.12.4);
+- IPv4 hidden inside IPv6: IPv4-mapped (::ffff:127.0.0.1), IPv4-compatible (::127.0.0.1), 6to4 (2002::/16),
+  NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48) and Teredo (2001::/32);
+- numeric host spellings that ``inet_aton`` and so ``getaddrinfo`` accept: decimal (2130706433), octal
+  (0177.0.0.1), hex (0x7f000001) and short forms (127.1). They are parsed here, never sent to DNS;
+- names that resolve to an internal address, including names with several addresses of which one is internal
+  (a favourite of rebinding attacks): if ANY address is refused, the destination is refused;
+- 0.0.0.0 / "this network", multicast and broadcast, which are never a valid TCP destination (on Linux a
+  connection to 0.0.0.0 reaches the proxy host's own services: the "0.0.0.0 day" class). ``allow_private`` and
+  the allow list do not lift these;
+- CONNECT to arbitrary ports (a proxy that tunnels to port 25 or 22 is an open relay): ``connect_ports``.
+
+Per-user rules restrict further who may reach what; they never lift the address refusal (use ``allow`` for
+that). Refusals carry an RFC 9209 error type and a sentence for a person, ready for ``refuse()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from authproxy.auth.errors import ConfigError
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: ``loop.getaddrinfo`` or a fake with the same call shape, for tests: awaitable (family, type, proto,
+#: canonname, sockaddr) tuples.
+Resolver: TypeAlias = Callable[..., Awaitable[Sequence[tuple[Any, ...]]]]
+
+# == address classification ===========================================================================================
+
+
+def _nets(*pairs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
+    return tuple((ipaddress.ip_network(net), reason) for net, reason in pairs)
+
+
+#: IPv4 ranges refused by default, most specific first (RFC 6890 and the IANA IPv4 special-purpose registry).
+_V4_REFUSED = _nets(
+    ("0.0.0.0/32", "unspecified"),
+    ("0.0.0.0/8", "this network (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback"),
+    ("10.0.0.0/8", "private"),
+    ("172.16.0.0/12", "private"),
+    ("192.168.0.0/16", "private"),
+    ("100.64.0.0/10", "shared address space (100.64/10)"),
+    ("169.254.0.0/16", "link-local"),
+    ("192.0.0.0/24", "IETF protocol assignment"),
+    ("192.0.2.0/24", "documentation"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("192.88.99.0/24", "reserved"),  # the deprecated 6to4 relay anycast prefix (RFC 7526)
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved"),
+)
+
+#: IPv6 ranges refused by default. Embedded-IPv4 prefixes are handled before this table is consulted.
+_V6_REFUSED = _nets(
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("100::/64", "discard-only"),
+    ("2001:2::/48", "benchmarking"),
+    ("2001::/23", "IETF protocol assignment"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing (SRv6)"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+)
+_V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+
+#: Reasons that neither ``allow_private`` nor the allow list lift: never a valid unicast TCP destination.
+NEVER_ALLOWED = frozenset({"unspecified", "this network (0.0.0.0/8)", "multicast", "broadcast"})
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address carries and how (``"IPv4-mapped"``, ``"6to4"`` ...), if it carries one."""
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip in _NAT64 or ip in _NAT64_LOCAL:
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if ip.teredo is not None:
+        return "Teredo", ip.teredo[1]  # (server, client): the client is where the traffic ends up
+    if ip in _V4_COMPATIBLE and int(ip) > 1:  # :: and ::1 are the unspecified and loopback addresses
+        return "IPv4-compatible", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _classify_v4(ip: ipaddress.IPv4Address) -> str | None:
+    for net, reason in _V4_REFUSED:
+        if ip in net:
+            return reason
+    # Belt and braces: anything the stdlib also considers non-public is refused even if the table missed it.
+    if ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_link_local or not ip.is_global:
+        return "reserved"
+    return None
+
+
+def _classify(ip: IPAddress) -> tuple[str, str | None] | None:
+    """(reason, how the refused IPv4 was embedded or None), or None for a public address."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        reason = _classify_v4(ip)
+        return None if reason is None else (reason, None)
+    if ip.scope_id:
+        ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+    embedded = embedded_ipv4(ip)
+    if embedded is not None:
+        how, inner = embedded
+        inner_reason = _classify_v4(inner)
+        if inner_reason is not None:
+            return inner_reason, f"{how} form of {inner}"
+        if how == "IPv4-compatible":
+            return "reserved", f"{how} form of {inner}"  # deprecated by RFC 4291 section 2.5.5.1
+        if how == "NAT64" and ip in _NAT64_LOCAL:
+            return "private", "local-use NAT64 prefix 64:ff9b:1::/48"
+        return None  # IPv4-mapped, NAT64, 6to4 or Teredo form of a public IPv4 address
+    for net, reason in _V6_REFUSED:
+        if ip in net:
+            return reason, None
+    if ip not in _V6_GLOBAL_UNICAST:
+        return "reserved", None  # RFC 4291: only 2000::/3 is allocated for global unicast
+    if ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_link_local or ip.is_site_local:
+        return "reserved", None
+    return None
+
+
+def classify_address(ip: IPAddress) -> str | None:
+    """Why ``ip`` is refused by default ("loopback", "private", "link-local" ...), or None if it is public.
+
+    An IPv6 address that embeds an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, NAT64, Teredo) is judged by
+    the IPv4 address it carries: ``::ffff:127.0.0.1`` is "loopback".
+    """
+    found = _classify(ip)
+    return None if found is None else found[0]
+
+
+#: How a reason reads in a sentence: (singular, plural); plural None for reasons nothing lifts.
+_PHRASES: dict[str, tuple[str, str | None]] = {
+    "unspecified": ("the unspecified address", None),
+    "this network (0.0.0.0/8)": ("in 0.0.0.0/8 (this network)", None),
+    "broadcast": ("the broadcast address", None),
+    "multicast": ("a multicast address", None),
+    "shared address space (100.64/10)": ("in the shared address space 100.64.0.0/10 (carrier-grade NAT)",
+                                         "shared (carrier-grade NAT) addresses"),
+}
+
+
+def _describe(reason: str) -> tuple[str, str | None]:
+    """``"private"`` -> ``("a private address", "private addresses")``: noun phrases for a detail sentence."""
+    if reason in _PHRASES:
+        return _PHRASES[reason]
+    article = "an" if reason[0] in "aeiouIU" else "a"
+    return f"{article} {reason} address", f"{reason} addresses"
+
+
+# == host names, numeric spellings and patterns ========================================================================
+
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_NUMERIC_PART = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)\Z")
+
+
+def parse_inet_aton(text: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address ``inet_aton(3)`` makes of ``text`` (``127.1``, ``0x7f000001``, ``0177.0.0.1``), or None.
+
+    ``getaddrinfo`` accepts these spellings before it asks DNS; parsing them here means an alternative spelling of
+    127.0.0.1 is judged as 127.0.0.1 whatever resolver is in use, and never reaches DNS.
+    """
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        if not _NUMERIC_PART.match(part):
+            return None
+        if part[:2].lower() == "0x":
+            if len(part) == 2:
+                return None
+            values.append(int(part[2:], 16))
+        elif len(part) > 1 and part[0] == "0":
+            if any(c in "89" for c in part):
+                return None
+            values.append(int(part, 8))
+        else:
+            values.append(int(part))
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
+        return None
+    number = last
+    for shift, value in zip(range(24, 0, -8), head, strict=False):
+        number |= value << shift
+    return ipaddress.IPv4Address(number)
+
+
+def _looks_numeric(name: str) -> bool:
+    """A name whose last label is a number: no real top-level domain is, so it is an IPv4 spelling or nothing."""
+    last = name.rsplit(".", 1)[-1]
+    return bool(last) and _NUMERIC_PART.match(last) is not None
+
+
+def normalise_name(host: str) -> str | None:
+    """``host`` lower-cased, IDNA-encoded (``bücher.example`` -> ``xn--bcher-kva.example``), without a final dot;
+    None if it is not a syntactically valid DNS name."""
+    if not host or len(host) > 254:
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return None
+    name = name.lower()
+    if not name or len(name) > 253:
+        return None
+    if not all(_LABEL.match(label) for label in name.split(".")):
+        return None
+    return name
+
+
+_GLOB_CHARS = re.compile(r"[a-z0-9_.*?-]+\Z")
+
+
+@dataclass(frozen=True)
+class _HostPatterns:
+    """Compiled host entries: globs matched against names, networks matched against addresses."""
+
+    globs: tuple[re.Pattern[str], ...]
+    networks: tuple[IPNetwork, ...]
+
+    def match_name(self, name: str | None) -> bool:
+        return name is not None and any(g.fullmatch(name) for g in self.globs)
+
+    def match_address(self, ip: IPAddress) -> bool:
+        if any(ip in net for net in self.networks):
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return any(ip.ipv4_mapped in net for net in self.networks)
+        return False
+
+    def match_all(self, addresses: Sequence[IPAddress]) -> bool:
+        return bool(addresses) and all(self.match_address(a) for a in addresses)
+
+
+def _compile_glob(key: str, pattern: str) -> re.Pattern[str]:
+    labels = []
+    for label in pattern.lower().removesuffix(".").split("."):
+        if not label.isascii() and "*" not in label and "?" not in label:
+            try:
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ConfigError(f"{key}: {pattern!r} is not a valid host name or glob") from None
+        labels.append(label)
+    text = ".".join(labels)
+    if not text or not _GLOB_CHARS.match(text) or ".." in text:
+        raise ConfigError(f"{key}: {pattern!r} is not a host glob (letters, digits, '-', '.', '*' and '?') "
+                          "or a CIDR (10.0.0.0/8)")
+    if all(label.strip("*?").isdigit() or label in ("*", "?") for label in labels) and text not in ("*", "?"):
+        raise ConfigError(f"{key}: {pattern!r} looks like an address: write a CIDR (for example 10.0.0.0/8); "
+                          "globs match host names only")
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
+    return re.compile(regex)
+
+
+def _compile_hosts(key: str, entries: Iterable[object]) -> _HostPatterns:
+    globs: list[re.Pattern[str]] = []
+    networks: list[IPNetwork] = []
+    for index, entry in enumerate(entries):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, str) or not entry.strip():
+            raise ConfigError(f"{where}: expected a host glob or a CIDR, got {entry!r}")
+        entry = entry.strip()
+        if "/" in entry or ":" in entry or _looks_numeric(entry.removesuffix(".")):
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=True))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {entry!r} is not a CIDR: {exc}") from None
+        else:
+            globs.append(_compile_glob(where, entry))
+    return _HostPatterns(tuple(globs), tuple(networks))
+
+
+# == configuration =====================================================================================================
+
+RuleAction: TypeAlias = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class UserRule:
+    """Which users may (or, with ``action="deny"``, may not) reach which hosts and ports.
+
+    ``users``: user names (exact, case-sensitive, as the user store has them) or ``"*"`` for every user.
+    ``hosts``: globs matched against the requested name (``*.corp.example``; ``*`` matches across dots, so it
+    also matches ``a.b.corp.example`` but not ``corp.example`` itself) or CIDRs matched against the address(es) the
+    name resolved to (every one of them must be inside). ``ports``: None for any port.
+    """
+
+    users: tuple[str, ...]
+    hosts: tuple[str, ...]
+    ports: tuple[int, ...] | None = None
+    action: RuleAction = "allow"
+
+    def names(self, user: str | None) -> bool:
+        return "*" in self.users or (user is not None and user in self.users)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    rule: UserRule
+    hosts: _HostPatterns
+
+
+def _check_ports(key: str, ports: object, *, allow_empty: bool = False) -> tuple[int, ...] | None:
+    if ports is None or ports == "any":
+        return None
+    if isinstance(ports, list | tuple) and (ports or allow_empty) and all(
+        isinstance(p, int) and not isinstance(p, bool) for p in ports
+    ):
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{key}: {port} is not a port (1-65535)")
+        return tuple(ports)
+    raise ConfigError(f"{key}: expected 'any' or a non-empty list of ports, got {ports!r}")
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """Where the proxy may connect. The default refuses every non-public address and CONNECT to anything but 443.
+
+    ``allow_private`` lifts the address refusal for every range but those in NEVER_ALLOWED. ``allow`` entries lift
+    it for one destination: a CIDR (``10.1.0.0/16``) lifts it for addresses inside, a host glob
+    (``*.corp.example``, case-insensitive, IDNA-normalised) for every address a matching name resolves to.
+    ``connect_ports``: the ports CONNECT may reach (None: any). Plain http forwarding may reach any port.
+
+    ``rules``: if there is at least one rule, a user reaches a destination only if a rule matches it. Rules are
+    tried in order and the FIRST rule that names the user (or ``"*"``) and matches the host and port decides:
+    ``allow`` lets the request through (subject to the address policy above, which rules never lift), ``deny``
+    refuses it. No matching rule: refused. So put narrow ``deny`` rules before broad ``allow`` rules.
+    """
+
+    allow_private: bool = False
+    allow: tuple[str, ...] = ()
+    connect_ports: tuple[int, ...] | None = (443,)
+    rules: tuple[UserRule, ...] = ()
+
+    _allow: _HostPatterns = field(init=False, repr=False, compare=False)
+    _rules: tuple[_CompiledRule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_allow", _compile_hosts("allow", self.allow))
+        _check_ports("connect_ports", self.connect_ports, allow_empty=True)
+        compiled = []
+        for index, rule in enumerate(self.rules):
+            key = f"rules[{index}]"
+            if not rule.users or not all(isinstance(u, str) and u for u in rule.users):
+                raise ConfigError(f"{key}.users: expected a non-empty list of user names or '*'")
+            if not rule.hosts:
+                raise ConfigError(f"{key}.hosts: expected a non-empty list of host globs or CIDRs")
+            if rule.action not in ("allow", "deny"):
+                raise ConfigError(f"{key}.action: expected 'allow' or 'deny', got {rule.action!r}")
+            _check_ports(f"{key}.ports", rule.ports)
+            compiled.append(_CompiledRule(rule, _compile_hosts(f"{key}.hosts", rule.hosts)))
+        object.__setattr__(self, "_rules", tuple(compiled))
+
+    @classmethod
+    def from_config(cls, allow_private: object = False, allow: object = (), connect_ports: object = (443,),
+                    rules: object = ()) -> DestinationPolicy:
+        """Build from TOML-shaped values (lists, dicts); a bad value raises one ConfigError naming the key.
+
+        A rule is a table: ``{users = ["alice"], hosts = ["*.corp.example", "10.1.0.0/16"], ports = [80, 443],
+        action = "allow"}``; ``ports`` (default any) and ``action`` (default allow) may be left out.
+        """
+        if not isinstance(allow_private, bool):
+            raise ConfigError(f"allow_private: expected true or false, got {allow_private!r}")
+        if not isinstance(allow, list | tuple) or not all(isinstance(a, str) for a in allow):
+            raise ConfigError("allow: expected a list of host globs and CIDRs")
+        ports = _check_ports("connect_ports", connect_ports, allow_empty=True)
+        if not isinstance(rules, list | tuple):
+            raise ConfigError("rules: expected a list of tables ([[rules]])")
+        parsed: list[UserRule] = []
+        for index, raw in enumerate(rules):
+            key = f"rules[{index}]"
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{key}: expected a table with users, hosts and optionally ports and action")
+            unknown = sorted(set(raw) - {"users", "hosts", "ports", "action"})
+            if unknown:
+                raise ConfigError(f"{key}: unknown key {unknown[0]!r} (expected users, hosts, ports, action)")
+            for name in ("users", "hosts"):
+                value = raw.get(name)
+                if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"{key}.{name}: expected a non-empty list of strings, got {value!r}")
+            action = raw.get("action", "allow")
+            if action not in ("allow", "deny"):
+                raise ConfigError(f"{key}.action: expected 'allow' or 'deny', got {action!r}")
+            parsed.append(UserRule(tuple(raw["users"]), tuple(raw["hosts"]),
+                                   _check_ports(f"{key}.ports", raw.get("ports")), action))
+        return cls(allow_private, tuple(allow), ports, tuple(parsed))
+
+    # == decisions ====================================================================================================
+    def address_refusal(self, name: str | None, ip: IPAddress) -> tuple[str, str | None] | None:
+        """(reason, embedding) if ``ip`` (reached as ``name``, None for a literal) is refused, else None."""
+        found = _classify(ip)
+        if found is None or found[0] in NEVER_ALLOWED:
+            return found
+        if self.allow_private or self._allow.match_name(name) or self._allow.match_address(ip):
+            return None
+        return found
+
+    def rule_verdict(self, user: str | None, name: str | None, addresses: Sequence[IPAddress] | None,
+                     port: int) -> tuple[bool, int | None] | None:
+        """(allowed, index of the deciding rule) by the first matching rule; (False, None) if none matches;
+        None if the answer depends on addresses not known yet. Always (True, None) when there are no rules."""
+        if not self._rules:
+            return True, None
+        for index, compiled in enumerate(self._rules):
+            rule = compiled.rule
+            if not rule.names(user) or (rule.ports is not None and port not in rule.ports):
+                continue
+            if compiled.hosts.match_name(name):
+                return rule.action == "allow", index
+            if compiled.hosts.networks:
+                if addresses is None:
+                    return None
+                if compiled.hosts.match_all(addresses):
+                    return rule.action == "allow", index
+        return False, None
+
+
+# == the decision ======================================================================================================
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Connect to ``address`` (the one that was checked), with socket family ``family``."""
+
+    address: str
+    family: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Answer ``status`` with RFC 9209 error type ``error`` and ``detail`` (one sentence for a person)."""
+
+    status: int
+    error: str
+    detail: str
+
+
+Decision: TypeAlias = Allowed | Refused
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _rules_refusal(user: str | None, shown: str, port: int, index: int | None) -> Refused:
+    who = "an anonymous user" if user is None else f"user {user!r}"
+    why = f"rule rules[{index}] denies it" if index is not None else "no rule of this proxy allows it"
+    return Refused(403, "http_request_denied", f"{who} may not reach {shown}:{port} ({why})")
+
+
+def _address_refused(name: str | None, spelling: str | None, ip: IPAddress, reason: str,
+                     how: str | None) -> Refused:
+    """``name``: the name that resolved to ``ip``; ``spelling``: a numeric spelling of ``ip`` (``127.1``)."""
+    singular, plural = _describe(reason)
+    what = f"the {how}, {singular}" if how else singular
+    if name is not None:
+        subject = f"the destination {name} resolves to {ip}, which is"
+    elif spelling is not None:
+        subject = f"the destination {spelling} means {ip}, which is"
+    else:
+        subject = f"the destination {ip} is"
+    if plural is None:
+        tail = "that is never a valid destination"
+    else:
+        tail = f"this proxy does not reach {plural} (set allow_private or add it to allow)"
+    return Refused(403, "destination_ip_prohibited", f"{subject} {what}; {tail}")
+
+
+async def resolve_and_check(policy: DestinationPolicy, user: str | None, host: str, port: int, *,
+                            is_connect: bool, loop: asyncio.AbstractEventLoop | None = None,
+                            resolver: Resolver | None = None, timeout: float | None = None) -> Decision:
+    """Decide whether ``user`` may reach ``host:port``; if so, the one address to connect to.
+
+    Order: syntax (400), CONNECT port (403), per-user rules that need no DNS (403), resolution (502 dns_error,
+    504 dns_timeout), every resolved address against the address policy (403 destination_ip_prohibited), rules
+    that name CIDRs (403 http_request_denied). IP literals and numeric spellings (``2130706433``, ``0x7f.1``)
+    skip DNS. ``resolver`` defaults to ``loop.getaddrinfo``; it is called as ``resolver(host, port,
+    type=SOCK_STREAM)``. Never raises for any ``host``: every failure is a Refused.
+    """
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return Refused(400, "http_request_error", "the destination port is out of range")
+    if is_connect and policy.connect_ports is not None and port not in policy.connect_ports:
+        allowed = ", ".join(str(p) for p in policy.connect_ports)
+        return Refused(403, "http_request_denied", f"CONNECT to port {port} is not allowed (allowed: {allowed})")
+
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    literal = _literal(text) if text.isascii() else None
+    name: str | None = None
+    spelling: str | None = None  # how the host was written, when that was not the address itself
+    if literal is None:
+        name = normalise_name(text)
+        if name is None:
+            return Refused(400, "http_request_error", "the destination host is not a valid host name or address")
+        if _looks_numeric(name):
+            literal = parse_inet_aton(name)
+            if literal is None:
+                return Refused(400, "http_request_error", "the destination host is not a valid IPv4 address")
+            spelling, name = name, None  # an inet_aton spelling: judged as the address it means, never resolved
+    shown = str(literal) if literal is not None else str(name)
+
+    verdict = policy.rule_verdict(user, name, None if literal is None else [literal], port)
+    if verdict is not None and not verdict[0]:
+        return _rules_refusal(user, shown, port, verdict[1])
+
+    if literal is not None:
+        addresses: list[tuple[IPAddress, int]] = [
+            (literal, socket.AF_INET if literal.version == 4 else socket.AF_INET6)
+        ]
+    else:
+        assert name is not None
+        resolved = await _resolve(name, port, loop, resolver, timeout)
+        if isinstance(resolved, Refused):
+            return resolved
+        addresses = resolved
+
+    for ip, _ in addresses:
+        refusal = policy.address_refusal(name, ip)
+        if refusal is not None:
+            return _address_refused(name, spelling, ip, *refusal)
+
+    if verdict is None:
+        verdict = policy.rule_verdict(user, name, [ip for ip, _ in addresses], port)
+        if verdict is None or not verdict[0]:
+            return _rules_refusal(user, shown, port, None if verdict is None else verdict[1])
+    ip, family = addresses[0]
+    return Allowed(str(ip), family)
+
+
+async def _resolve(name: str, port: int, loop: asyncio.AbstractEventLoop | None, resolver: Resolver | None,
+                   timeout: float | None) -> list[tuple[IPAddress, int]] | Refused:
+    """Every IPv4/IPv6 address ``name`` resolves to, in the resolver's order, de-duplicated."""
+    resolve: Resolver = resolver if resolver is not None else (loop or asyncio.get_running_loop()).getaddrinfo
+    try:
+        infos = await asyncio.wait_for(resolve(name, port, type=socket.SOCK_STREAM), timeout)
+    except TimeoutError:
+        return Refused(504, "dns_timeout", f"the name {name} could not be resolved within {timeout:g} s")
+    except (OSError, UnicodeError, ValueError):
+        return Refused(502, "dns_error", f"the name {name} could not be resolved")
+    seen: list[tuple[IPAddress, int]] = []
+    for info in infos or ():
+        try:
+            family, sockaddr = info[0], info[4]
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(sockaddr[0])
+        except (IndexError, TypeError, ValueError):
+            continue
+        if (ip, family) not in seen:
+            seen.append((ip, family))
+    if not seen:
+        return Refused(502, "dns_error", f"the name {name} has no IPv4 or IPv6 address")
+    return seen
