@@ -1,0 +1,36 @@
+"""authproxy's client library: httpx transports and a requests adapter that answer a proxy's 407.
+
+- :class:`ProxyTransport` / :class:`AsyncProxyTransport`: for ``httpx.Client(transport=...)`` and
+  ``httpx.AsyncClient(transport=...)``;
+- :class:`ProxyAdapter`: for ``requests.Session().mount("https://", ...)`` (and ``http://``);
+- :class:`ProxyError` / :class:`ProxyAuthError`: what they raise when the proxy hop fails.
+
+They need the ``client`` extra (httpx, requests); importing this package does not, so the proxy never depends
+on them: each entry point is imported when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from authproxy.auth.responder import ProxyAuthError, ProxyError
+from authproxy.client.settings import ProxyURLError
+
+if TYPE_CHECKING:
+    from authproxy.client.httpx_transport import AsyncProxyTransport, ProxyTransport
+    from authproxy.client.requests_adapter import ProxyAdapter
+
+__all__ = ["AsyncProxyTransport", "ProxyAdapter", "ProxyAuthError", "ProxyError", "ProxyTransport",
+           "ProxyURLError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ProxyTransport", "AsyncProxyTransport"):
+        from authproxy.client import httpx_transport
+
+        return getattr(httpx_transport, name)
+    if name == "ProxyAdapter":
+        from authproxy.client import requests_adapter
+
+        return requests_adapter.ProxyAdapter
+    raise AttributeError(f"module 'authproxy.client' has no attribute {name!r}")

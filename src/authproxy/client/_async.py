@@ -1,0 +1,182 @@
+"""The asynchronous twin of :mod:`authproxy.client._sync` (asyncio or trio, through httpcore's anyio backend).
+
+Same classes, same order, with ``await``: a change to one file is a change to the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import anyio
+import httpcore
+
+from authproxy.auth.responder import ProxyRequest, ProxyResponse, wants_body
+from authproxy.client._sync import Content, Headers, ProxyRoute, clean_headers, decode_headers, request_content
+from authproxy.client.errors import connect_failure
+
+
+def _new_connection(route: ProxyRoute) -> httpcore.AsyncHTTPConnection:
+    return httpcore.AsyncHTTPConnection(
+        origin=route.origin,
+        ssl_context=route.proxy_ssl if route.endpoint.scheme == "https" else None,
+        keepalive_expiry=route.keepalive_expiry,
+    )
+
+
+class AsyncProxyLink:
+    """See :class:`authproxy.client._sync.ProxyLink`."""
+
+    def __init__(self, route: ProxyRoute) -> None:
+        self.route = route
+        self.conn = _new_connection(route)
+
+    async def exchange(self, method: bytes, target: bytes, headers: Headers, content: Content | None,
+                       auth_body: bytes | None, extensions: MutableMapping[str, Any]) -> httpcore.Response:
+        route = self.route
+        preq = ProxyRequest(method.decode("ascii"), target.decode("ascii"), auth_body,
+                            route.endpoint.scheme == "https")
+        flow = route.responder.flow(preq)
+        step = next(flow)
+        url = httpcore.URL(scheme=route.origin.scheme, host=route.origin.host, port=route.origin.port,
+                           target=target)
+        while True:
+            if self.conn.is_closed() or self.conn.has_expired():
+                await self.conn.aclose()
+                self.conn = _new_connection(route)
+            send_headers = list(headers)
+            if step.proxy_authorization is not None:
+                send_headers.append((b"Proxy-Authorization", step.proxy_authorization.encode("latin-1")))
+            request = httpcore.Request(method, url, headers=send_headers, content=content,
+                                       extensions=extensions)
+            response = await self.conn.handle_async_request(request)
+            body = b""
+            try:
+                if wants_body(preq.method, response.status):
+                    try:
+                        body = await response.aread()
+                    finally:
+                        await response.aclose()
+                answer = ProxyResponse(response.status, decode_headers(response.headers), body)
+                step = flow.send(answer)
+            except StopIteration:
+                return response
+            except BaseException:
+                await response.aclose()
+                raise
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
+
+
+class AsyncForwardConnection(httpcore.AsyncConnectionInterface):
+    """See :class:`authproxy.client._sync.ForwardConnection`."""
+
+    def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
+        self._link = AsyncProxyLink(route)
+        self._remote = remote
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        url = request.url
+        default = 80 if url.scheme == b"http" else 443
+        authority = url.host if url.port in (None, default) else b"%b:%d" % (url.host, url.port or default)
+        target = url.scheme + b"://" + authority + url.target
+        content, auth_body = request_content(request)
+        return await self._link.exchange(request.method, target, clean_headers(request.headers), content,
+                                         auth_body, request.extensions)
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self._remote
+
+    async def aclose(self) -> None:
+        await self._link.aclose()
+
+    def info(self) -> str:
+        return self._link.conn.info()
+
+    def is_available(self) -> bool:
+        return self._link.conn.is_available()
+
+    def has_expired(self) -> bool:
+        return self._link.conn.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._link.conn.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._link.conn.is_closed()
+
+
+class AsyncTunnelConnection(httpcore.AsyncConnectionInterface):
+    """See :class:`authproxy.client._sync.TunnelConnection`."""
+
+    def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
+        self._route = route
+        self._link = AsyncProxyLink(route)
+        self._remote = remote
+        self._inner: httpcore.AsyncConnectionInterface | None = None
+        self._lock = anyio.Lock()
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        async with self._lock:
+            if self._inner is None:
+                self._inner = await self._open(request)
+        request = httpcore.Request(request.method, request.url, headers=clean_headers(request.headers),
+                                   content=request.stream, extensions=request.extensions)
+        return await self._inner.handle_async_request(request)
+
+    async def _open(self, request: httpcore.Request) -> httpcore.AsyncConnectionInterface:
+        authority = b"%b:%d" % (self._remote.host, self._remote.port)
+        headers: Headers = [(b"Host", authority)]
+        response = await self._link.exchange(b"CONNECT", authority, headers, None, b"", request.extensions)
+        if not 200 <= response.status < 300:
+            await self._link.aclose()
+            body = await response.aread()
+            raise connect_failure(response.status, decode_headers(response.headers),
+                                  body.decode("utf-8", "replace"), authority.decode("ascii"))
+        stream = response.extensions["network_stream"]
+        timeouts = request.extensions.get("timeout", {})
+        timeout = timeouts.get("connect") if isinstance(timeouts, dict) else None
+        tls = await stream.start_tls(self._route.origin_ssl, server_hostname=self._remote.host.decode("ascii"),
+                                     timeout=timeout)
+        return httpcore.AsyncHTTP11Connection(origin=self._remote, stream=tls,
+                                              keepalive_expiry=self._route.keepalive_expiry)
+
+    def _current(self) -> httpcore.AsyncConnectionInterface:
+        return self._inner if self._inner is not None else self._link.conn
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self._remote
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+        await self._link.aclose()
+
+    def info(self) -> str:
+        return self._current().info()
+
+    def is_available(self) -> bool:
+        return self._inner is not None and self._inner.is_available()
+
+    def has_expired(self) -> bool:
+        return self._current().has_expired()
+
+    def is_idle(self) -> bool:
+        return self._current().is_idle()
+
+    def is_closed(self) -> bool:
+        return self._current().is_closed()
+
+
+class AsyncProxyPool(httpcore.AsyncConnectionPool):
+    """See :class:`authproxy.client._sync.ProxyPool`."""
+
+    def __init__(self, route: ProxyRoute, max_connections: int | None, keepalive_expiry: float | None) -> None:
+        super().__init__(max_connections=max_connections, keepalive_expiry=keepalive_expiry)
+        self.route = route
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        if origin.scheme == b"https":
+            return AsyncTunnelConnection(self.route, origin)
+        return AsyncForwardConnection(self.route, origin)

@@ -1,0 +1,223 @@
+"""Test parts for the client library: our proxy in several configurations (started once each), relays, a
+TLS front for https:// proxy URLs, scripted fake proxies for odd behaviour, and an origin that redirects."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from helpers import OriginHandler, OriginServer, ProxyProcess, start_proxy
+
+ALGORITHMS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
+
+
+class Proxies:
+    """``authproxy serve`` per configuration, started on first use and kept for the session."""
+
+    def __init__(self, tmp: Path, users: Path) -> None:
+        self.tmp = tmp
+        self.users = users
+        self.running: dict[tuple[str, ...], ProxyProcess] = {}
+
+    def get(self, *args: str, toml: str = "") -> ProxyProcess:
+        key = (*args, toml)
+        if key not in self.running:
+            extra = list(args)
+            if toml:
+                path = self.tmp / f"client-{len(self.running)}.toml"
+                path.write_text(toml, encoding="utf-8")
+                extra += ["--config", str(path)]
+            self.running[key] = start_proxy(self.tmp, self.users, *extra)
+        return self.running[key]
+
+    def stop(self) -> None:
+        # Terminate all first, then wait: each takes a moment to drain, and they can do it together.
+        for proc in self.running.values():
+            proc.proc.terminate()
+        for proc in self.running.values():
+            proc.stop()
+
+
+# --- relays -------------------------------------------------------------------------------------------------
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy a -> b until a closes, then half-close b."""
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def relay(a: socket.socket, b: socket.socket) -> None:
+    t = threading.Thread(target=pipe, args=(b, a), daemon=True)
+    t.start()
+    pipe(a, b)
+    t.join(5)
+    a.close()
+    b.close()
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that runs ``handle(conn)`` in a thread per connection."""
+
+    def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handle = handle
+        self.tls = tls
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.handle(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class TLSFront:
+    """TLS in front of a plain proxy: what an ``https://`` proxy URL talks to. ``ca`` trusts its cert."""
+
+    listener: Listener
+    ca: Path
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+
+# --- scripted fake proxies ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+    connection: int
+
+
+@dataclass
+class FakeProxy:
+    """A proxy whose answers a test scripts: ``respond(seen) -> (response bytes, close, tunnel)``.
+
+    ``tunnel`` True after a CONNECT: relay the connection to the requested host:port (the real TLS origin).
+    """
+
+    respond: Callable[[Seen], tuple[bytes, bool, bool]]
+    seen: list[Seen] = field(default_factory=list)
+    listener: Listener | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return self.listener.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeProxy:
+        self.listener = Listener(self._handle)
+        return self
+
+    def _handle(self, conn: socket.socket) -> None:
+        assert self.listener is not None
+        number = self.listener.connections
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.decode("utf-8", "replace").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", "0"))
+            while len(buf) < length:
+                buf += conn.recv(65536)
+            buf = buf[length:]
+            seen = Seen(method, target, headers, number)
+            self.seen.append(seen)
+            data, close, tunnel = self.respond(seen)
+            conn.sendall(data)
+            if tunnel:
+                host, _, port = target.rpartition(":")
+                relay(conn, socket.create_connection((host, int(port))))
+                return
+            if close:
+                conn.shutdown(socket.SHUT_WR)
+                return
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+
+# --- an origin that redirects -------------------------------------------------------------------------------
+
+
+class RedirectHandler(OriginHandler):
+    def _handle(self) -> None:
+        if self.path.startswith("/redirect?to="):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.server.seen.append({"method": self.command, "path": self.path,
+                                     "headers": list(self.headers.items()), "body": body})
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super()._handle()
+
+    do_GET = do_POST = _handle
+
+
+class RedirectOrigin(OriginServer):
+    def __init__(self) -> None:
+        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), RedirectHandler)
+        self.seen = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+
+def origin_headers(server: OriginServer) -> list[dict[str, str]]:
+    """Every request head the origin saw, lower-cased names."""
+    return [{k.lower(): v for k, v in entry["headers"]} for entry in server.seen]  # type: ignore[attr-defined]
+
+
+def echo(response_json: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(response_json)
+    return result
+
+
