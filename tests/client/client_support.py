@@ -2,15 +2,22 @@
 TLS front for https:// proxy URLs, scripted fake proxies for odd behaviour, and an origin that redirects."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import httpx
+import requests
+
+from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyTransport
 
 from helpers import OriginHandler, OriginServer, ProxyProcess, start_proxy
 
@@ -221,3 +228,59 @@ def echo(response_json: str) -> dict[str, object]:
     return result
 
 
+
+
+# --- one way to drive each client ------------------------------------------------------------------------
+
+
+CLIENTS = ("httpx", "httpx-async", "requests")
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    headers: dict[str, str]
+
+    def json(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.text)
+        return result
+
+
+Call = tuple[str, str, bytes | None]  # method, url, body
+
+
+def fetch(kind: str, proxy_url: str, calls: Sequence[Call], *, auth: tuple[str, str] | None = None,
+          ca: Path | None = None, follow: bool = False, **options: Any) -> list[Reply]:
+    """Run ``calls`` in order on one client of ``kind`` through ``proxy_url``."""
+    verify: Any = str(ca) if ca else True
+    if kind == "httpx":
+        transport = ProxyTransport(proxy_url, auth, verify=verify, **options)
+        with httpx.Client(transport=transport, timeout=10, follow_redirects=follow) as client:
+            return [_httpx_reply(client.request(m, u, content=b)) for m, u, b in calls]
+    if kind == "httpx-async":
+        async def run() -> list[Reply]:
+            transport = AsyncProxyTransport(proxy_url, auth, verify=verify, **options)
+            async with httpx.AsyncClient(transport=transport, timeout=10, follow_redirects=follow) as client:
+                return [_httpx_reply(await client.request(m, u, content=b)) for m, u, b in calls]
+        return asyncio.run(run())
+    assert kind == "requests"
+    with requests.Session() as session:
+        adapter = ProxyAdapter(proxy_url, auth, **options)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.verify = verify
+        out = []
+        for m, u, b in calls:
+            # Per request: REQUESTS_CA_BUNDLE in the environment would override session.verify.
+            r = session.request(m, u, data=b, timeout=10, allow_redirects=follow, verify=verify)
+            out.append(Reply(r.status_code, r.text, dict(r.headers)))
+        return out
+
+
+def _httpx_reply(r: httpx.Response) -> Reply:
+    return Reply(r.status_code, r.text, dict(r.headers))
+
+
+def urls(origin: OriginServer, tls_origin: tuple[OriginServer, Path], path: str) -> tuple[str, str]:
+    return f"http://127.0.0.1:{origin.port}{path}", f"https://localhost:{tls_origin[0].port}{path}"
