@@ -77,6 +77,9 @@ _V6_REFUSED = _nets(
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("100::/64", "discard-only"),
+    # Local-use NAT64 (RFC 8215): translates into the operator's own network; where the IPv4 address sits
+    # depends on the prefix length chosen, so the whole /48 is refused rather than decoded.
+    ("64:ff9b:1::/48", "local-use NAT64"),
     ("2001:2::/48", "benchmarking"),
     ("2001::/23", "IETF protocol assignment"),
     ("2001:db8::/32", "documentation"),
@@ -89,7 +92,6 @@ _V6_REFUSED = _nets(
 )
 _V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 
@@ -101,7 +103,7 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address
     """The IPv4 address an IPv6 address carries and how (``"IPv4-mapped"``, ``"6to4"`` ...), if it carries one."""
     if ip.ipv4_mapped is not None:
         return "IPv4-mapped", ip.ipv4_mapped
-    if ip in _NAT64 or ip in _NAT64_LOCAL:
+    if ip in _NAT64:
         return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.sixtofour is not None:
         return "6to4", ip.sixtofour
@@ -137,8 +139,6 @@ def _classify(ip: IPAddress) -> tuple[str, str | None] | None:
             return inner_reason, f"{how} form of {inner}"
         if how == "IPv4-compatible":
             return "reserved", f"{how} form of {inner}"  # deprecated by RFC 4291 section 2.5.5.1
-        if how == "NAT64" and ip in _NAT64_LOCAL:
-            return "private", "local-use NAT64 prefix 64:ff9b:1::/48"
         return None  # IPv4-mapped, NAT64, 6to4 or Teredo form of a public IPv4 address
     for net, reason in _V6_REFUSED:
         if ip in net:
@@ -175,7 +175,7 @@ def _describe(reason: str) -> tuple[str, str | None]:
     """``"private"`` -> ``("a private address", "private addresses")``: noun phrases for a detail sentence."""
     if reason in _PHRASES:
         return _PHRASES[reason]
-    article = "an" if reason[0] in "aeiouIU" else "a"
+    article = "an" if reason[0] in "aeioI" else "a"  # "an IETF", "a unique local"
     return f"{article} {reason} address", f"{reason} addresses"
 
 
