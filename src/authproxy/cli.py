@@ -13,6 +13,7 @@ from typing import Any
 
 from authproxy import __version__
 from authproxy.auth.errors import AuthProxyError
+from authproxy.client.diagnose import add_diagnose_parser, run_diagnose
 from authproxy.config import Config, load_config, parse_connect_ports, replace
 from authproxy.users.commands import add_users_parser, run_users_command
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
     add_users_parser(subparsers)
+    add_diagnose_parser(subparsers)
     return parser
 
 
@@ -101,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _run_serve(args)
+        if args.command == "diagnose":
+            return run_diagnose(args)
         return run_users_command(args)
     except AuthProxyError as exc:
         print(f"authproxy: error: {exc.message}", file=sys.stderr)

@@ -320,3 +320,12 @@ def test_concurrent_requests_never_share_an_nc() -> None:
     assert results == [200] * 400
     ncs = [DigestCredentials.from_credentials(parse_credentials(s or "")).nc for s in proxy.sent]
     assert len(ncs) == 400 and len(set(ncs)) == 400
+
+
+def test_accept_restricts_the_challenges_answered() -> None:
+    proxy = FakeProxy(digest_algorithms=("SHA-256", "MD5"))
+    r = responder(accept=lambda c: (c.param("algorithm") or "MD5") == "MD5")
+    assert run(proxy, r, GET).status == 200
+    assert "algorithm=MD5," in (proxy.sent[-1] or "")
+    only_basic = responder(accept=lambda c: c.scheme_key == "basic")
+    assert run(proxy, only_basic, GET).status == 200 and (proxy.sent[-1] or "").startswith("Basic ")

@@ -242,6 +242,8 @@ class Responder:
     cleartext). ``allow_basic_cleartext=False`` refuses to send Basic over a cleartext connection to the proxy.
     ``prefer_auth_int`` picks qop=auth-int when both qop values are offered and the body can be hashed.
     ``userhash`` sends H(user:realm) instead of the name when the proxy offers it (RFC 7616 section 3.4.4).
+    ``accept``, when given, restricts the challenges answered to those it returns True for (like curl's
+    ``--proxy-digest``; ``authproxy diagnose`` uses it to try each challenge on its own).
     """
 
     def __init__(
@@ -255,6 +257,7 @@ class Responder:
         prefer_auth_int: bool = False,
         userhash: bool = True,
         max_rounds: int = MAX_ROUNDS,
+        accept: Callable[[Challenge], bool] | None = None,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both a user name and a password, or neither")
@@ -266,10 +269,19 @@ class Responder:
         self.prefer_auth_int = prefer_auth_int
         self.userhash = userhash
         self.max_rounds = max(2, max_rounds)
+        self._accept = accept
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._basic_realm: str | None = None  # set once Basic is known to be what the proxy wants
         self._warned_basic = False
+
+    @property
+    def in_use(self) -> str | None:
+        """What the next request will send unasked: ``"Digest SHA-256"``, ``"Basic"``, or None."""
+        with self._lock:
+            if self._session is not None:
+                return f"Digest {self._session.challenge.algorithm}"
+            return "Basic" if self._basic_realm is not None else None
 
     def __repr__(self) -> str:  # never show the password
         return f"<Responder user={self.username!r}>"
@@ -415,6 +427,9 @@ class Responder:
         for position, challenge in enumerate(judged.challenges):
             # Later in the list ranks lower among equals: the proxy lists its preference first.
             order = -position
+            if self._accept is not None and not self._accept(challenge):
+                judged.skipped.append(f"{describe_challenge(challenge)} (excluded by the caller)")
+                continue
             if challenge.scheme_key == "digest":
                 try:
                     dc = DigestChallenge.from_challenge(challenge)
