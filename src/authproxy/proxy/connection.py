@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from authproxy.auth.errors import ProtocolError
+from authproxy.proxy import forward
 from authproxy.proxy.exchange import Exchange
 from authproxy.proxy.responses import made_up_response
 from authproxy.proxy.tunnel import TunnelUpstream
@@ -185,17 +187,15 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         parser = self.parser
         method = parser.get_method()
-        content_length: int | None = None
-        chunked = False
-        if method != b"CONNECT":
-            for name, value in self.headers:
-                lower = name.lower()
-                if lower == b"content-length":
-                    content_length = int(value)  # llhttp has rejected anything but one valid number
-                elif lower == b"transfer-encoding":
-                    chunked = True  # llhttp has rejected anything but a final "chunked" on a request
-        ex = Exchange(self, method, self.url, parser.get_http_version(), self.headers,
-                      parser.should_keep_alive() and not self.draining, content_length, chunked)
+        version = parser.get_http_version()
+        try:
+            framing = forward.check_request_head(method, version, self.headers)
+        except ProtocolError as exc:
+            # Framing we cannot trust means we cannot find the next request either: answer and close.
+            self._refuse_head(exc.status_hint, exc.message)
+            raise _Stop from None
+        ex = Exchange(self, method, self.url, version, self.headers,
+                      parser.should_keep_alive() and not self.draining, framing.content_length, framing.chunked)
         self.receiving = None if ex.body_complete else ex
         if self.active is None:
             self.active = ex
@@ -283,11 +283,17 @@ class ClientConnection(asyncio.Protocol):
         """A request we cannot even parse: answer and close (RFC 9112 section 11.2: no way to resync)."""
         if self.closed:
             return
-        if self.active is None:
+        active = self.active
+        if active is None:
             data = made_up_response(status, detail, proxy_name=self.server.config.via_pseudonym,
                                     error="http_request_error", keep_alive=False)
             self.transport.write(data)
             self.server.log_refusal(self, status, len(data))
+        elif not active.done and not active.head_sent and self.receiving is active:
+            # The body of the request in progress is malformed: the origin has at most an incomplete
+            # request, on a connection that is now cut; the client learns why.
+            active.outcome = "bad-request"
+            active.refuse(status, detail, error="http_request_error", close=True)
         self.close()
 
     def close(self) -> None:

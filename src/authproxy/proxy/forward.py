@@ -53,6 +53,59 @@ class Target:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a request's body is delimited (RFC 9112 section 6): its length, or chunked, or no body."""
+
+    content_length: int | None
+    chunked: bool
+
+
+_NO_BODY = Framing(None, False)
+
+
+def check_request_head(method: bytes, version: str, headers: Headers) -> Framing:
+    """The request's framing, after the checks llhttp leaves to us. ProtocolError for anything ambiguous.
+
+    llhttp already refuses Content-Length with Transfer-Encoding, duplicate or malformed Content-Length,
+    obs-fold, bare CR and whitespace before a colon. What it lets through and a proxy must not forward:
+    - a version other than HTTP/1.0 or 1.1 (HTTP/0.9 has no head at all) -> 505;
+    - Transfer-Encoding that is not exactly one final "chunked" (RFC 9112 section 6.1: a request with a
+      coding we do not understand gets 501; "chunked" twice, or anything after it, is a framing error -> 400);
+    - no Host in an HTTP/1.1 request, more than one Host, or a Host holding a list (section 3.2) -> 400.
+    """
+    if version not in ("1.1", "1.0"):
+        raise ProtocolError(f"HTTP/{version} is not supported; this proxy speaks HTTP/1.1", status_hint=505)
+    hosts = 0
+    codings: list[bytes] = []
+    content_length: int | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"host":
+            hosts += 1
+            if b"," in value or not value.strip():
+                raise ProtocolError("the Host field must hold exactly one host")
+        elif lower == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",")]
+        elif lower == b"content-length":
+            content_length = int(value)  # llhttp has rejected anything but one valid number
+    if hosts > 1:
+        raise ProtocolError("more than one Host field (RFC 9112 section 3.2)")
+    if hosts == 0 and version == "1.1" and method != b"CONNECT":
+        raise ProtocolError("an HTTP/1.1 request needs a Host field (RFC 9112 section 3.2)")
+    if method == b"CONNECT":
+        return _NO_BODY
+    if codings:
+        if codings[-1] != b"chunked":
+            raise ProtocolError("a request's Transfer-Encoding must end in chunked (RFC 9112 section 6.3)")
+        if len(codings) > 1:
+            if codings.count(b"chunked") > 1:
+                raise ProtocolError("chunked may be applied only once (RFC 9112 section 7)")
+            raise ProtocolError("only the chunked transfer coding is supported in requests", status_hint=501)
+        return Framing(None, True)
+    return Framing(content_length, False) if content_length else _NO_BODY
+
+
 def parse_absolute_target(target: bytes) -> Target:
     """The destination of an absolute-form request-target; ProtocolError (400) for anything else."""
     if target.startswith(b"/") or target == b"*":
@@ -66,7 +119,9 @@ def parse_absolute_target(target: bytes) -> Target:
         raise ProtocolError("use CONNECT for https:// targets; this proxy does not originate TLS")
     if scheme != b"http":
         raise ProtocolError("only http:// targets can be forwarded (https:// goes through CONNECT)")
-    if url.userinfo is not None:
+    authority = target.split(b"//", 1)[-1].split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
+    if url.userinfo is not None or b"@" in authority:
+        # RFC 9110 section 4.2.4: userinfo in an http URI is an error for a recipient.
         raise ProtocolError("the request-target must not carry user information (user@host)")
     host = (url.host or b"").decode("ascii", "strict")
     if not host:
