@@ -5,6 +5,7 @@ TLS to the proxy, credentials that never reach an origin, and the errors."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,23 @@ def test_trust_env_and_netrc(proxy: ProxyProcess, origin: OriginServer, tmp_path
         assert client.get(f"http://localhost:{origin.port}/direct").status_code == 200
     via = [h.get("via") for h in origin_headers(origin)]
     assert via[0] is not None and via[1] is None  # the first went through the proxy, the second direct
+
+
+def test_readme_examples_reach_https_through_a_digest_only_proxy(
+        proxies: Proxies, tls_origin: tuple[OriginServer, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = proxies.get("--schemes", "digest", "--digest-algorithms", "SHA-256")
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Client library", 1)[1].split("\n## ", 1)[0]
+    snippets = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    assert len(snippets) == 2
+    target = f"https://localhost:{tls_origin[0].port}/readme"
+    for code in snippets:
+        # Only the addresses change, and the test CA is trusted the way each library takes a CA file.
+        code = code.replace("http://proxy:3128", proxy.url).replace('("alice", "secret")', '("alice", "wonderland")')
+        ca = tls_origin[1]
+        code = code.replace("transport=ProxyTransport(", f'transport=ProxyTransport(verify="{ca}", proxy_url=')
+        code = code.replace('.get("https://example.org/")', f'.get("{target}"' + (
+            f', verify="{tls_origin[1]}")' if "requests" in code else ")"))
+        exec(compile(code, "README.md", "exec"), {})
+    gc.collect()  # the snippets leave their clients open; their tunnels would hold the proxy's shutdown
+    assert capsys.readouterr().out == "<Response [200 OK]>\n<Response [200]>\n"
