@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint system-tools clean
+.PHONY: run test lint system-tools clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ test: $(VENV)/.installed-test system-tools
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The benchmark against Squid, tinyproxy, proxy.py and mitmproxy (README, "Performance"): installs what it
+# needs (apt-get, and a separate venv bench/.venv-peers), runs for about 15 minutes, writes bench/results/.
+# BENCH_ARGS passes options to bench/run.py (see `.venv/bin/python bench/run.py --help`).
+bench: $(VENV)/.installed
+	PYTHON=$(PYTHON) bash bench/install.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed
+	PYTHON=$(PYTHON) bash bench/install.sh
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
