@@ -199,7 +199,7 @@ def test_https_proxy_and_tls_inside_tls(kind: str, tls_front: TLSFront, origin: 
     replies = fetch(kind, url, [("GET", plain, None), ("GET", tls, None)], auth=("alice", USERS["alice"]),
                     ca=tls_origin[1], proxy_verify=str(tls_front.ca))
     assert [r.status for r in replies] == [200, 200]
-    # Basic is not "cleartext" over TLS to the proxy: allowed even when cleartext Basic is refused.
+    # The proxy's certificate is checked against proxy_verify: without the proxy's CA the connection fails.
     with pytest.raises((ProxyError, httpx.ConnectError, requests.exceptions.ConnectionError)):
         fetch(kind, url, [("GET", tls, None)], auth=("alice", USERS["alice"]), ca=tls_origin[1])  # untrusted
 

@@ -120,7 +120,11 @@ class AsyncTunnelConnection(httpcore.AsyncConnectionInterface):
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         async with self._lock:
             if self._inner is None:
-                self._inner = await self._open(request)
+                try:
+                    self._inner = await self._open(request)
+                except BaseException:
+                    await self._link.aclose()  # as in the sync twin: the pool must drop this connection
+                    raise
         request = httpcore.Request(request.method, request.url, headers=clean_headers(request.headers),
                                    content=request.stream, extensions=request.extensions)
         return await self._inner.handle_async_request(request)

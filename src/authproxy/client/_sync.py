@@ -167,7 +167,13 @@ class TunnelConnection(httpcore.ConnectionInterface):
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         with self._lock:
             if self._inner is None:
-                self._inner = self._open(request)
+                try:
+                    self._inner = self._open(request)
+                except BaseException:
+                    # No tunnel: close the proxy connection, so the pool drops this connection rather than
+                    # keep it as an idle one that can never carry a request.
+                    self._link.close()
+                    raise
         request = httpcore.Request(request.method, request.url, headers=clean_headers(request.headers),
                                    content=request.stream, extensions=request.extensions)
         return self._inner.handle_request(request)
