@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from client_support import FakeProxy, Proxies, Seen
+from client_support import FakeProxy, Proxies, Seen, TLSFront
 
 from authproxy.cli import main
 
@@ -111,3 +111,14 @@ def test_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     assert main(["diagnose", "--proxy", "http://u:%zz@127.0.0.1:9"]) == 2
     assert "not followed by two hex digits" in capsys.readouterr().err
     assert main(["diagnose", "--proxy", "http://127.0.0.1:9", "--user", "x"]) == 2
+
+
+def test_reached_through_an_https_proxy(tls_front: TLSFront, tls_origin: tuple[OriginServer, Path],
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = diagnose(monkeypatch, capsys, "--proxy", f"https://localhost:{tls_front.port}", "--proxy-cacert",
+                         str(tls_front.ca), "--user", "jösé", "--cacert", str(tls_origin[1]),
+                         f"https://localhost:{tls_origin[0].port}/tls-in-tls", password=USERS["jösé"])
+    assert code == 0, out
+    assert "Basic (realm \"authproxy-test\"): the credentials work\n" in out  # not cleartext over TLS
+    code, out = diagnose(monkeypatch, capsys, "--proxy", f"https://localhost:{tls_front.port}", "https://a.test/")
+    assert code == 1 and "the proxy's TLS certificate was refused" in out
