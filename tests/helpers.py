@@ -173,10 +173,14 @@ class ProxyProcess:
             return self.proc.wait(5)
 
 
-def start_proxy(tmp: Path, users: Path, *args: str) -> ProxyProcess:
+def start_proxy(tmp: Path, users: Path, *args: str, allow_private: bool = True) -> ProxyProcess:
+    """The proxy on a free port. Tests reach origins on 127.0.0.1, so they lift the private-address refusal
+    (``allow_private``) and the CONNECT port list unless a test is about those defences."""
     log_path = tmp / f"access-{time.monotonic_ns()}.log"
     cmd = [sys.executable, "-m", "authproxy", "serve", "--listen", "127.0.0.1:0", "--users", str(users),
            "--realm", REALM, "--connect-ports", "any", "--access-log", str(log_path), *args]
+    if allow_private:
+        cmd.append("--allow-private")
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     lines: list[str] = []

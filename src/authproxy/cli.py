@@ -32,6 +32,8 @@ def _serve_parser(subparsers: Any) -> None:
     serve.add_argument("--digest-algorithms", metavar="LIST",
                        help="offered Digest algorithms, strongest first (default SHA-256,MD5)")
     serve.add_argument("--connect-ports", metavar="LIST|any", help="ports CONNECT may reach (default 443)")
+    serve.add_argument("--allow-private", action="store_true", default=None,
+                       help="let requests reach loopback, private and link-local addresses (refused by default)")
     serve.add_argument("--access-log", metavar="FILE", help="access log path, '-' for stdout, '' for none")
     serve.add_argument("--access-log-format", choices=("squid", "json"))
     serve.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
@@ -52,6 +54,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "access_log_format": args.access_log_format,
         "tls_cert": args.tls_cert,
+        "allow_private": args.allow_private,
         "tls_key": args.tls_key,
     }
 

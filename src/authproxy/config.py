@@ -14,6 +14,7 @@ from typing import Any
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import ConfigError
+from authproxy.proxy.policy import DestinationPolicy
 
 _SCHEMES = ("digest", "basic")
 _QOPS = ("auth", "auth-int")
@@ -59,13 +60,23 @@ class Config:
     tls_key: str = ""
     auth_int_max_body: int = 1 << 20
     connect_ports: tuple[int, ...] | None = (443,)  # None: any port
+    allow_private: bool = False  # reach loopback, private, link-local... addresses (tests, one-machine set-ups)
+    allow: tuple[str, ...] = ()  # CIDRs and host globs that may be reached even though private
+    rules: tuple[dict[str, Any], ...] = ()  # per-user destination rules ([[rules]] tables)
+    throttle_max_failures: int = 10  # failed sign-ins per window before a lockout; 0: no throttle
+    throttle_window: float = 60.0
+    throttle_lockout: float = 300.0
+    throttle_max_user_lockout: float = 300.0  # the longest a user name is locked out from a new address
     via_pseudonym: str = "authproxy"
     pool_size: int = 256  # idle origin connections kept per host:port
 
     listen_address: tuple[str, int] = field(init=False, repr=False, compare=False)
+    policy: DestinationPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen_address", parse_hostport(self.listen))
+        object.__setattr__(self, "policy", DestinationPolicy.from_config(
+            self.allow_private, list(self.allow), self.connect_ports, list(self.rules)))
         if not self.realm or '"' in self.realm or any(ord(c) < 32 for c in self.realm):
             raise ConfigError(f"realm: must be non-empty, without quotes or control characters: {self.realm!r}")
         _check_choices("schemes", self.schemes, _SCHEMES, allow_empty=False)
@@ -91,6 +102,9 @@ class Config:
                 raise ConfigError(f"{key}: must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert: tls_cert and tls_key go together")
+        if self.throttle_max_failures < 0 or self.throttle_window <= 0 or self.throttle_lockout < 0 \
+                or self.throttle_max_user_lockout < 0:
+            raise ConfigError("throttle_*: max_failures and lockouts must not be negative, the window positive")
         if self.basic_cache_ttl < 0 or self.pool_size < 0:
             raise ConfigError("basic_cache_ttl and pool_size must not be negative")
         if self.connect_ports is not None:
@@ -125,6 +139,10 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
     """Check one TOML value against the field's declared type; the error names the key."""
     if key == "connect_ports":
         return parse_connect_ports(value)
+    if key == "rules":
+        if not isinstance(value, list) or not all(isinstance(rule, dict) for rule in value):
+            raise ConfigError("rules: expected a list of tables ([[rules]])")
+        return tuple(value)
     if annotation == "str":
         ok = isinstance(value, str)
     elif annotation == "bool":

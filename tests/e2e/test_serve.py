@@ -63,8 +63,10 @@ def test_embedded_default_creates_a_user_once(tmp_path: Path, origin: OriginServ
         # The default realm, the default schemes: Digest first.
         response = raw_exchange(port, get(origin))
         assert status_of(response) == 407 and 'realm="authproxy"' in challenges_of(response)[0]
-        ok = raw_exchange(port, get(origin, auth=basic_authorization(name, password)))
-        assert status_of(ok) == 200
+        # The credentials are right, and the safe default refuses a loopback destination: 403, not 407.
+        refused = raw_exchange(port, get(origin, auth=basic_authorization(name, password)))
+        assert status_of(refused) == 403
+        assert "error=destination_ip_prohibited" in (header_of(refused, "Proxy-Status") or "")
     finally:
         proc.terminate()
         proc.wait(10)

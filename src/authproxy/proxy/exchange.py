@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 from authproxy.auth.errors import AuthProxyError, ProtocolError
 from authproxy.auth.verifier import Allow, Reject
-from authproxy.observe.accesslog import AccessRecord
+from authproxy.observe.accesslog import FAILED_OUTCOMES, AccessRecord
 from authproxy.proxy import forward
 from authproxy.proxy.authn import PendingBody, PendingPassword, Step
+from authproxy.proxy.policy import Decision, Refused
 from authproxy.proxy.responses import made_up_response
+from authproxy.proxy.throttle import retry_after
 from authproxy.proxy.tunnel import TunnelUpstream
 from authproxy.proxy.upstream import UpstreamConnection
 
@@ -147,6 +149,12 @@ class Exchange:
             self.refuse(413, f"the request body is larger than this proxy accepts ({limit} bytes)",
                         error="http_request_denied", close=True)
             return
+        throttle = self.server.throttle
+        if throttle is not None:
+            wait = throttle.check(self.conn.client, None, time.monotonic())
+            if wait is not None:
+                self._locked_out(wait, "too many failed sign-ins from your address")
+                return
         try:
             if self.method == b"CONNECT":
                 self.connect_dest = forward.parse_authority(self.target)
@@ -174,6 +182,8 @@ class Exchange:
     def on_auth_step(self, step: Step) -> None:
         if self.done:
             return
+        if isinstance(step, Allow | Reject) and self._throttled(step):
+            return
         if isinstance(step, Allow):
             self.user, self.outcome, self.auth_info = step.user, "ok", step.auth_info
             self.route()
@@ -194,6 +204,32 @@ class Exchange:
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(None, self.server.auth.check_slow_password, step)
             future.add_done_callback(lambda f: self._password_checked(step, f))
+
+    def _throttled(self, step: Allow | Reject) -> bool:
+        """Credential guessing (issue: throttle per address and per user name). True if answered 429 here.
+
+        A request with no credentials is the normal start of the 407 exchange and never counts.
+        """
+        throttle = self.server.throttle
+        if throttle is None or step.user is None:
+            return False
+        now = time.monotonic()
+        wait = throttle.check(self.conn.client, step.user, now)
+        if wait is not None:
+            # Locked: the answer must not depend on whether these credentials were right.
+            self.user = step.user
+            self._locked_out(wait, "too many failed sign-ins for this user name")
+            return True
+        if isinstance(step, Allow):
+            throttle.record_success(self.conn.client, step.user, now)
+        elif step.outcome in FAILED_OUTCOMES:
+            throttle.record_failure(self.conn.client, step.user, now)
+        return False
+
+    def _locked_out(self, wait: float, why: str) -> None:
+        self.outcome = "throttled"
+        self.refuse(429, f"{why}; try again in {retry_after(wait)} s", error="http_request_denied",
+                    extra=[("Retry-After", retry_after(wait))])
 
     def _password_checked(self, pending: PendingPassword, future: asyncio.Future[bool]) -> None:
         self.conn.resume_reading("auth")
@@ -255,42 +291,59 @@ class Exchange:
 
     # == routing ==============================================================================================
     def route(self) -> None:
-        config = self.server.config
+        """Decide where the request may go (the destination policy), then tunnel or forward it."""
         if self.method == b"CONNECT":
             host, port = self.connect_dest
-            if config.connect_ports is not None and port not in config.connect_ports:
-                allowed = ", ".join(str(p) for p in config.connect_ports)
-                self.refuse(403, f"CONNECT to port {port} is not allowed by this proxy (allowed: {allowed})",
-                            error="http_request_denied")
-                return
-            self.conn.expect_tunnel(self)
-            self.conn.pause_reading("connect")
-            self.task = asyncio.get_running_loop().create_task(self._open_tunnel(host, port))
+            self.conn.expect_tunnel(self)  # bytes after the CONNECT head are tunnel data, not a request
+        else:
+            assert self.dest is not None
+            host, port = self.dest.host, self.dest.port
+            hop_limit = None
+            if self.method in (b"TRACE", b"OPTIONS"):
+                try:
+                    hop_limit = forward.max_forwards(self.headers)
+                except ProtocolError as exc:
+                    self.outcome = "bad-request"
+                    self.refuse(400, exc.message, error="http_request_error", close=True)
+                    return
+                if hop_limit == 0:
+                    self._answer_max_forwards()
+                    return
+            tokens = forward.connection_tokens(self.headers)
+            self.request_head = forward.build_request_head(
+                self.method, self.dest, forward.end_to_end(self.headers, tokens),
+                via=self.conn.via_in, content_length=self.content_length, chunked=self.chunked,
+                hop_limit=hop_limit,
+            )
+        is_connect = self.method == b"CONNECT"
+        decision = self.server.decide_now(self.user, host, port, is_connect)
+        if decision is not None:
+            self._go(decision, host, port)
             return
-        assert self.dest is not None
-        hop_limit = None
-        if self.method in (b"TRACE", b"OPTIONS"):
-            try:
-                hop_limit = forward.max_forwards(self.headers)
-            except ProtocolError as exc:
-                self.outcome = "bad-request"
-                self.refuse(400, exc.message, error="http_request_error", close=True)
-                return
-            if hop_limit == 0:
-                self._answer_max_forwards()
-                return
-        tokens = forward.connection_tokens(self.headers)
-        self.request_head = forward.build_request_head(
-            self.method, self.dest, forward.end_to_end(self.headers, tokens),
-            via=self.conn.via_in, content_length=self.content_length, chunked=self.chunked,
-            hop_limit=hop_limit,
-        )
-        upstream = self.server.pool.get((self.dest.host, self.dest.port))
+        self.conn.pause_reading("connect")
+        self.task = asyncio.get_running_loop().create_task(self._decide_then_go(host, port, is_connect))
+
+    async def _decide_then_go(self, host: str, port: int, is_connect: bool) -> None:
+        decision = await self.server.decide(self.user, host, port, is_connect)
+        self.conn.resume_reading("connect")
+        if not self.done and not self.conn.closed:
+            self._go(decision, host, port)
+
+    def _go(self, decision: Decision, host: str, port: int) -> None:
+        if isinstance(decision, Refused):
+            self.refuse(decision.status, decision.detail, error=decision.error)
+            return
+        address = decision.address  # connect to the address that was checked: no second lookup, no rebinding
+        if self.method == b"CONNECT":
+            self.conn.pause_reading("connect")
+            self.task = asyncio.get_running_loop().create_task(self._open_tunnel(host, address, port))
+            return
+        upstream = self.server.pool.get((host, port))
         if upstream is not None:
             self.reused_upstream = True
             self._send_request(upstream)
         else:
-            self._connect_upstream()
+            self._connect_upstream(address)
 
     def _answer_max_forwards(self) -> None:
         """Max-Forwards reached zero here: this proxy is the final recipient (RFC 9110 section 7.6.2)."""
@@ -309,17 +362,18 @@ class Exchange:
         self.conn.transport.write(head + body)
         self.finish(reusable=False, keep_client=self.keep_alive)
 
-    def _connect_upstream(self) -> None:
+    def _connect_upstream(self, address: str) -> None:
         assert self.dest is not None
         self.conn.pause_reading("connect")
-        self.task = asyncio.get_running_loop().create_task(self._open_upstream(self.dest.host, self.dest.port))
+        self.task = asyncio.get_running_loop().create_task(
+            self._open_upstream(self.dest.host, address, self.dest.port))
 
-    async def _open_upstream(self, host: str, port: int) -> None:
+    async def _open_upstream(self, host: str, address: str, port: int) -> None:
         server = self.server
         try:
             _, upstream = await asyncio.wait_for(
                 asyncio.get_running_loop().create_connection(
-                    lambda: UpstreamConnection((host, port), server.pool), host, port
+                    lambda: UpstreamConnection((host, port), server.pool), address, port
                 ),
                 server.config.connect_timeout,
             )
@@ -493,7 +547,7 @@ class Exchange:
                 self.reused_upstream = False
                 self.upstream = None
                 self.forwarding = False
-                self._connect_upstream()
+                self.route()  # decided again: the destination policy may have changed (SIGHUP) meanwhile
                 return
             self.refuse(502, f"the origin {self.peer} closed the connection without answering",
                         error="connection_terminated")
@@ -522,11 +576,11 @@ class Exchange:
                         f"{self.server.config.read_timeout:g} s", error="http_response_timeout")
 
     # == CONNECT ==============================================================================================
-    async def _open_tunnel(self, host: str, port: int) -> None:
+    async def _open_tunnel(self, host: str, address: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, tunnel = await asyncio.wait_for(
-                loop.create_connection(lambda: TunnelUpstream(self.conn), host, port),
+                loop.create_connection(lambda: TunnelUpstream(self.conn), address, port),
                 self.server.config.connect_timeout,
             )
         except Exception as exc:

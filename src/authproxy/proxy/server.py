@@ -17,6 +17,9 @@ from authproxy.config import Config
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
+from authproxy.proxy.dns import DnsCache, NotCached
+from authproxy.proxy.policy import Decision, resolve_and_check
+from authproxy.proxy.throttle import FailureThrottle
 from authproxy.proxy.upstream import Pool
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import describe_capabilities, open_user_store
@@ -34,6 +37,8 @@ class ProxyServer:
         self.via_1_1 = b"1.1 " + config.via_pseudonym.encode("ascii", "replace")
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
+        self.dns = DnsCache()
+        self.throttle = _throttle(config)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
 
@@ -57,8 +62,32 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.check_timeouts(now)
         self.pool.expire(now)
+        if self.throttle is not None:
+            self.throttle.purge(now)
         self.access_log.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    def decide_now(self, user: str | None, host: str, port: int, is_connect: bool) -> Decision | None:
+        """The destination decision if it needs no waiting (an address, or a name in the DNS cache), else None.
+
+        resolve_and_check is a coroutine that only suspends to resolve a name; driving it by hand keeps the
+        common case (a literal address, a cached name) off the task machinery.
+        """
+        coro = resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
+                                 resolver=self.dns.cached_only)
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            decision: Decision = stop.value
+            return decision
+        except NotCached:
+            return None
+        coro.close()  # pragma: no cover - cached_only never suspends; be safe if the policy ever does
+        return None
+
+    async def decide(self, user: str | None, host: str, port: int, is_connect: bool) -> Decision:
+        return await resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
+                                       resolver=self.dns.resolve, timeout=self.config.connect_timeout)
 
     def admit(self, conn: ClientConnection) -> str | None:
         """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503)."""
@@ -118,10 +147,22 @@ class ProxyServer:
         auth = Authenticator(config, store, self.auth.counters, nonce_key=self.auth.nonce_key)
         log = AccessLog.open(config.access_log, config.access_log_format)
         old_log = self.access_log
+        if (config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+                config.throttle_max_user_lockout) != (self.config.throttle_max_failures, self.config.throttle_window,
+                                                      self.config.throttle_lockout,
+                                                      self.config.throttle_max_user_lockout):
+            self.throttle = _throttle(config)
         self.config, self.auth, self.access_log = config, auth, log
         self.pool.size = config.pool_size
         old_log.flush()
         old_log.close()
+
+
+def _throttle(config: Config) -> FailureThrottle | None:
+    if not config.throttle_max_failures:
+        return None
+    return FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+                           config.throttle_max_user_lockout)
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
