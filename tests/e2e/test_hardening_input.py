@@ -690,3 +690,17 @@ def test_body_of_400_request_is_not_parsed_as_a_request(proxy: ProxyProcess, rec
     assert out.status == 400, out.describe()
     assert out.origin_bytes == b"", out.describe()
     assert out.rest == b"", out.describe()
+
+
+def test_request_pipelined_after_a_refused_connect(proxy: ProxyProcess, rec_origin: RecordingOrigin) -> None:
+    # Found by the atheris target: a CONNECT refused with 407, followed in the same packet by a request the
+    # proxy refuses and closes on. The second request is parsed from inside the handler of httptools'
+    # HttpParserUpgrade, so the HttpParserCallbackError's __context__ is that, not _Stop, and it escaped
+    # data_received (uvloop: "Fatal error: protocol.data_received() call failed").
+    a = rec_origin.authority
+    raw = (f"CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n"
+           f"GET http://{a}/x HTTP/1.1\r\nHost: {a}\r\nProxy-Authorization: Basic !!!\r\n\r\n").encode()
+    out = attack(proxy, rec_origin, raw, close_timeout=1.0)
+    assert out.status == 407, out.describe()
+    assert out.rest.startswith(b"HTTP/1.1 400 "), out.describe()
+    assert out.closed and out.origin_bytes == b"", out.describe()
