@@ -36,6 +36,8 @@ def _serve_parser(subparsers: Any) -> None:
                        help="let requests reach loopback, private and link-local addresses (refused by default)")
     serve.add_argument("--access-log", metavar="FILE", help="access log path, '-' for stdout, '' for none")
     serve.add_argument("--access-log-format", choices=("squid", "json"))
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="processes sharing the port (default 1; 0: one per CPU)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
 
@@ -55,6 +57,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "access_log_format": args.access_log_format,
         "tls_cert": args.tls_cert,
         "allow_private": args.allow_private,
+        "workers": args.workers,
         "tls_key": args.tls_key,
     }
 

@@ -55,6 +55,7 @@ class Config:
     max_body_size: int = 0  # request bodies; 0: no limit
     max_connections: int = 20000
     max_connections_per_client: int = 2048  # 0: no limit
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); 0: one per CPU
     drain_grace: float = 10.0  # seconds SIGTERM waits for in-flight requests
     tls_cert: str = ""  # PEM files: with both set, clients speak TLS to the proxy
     tls_key: str = ""
@@ -97,7 +98,7 @@ class Config:
         for key in ("max_header_count", "max_connections"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
-        for key in ("max_body_size", "max_connections_per_client", "drain_grace"):
+        for key in ("max_body_size", "max_connections_per_client", "drain_grace", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):

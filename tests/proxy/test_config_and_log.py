@@ -66,7 +66,10 @@ RECORD = AccessRecord(started=1700000000.5, duration=0.0123, client="127.0.0.1",
 
 def test_squid_format() -> None:
     out = io.StringIO()
-    AccessLog(out, "squid").write(RECORD)
+    log = AccessLog(out, "squid")
+    log.write(RECORD)
+    assert out.getvalue() == ""  # written by flush (the housekeeping timer), not per line
+    log.flush()
     line = out.getvalue()
     assert line == ("1700000000.500     12 127.0.0.1 TCP_DENIED/407 321 GET http://h/p? jö%20sé "
                     "HIER_NONE/- - auth=bad-password\n")
@@ -75,7 +78,21 @@ def test_squid_format() -> None:
 
 def test_json_format() -> None:
     out = io.StringIO()
-    AccessLog(out, "json").write(RECORD)
+    log = AccessLog(out, "json")
+    log.write(RECORD)
+    log.flush()
     record = json.loads(out.getvalue())
     assert record["auth"] == "bad-password" and record["auth_failed"] is True
     assert record["target"] == "http://h/p?" and record["user"] == "jö sé"
+
+
+def test_file_log_lines_stay_whole_across_writers(tmp_path: Path) -> None:
+    """Two logs on one file (two workers): every flush appends whole lines."""
+    path = tmp_path / "access.log"
+    first, second = AccessLog.open(str(path), "json"), AccessLog.open(str(path), "json")
+    for i in range(2000):
+        (first if i % 2 else second).write(RECORD)
+    first.close()
+    second.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2000 and all(json.loads(line)["status"] == 407 for line in lines)

@@ -9,6 +9,7 @@ strings are left out of logged URLs by default (Squid's ``strip_query_terms on``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -86,11 +87,17 @@ def format_json(record: AccessRecord) -> str:
 
 
 class AccessLog:
-    """Writes records to a stream; ``flush`` is called by the server's housekeeping timer, not per line."""
+    """Collects formatted lines and writes them in one ``write`` per flush (the housekeeping timer, or every
+    ``batch`` lines). One write of whole lines to a file opened O_APPEND keeps lines whole even when several
+    worker processes share the file."""
 
-    def __init__(self, stream: TextIO | None, fmt: str = "squid") -> None:
+    def __init__(self, stream: TextIO | None, fmt: str = "squid", *, fd: int | None = None,
+                 batch: int = 512) -> None:
         self._stream = stream
+        self._fd = fd
         self._format = format_json if fmt == "json" else format_squid
+        self._pending: list[str] = []
+        self._batch = batch
 
     @classmethod
     def open(cls, where: str, fmt: str) -> AccessLog:
@@ -98,20 +105,34 @@ class AccessLog:
             return cls(None, fmt)
         if where == "-":
             return cls(sys.stdout, fmt)
-        return cls(open(where, "a", encoding="utf-8", buffering=1 << 16), fmt)
+        fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return cls(None, fmt, fd=fd)
 
     @property
     def enabled(self) -> bool:
-        return self._stream is not None
+        return self._stream is not None or self._fd is not None
 
     def write(self, record: AccessRecord) -> None:
-        if self._stream is not None:
-            self._stream.write(self._format(record) + "\n")
+        if self.enabled:
+            self._pending.append(self._format(record) + "\n")
+            if len(self._pending) >= self._batch:
+                self.flush()
 
     def flush(self) -> None:
-        if self._stream is not None:
+        if not self._pending:
+            return
+        data, self._pending = "".join(self._pending), []
+        if self._fd is not None:
+            encoded = memoryview(data.encode("utf-8", "replace"))
+            while encoded:
+                written = os.write(self._fd, encoded)
+                encoded = encoded[written:]
+        elif self._stream is not None:
+            self._stream.write(data)
             self._stream.flush()
 
     def close(self) -> None:
-        if self._stream is not None and self._stream is not sys.stdout:
-            self._stream.close()
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

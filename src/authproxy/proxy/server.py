@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
+import secrets
 import signal
+import socket
 import ssl
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import AuthProxyError, ConfigError
-from authproxy.config import Config
+from authproxy.config import Config, replace
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
@@ -21,7 +25,9 @@ from authproxy.proxy.dns import DnsCache, NotCached
 from authproxy.proxy.policy import Decision, resolve_and_check
 from authproxy.proxy.throttle import FailureThrottle
 from authproxy.proxy.upstream import Pool
+from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
+from authproxy.state.shared import SharedNonceCounterStore
 from authproxy.users import describe_capabilities, open_user_store
 from authproxy.users.base import UserStore
 
@@ -42,13 +48,13 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
 
-    async def start(self) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         host, port = self.config.listen_address
         loop = asyncio.get_running_loop()
         _raise_fd_limit()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024,
-            ssl=tls_context(self.config),
+            lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None,
+            backlog=1024, ssl=tls_context(self.config),
         )
         self._housekeeping = loop.call_later(1.0, self._tick)
 
@@ -185,16 +191,29 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def build_server(config: Config) -> ProxyServer:
+def build_server(config: Config, *, nonce_key: bytes | None = None,
+                 counters: NonceCounterStore | None = None) -> ProxyServer:
     store = open_user_store(config.users, config.realm)
-    auth = Authenticator(config, store, MemoryNonceCounterStore())
+    auth = Authenticator(config, store, counters or MemoryNonceCounterStore(), nonce_key=nonce_key)
     return ProxyServer(config, auth, AccessLog.open(config.access_log, config.access_log_format))
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What the workers of one proxy share: the nonce key, the nonce counts, and the port."""
+
+    index: int
+    nonce_key: bytes
+    counters: NonceCounterStore
+
+
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None,
-                reload: Callable[[], Config] | None = None) -> None:
+                reload: Callable[[], Config] | None = None, worker: WorkerSetup | None = None) -> None:
     """Run the proxy until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config."""
-    server = build_server(config)
+    if worker is None:
+        server = build_server(config)
+    else:
+        server = build_server(config, nonce_key=worker.nonce_key, counters=worker.counters)
     # Signals first: a SIGTERM that arrives as soon as we announce the port must be a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,13 +231,15 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
 
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await server.start()
-    host, port = server.sockets_addresses[0]
-    shown = f"[{host}]" if ":" in host else host
-    (announce or _stderr)(f"authproxy: listening on {shown}:{port}, realm {config.realm!r}, "
-                          f"users from {server.auth.store.description}")
-    for line in users_summary(server.auth.store, config):
-        (announce or _stderr)(f"authproxy: {line}")
+    await server.start(reuse_port=worker is not None)
+    if worker is None or worker.index == 0:
+        host, port = server.sockets_addresses[0]
+        shown = f"[{host}]" if ":" in host else host
+        workers = "" if worker is None else f", {config.workers} workers"
+        (announce or _stderr)(f"authproxy: listening on {shown}:{port}{workers}, realm {config.realm!r}, "
+                              f"users from {server.auth.store.description}")
+        for line in users_summary(server.auth.store, config):
+            (announce or _stderr)(f"authproxy: {line}")
     await stop.wait()
     _stderr("authproxy: stopping: no new connections; in-flight requests have "
             f"{server.config.drain_grace:g} s to finish")
@@ -253,11 +274,86 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
-    """Blocking entry point: uvloop when available."""
+def _run_loop(config: Config, reload: Callable[[], Config] | None, worker: WorkerSetup | None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run on
-        asyncio.run(serve(config, reload=reload))
+        asyncio.run(serve(config, reload=reload, worker=worker))
     else:
-        uvloop.run(serve(config, reload=reload))
+        uvloop.run(serve(config, reload=reload, worker=worker))
+
+
+def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """Blocking entry point: one process, or a supervisor and ``workers`` processes sharing the port."""
+    count = config.workers or len(os.sched_getaffinity(0))
+    if count == 1:
+        _run_loop(config, reload, None)
+        return
+    config = replace(config, workers=count)
+    # A bound socket that never listens reserves the port (and learns it, for port 0) without taking any
+    # connection: with SO_REUSEPORT the kernel spreads connections over the workers' listening sockets only.
+    host, port = config.listen_address
+    reserve = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserve.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot bind {config.listen}: {exc.strerror}") from None
+    shown = f"[{host}]" if ":" in host else host
+    config = replace(config, listen=f"{shown}:{reserve.getsockname()[1]}")
+    # Shared by every worker: a nonce from one is accepted by all, a replayed nc is refused by all.
+    nonce_key = secrets.token_bytes(32)
+    counters = SharedNonceCounterStore()
+    supervise(count, lambda index: _run_loop(config, reload, WorkerSetup(index, nonce_key, counters)))
+    reserve.close()
+
+
+def supervise(count: int, work: Callable[[int], None]) -> None:
+    """Fork ``count`` workers running ``work(index)``; pass SIGTERM/SIGINT/SIGHUP on; restart a worker that
+    dies on its own; return when all have exited after a stop signal."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                work(index)
+            except BaseException:  # report and leave; the supervisor restarts us
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = index
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig != signal.SIGHUP:
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for index in range(count):
+        spawn(index)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait; kept for clarity
+            continue
+        index = children.pop(pid, -1)
+        if index >= 0 and not stopping:
+            _stderr(f"authproxy: worker {index} exited ({os.waitstatus_to_exitcode(status)}); restarting it")
+            time.sleep(0.5)  # do not spin if a worker cannot start at all
+            spawn(index)

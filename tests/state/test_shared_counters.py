@@ -1,0 +1,76 @@
+"""SharedNonceCounterStore: the memory store's rules, and replay refused across forked processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from authproxy.state.base import NonceCounterStore
+from authproxy.state.memory import MemoryNonceCounterStore
+from authproxy.state.shared import SharedNonceCounterStore
+
+NOW = 1000.0
+EXP = 2000.0
+
+
+def test_in_order_out_of_order_and_replay() -> None:
+    store: NonceCounterStore = SharedNonceCounterStore(slots=64, window=64)
+    order = list(range(1, 65))
+    random.Random(3).shuffle(order)
+    for nc in order:
+        assert store.use("n", nc, EXP, NOW)
+    for nc in order:
+        assert not store.use("n", nc, EXP, NOW)
+    assert store.use("other", 5, EXP, NOW)
+
+
+def test_window_edge_and_expiry() -> None:
+    store = SharedNonceCounterStore(slots=64, window=64)
+    assert store.use("n", 100, EXP, NOW)
+    assert store.use("n", 37, EXP, NOW)  # 100 - 63: the last count inside the window
+    assert not store.use("n", 36, EXP, NOW)  # below the window: cannot be told from a replay
+    assert not store.use("n", 0, EXP, NOW)
+    assert not store.use("x", 1, NOW, NOW)  # already expired
+    assert store.use("n", 1, EXP + 10, EXP + 1)  # the old entry expired: its slot is free again
+
+
+def test_full_table_refuses_rather_than_forgets() -> None:
+    store = SharedNonceCounterStore(slots=16, window=8)
+    for i in range(16):
+        assert store.use(f"n{i}", 1, EXP + i, NOW)
+    # The table is full: a new nonce evicts the soonest-expiring one, whose counts are forgotten, so a nonce
+    # expiring no later than that one is refused rather than trusted.
+    assert store.use("late", 1, EXP + 100, NOW)
+    assert not store.use("early", 1, EXP, NOW)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 3000)), max_size=120))
+def test_agrees_with_the_memory_store(ops: list[tuple[str, int]]) -> None:
+    shared = SharedNonceCounterStore(slots=64, window=64)
+    memory = MemoryNonceCounterStore(window=64)
+    for nonce, nc in ops:
+        assert shared.use(nonce, nc, EXP, NOW) == memory.use(nonce, nc, EXP, NOW)
+
+
+def _worker(store: SharedNonceCounterStore, ncs: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    results.put([store.use("shared-nonce", nc, EXP, NOW) for nc in ncs])
+
+
+def test_replay_refused_across_processes() -> None:
+    store = SharedNonceCounterStore()
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    ncs = list(range(1, 201))
+    workers = [context.Process(target=_worker, args=(store, ncs, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=20) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    # Four processes each try every count: each count is accepted exactly once overall.
+    assert [sum(column) for column in zip(*outcomes, strict=True)] == [1] * len(ncs)
+    assert not store.use("shared-nonce", 7, EXP, NOW)
