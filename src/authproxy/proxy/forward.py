@@ -178,6 +178,15 @@ def max_forwards(headers: Headers) -> int | None:
     return None
 
 
+def _add_via_and_framing(parts: list[bytes], via: bytes, content_length: int | None, chunked: bool) -> None:
+    """Via (RFC 9110 section 7.6.3) and the framing this hop chose (RFC 9112 section 6)."""
+    parts += (b"Via: ", via, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts += (b"Content-Length: ", str(content_length).encode(), b"\r\n")
+
+
 def build_request_head(
     method: bytes,
     target: Target,
@@ -197,11 +206,7 @@ def build_request_head(
         if lower == b"max-forwards" and hop_limit is not None:
             value = str(hop_limit - 1).encode()
         parts += (name, b": ", value, b"\r\n")
-    parts += (b"Via: ", via, b"\r\n")
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif content_length is not None:
-        parts += (b"Content-Length: ", str(content_length).encode(), b"\r\n")
+    _add_via_and_framing(parts, via, content_length, chunked)
     parts.append(b"\r\n")
     return b"".join(parts)
 
@@ -220,11 +225,7 @@ def build_response_head(
     parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-    parts += (b"Via: ", via, b"\r\n")
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif content_length is not None:
-        parts += (b"Content-Length: ", str(content_length).encode(), b"\r\n")
+    _add_via_and_framing(parts, via, content_length, chunked)
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
