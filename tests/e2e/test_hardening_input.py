@@ -698,9 +698,13 @@ def test_request_pipelined_after_a_refused_connect(proxy: ProxyProcess, rec_orig
     # HttpParserUpgrade, so the HttpParserCallbackError's __context__ is that, not _Stop, and it escaped
     # data_received (uvloop: "Fatal error: protocol.data_received() call failed").
     a = rec_origin.authority
+    before = len(proxy.stderr_lines)
     raw = (f"CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n"
            f"GET http://{a}/x HTTP/1.1\r\nHost: {a}\r\nProxy-Authorization: Basic !!!\r\n\r\n").encode()
     out = attack(proxy, rec_origin, raw, close_timeout=1.0)
     assert out.status == 407, out.describe()
     assert out.rest.startswith(b"HTTP/1.1 400 "), out.describe()
     assert out.closed and out.origin_bytes == b"", out.describe()
+    time.sleep(0.1)
+    stderr = "".join(proxy.stderr_lines[before:])
+    assert "Traceback" not in stderr, stderr
