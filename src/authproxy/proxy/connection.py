@@ -55,6 +55,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_exchange: Exchange | None = None
         self.tunnel_pending: list[bytes] = []
         self.client_eof = False
+        # Parsing state of one read: an exchange waiting to begin, and whether we stopped the parser.
+        self.ready: Exchange | None = None
+        self.stopping = False
         self.up_bytes = 0
 
     # == asyncio.Protocol =====================================================================================
@@ -89,22 +92,30 @@ class ClientConnection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # A CONNECT head ended at this offset; what follows is tunnel data or the next request.
-            rest = data[exc.args[0]:]
-            self.parser = httptools.HttpRequestParser(self)
-            if self.tunnel_exchange is not None:
-                if rest:
-                    self.tunnel_pending.append(rest)
-            elif rest and not self.closed:
-                self._feed(rest)
-        except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _Stop):
-                raise
-        except httptools.HttpParserError as exc:
-            self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
+        """Parse one read. A request head found in it starts its exchange only once the whole read is
+        parsed, so a body that is malformed within the same read is refused before anything is forwarded."""
+        while data and not self.closed:
+            rest = b""
+            self.stopping = False
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                # A CONNECT head ended at this offset; what follows is tunnel data or the next request.
+                rest = data[exc.args[0]:]
+                self.parser = httptools.HttpRequestParser(self)
+                if self.tunnel_exchange is not None:
+                    if rest:
+                        self.tunnel_pending.append(rest)
+                    rest = b""
+            except httptools.HttpParserCallbackError:
+                if not self.stopping:  # not our own stop: a bug in a callback, which must stay visible
+                    raise
+            except httptools.HttpParserError as exc:
+                self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
+            ready, self.ready = self.ready, None
+            if ready is not None and not self.closed:
+                ready.begin()
+            data = rest
 
     def eof_received(self) -> bool:
         tunnel = self.tunnel
@@ -178,9 +189,11 @@ class ClientConnection(asyncio.Protocol):
         self.header_size += len(name) + len(value) + 4
         if self.header_size > self.server.config.max_header_size:
             self._refuse_head(431, "the request head is larger than this proxy accepts")
+            self.stopping = True
             raise _Stop
         if len(self.headers) > self.server.config.max_header_count:
             self._refuse_head(431, f"the request has more than {self.server.config.max_header_count} header fields")
+            self.stopping = True
             raise _Stop
 
     def on_headers_complete(self) -> None:
@@ -193,17 +206,22 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             # Framing we cannot trust means we cannot find the next request either: answer and close.
             self._refuse_head(exc.status_hint, exc.message)
+            self.stopping = True
             raise _Stop from None
         ex = Exchange(self, method, self.url, version, self.headers,
                       parser.should_keep_alive() and not self.draining, framing.content_length, framing.chunked)
         self.receiving = None if ex.body_complete else ex
         if self.active is None:
             self.active = ex
-            ex.begin()
+            if method == b"CONNECT":
+                ex.begin()
+            else:
+                self.ready = ex  # begun by _feed once this read is parsed
         else:
             self.queue.append(ex)
             self.pause_reading("pipeline")
         if self.closed or (self.active is ex and ex.done and not ex.keep_alive):
+            self.stopping = True
             raise _Stop
 
     def on_body(self, body: bytes) -> None:

@@ -143,6 +143,8 @@ class Exchange:
         return self.target.decode("latin-1")
 
     def begin(self) -> None:
+        if self.done:  # refused while its head's read was still being parsed (a malformed body, a limit)
+            return
         limit = self.server.config.max_body_size
         if limit and (self.content_length or 0) > limit:
             self.outcome = "bad-request"

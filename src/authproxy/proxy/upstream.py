@@ -85,6 +85,9 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols: upstream_head has already refused it (we never ask for an upgrade).
+            self._fail("the origin switched protocols, which this proxy does not relay")
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _HeadDone):
                 self._fail(f"the origin's response could not be relayed ({exc})")
