@@ -26,14 +26,20 @@ COLOURS = {"direct": "#9e9e9e", "squid": "#4c72b0", "tinyproxy": "#8172b2", "pro
 def _bars(ax: Any, data: dict[str, Any], scenario: str, key: str, title: str, unit: str) -> None:
     names = [n for n in ORDER if data["summary"].get(n, {}).get(scenario, {}).get(key) is not None]
     values = [data["summary"][n][scenario][key] for n in names]
-    bars = ax.bar([LABELS[n] for n in names], values, color=[COLOURS[n] for n in names])
+    # Error bars: the lowest and highest run of the repeats (the machine is shared; the bar is the median).
+    runs = [[r[key] for r in data["samples"].get(n, {}).get(scenario, []) if key in r] or [v]
+            for n, v in zip(names, values, strict=True)]
+    spread = [[v - min(r) for v, r in zip(values, runs, strict=True)],
+              [max(r) - v for v, r in zip(values, runs, strict=True)]]
+    bars = ax.bar([LABELS[n] for n in names], values, color=[COLOURS[n] for n in names], yerr=spread,
+                  capsize=3, ecolor="#555555")
     squid = data["summary"].get("squid", {}).get(scenario, {}).get(key)
-    for bar, name, value in zip(bars, names, values, strict=True):
+    for bar, name, value, r in zip(bars, names, values, runs, strict=True):
         text = f"{value:,.0f}"
         if squid and name != "squid":
             text += f"\n{value / squid:.2f}× Squid"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=7)
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, max(value, *r)), ha="center", va="bottom",
+                    fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(unit)
     ax.margins(y=0.25)
@@ -69,7 +75,7 @@ def main(src: Path, dest: Path) -> None:
     _memory(axes[1][1], data)
     meta = data["meta"]
     fig.suptitle(f"authproxy and its peers, {meta['date']}: proxy on one CPU, load and origin on the other; "
-                 f"medians of {meta['repeats']}", fontsize=11)
+                 f"medians of {meta['repeats']} (error bars: lowest and highest run)", fontsize=11)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
 

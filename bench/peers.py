@@ -213,19 +213,24 @@ def _start_authproxy(setup: Setup, procs: ProcessSet, port: int) -> Started:
                        input=f"{setup.password}\n".encode(), capture_output=True, check=True, timeout=60)
     argv = [str(PROJECT_BIN / "authproxy"), "serve", "--listen", f"{LOOPBACK}:{port}", "--users", str(users),
             "--realm", setup.realm, "--connect-ports", "any", "--access-log", ""]
-    if _authproxy_has_option("max_connections_per_client"):
-        # Every benchmark connection comes from 127.0.0.1: lift the per-client cap (the others have none).
+    # The benchmark's origin is on loopback and every connection comes from 127.0.0.1: let authproxy reach
+    # private addresses and lift its per-client connection cap (the other proxies have neither rule). Only the
+    # options this authproxy knows, so the harness works across versions.
+    wanted = {"allow_private": "true", "max_connections_per_client": "0"}
+    known = _authproxy_options()
+    lines = [f"{key} = {value}" for key, value in wanted.items() if key in known]
+    if lines:
         config = setup.workdir / "authproxy.toml"
-        config.write_text("max_connections_per_client = 0\n")
+        config.write_text("\n".join(lines) + "\n")
         argv += ["--config", str(config)]
     return procs.start("authproxy", pinned(setup.proxy_cpu, argv))
 
 
-def _authproxy_has_option(name: str) -> bool:
-    probe = ("import dataclasses, authproxy.config as c; "
-             f"print({name!r} in {{f.name for f in dataclasses.fields(c.Config)}})")
+def _authproxy_options() -> set[str]:
+    """The option names (TOML keys) of the installed authproxy."""
+    probe = "import dataclasses, authproxy.config as c; print(' '.join(f.name for f in dataclasses.fields(c.Config)))"
     out = subprocess.run([str(PROJECT_BIN / "python"), "-c", probe], capture_output=True, timeout=60, check=False)
-    return out.stdout.strip() == b"True"
+    return set(out.stdout.decode().split())
 
 
 PEERS: dict[str, Peer] = {

@@ -539,6 +539,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "- CPU % is the proxy's (or the direct nginx's) CPU time over the run's wall time, all its processes: "
         "well under 100 means the load side on the other CPU set the pace.",
         noise_note(data),
+        spread_note(data),
         "- Digest: authproxy with SHA-256, Squid with MD5 (the only algorithm it offers); qop=auth, one nonce "
         "per run taken from a 407, requests prepared in advance with nc = 1, 2, 3, ... Squid runs with "
         "`check_nonce_count off`: with it on, Squid 5.7 drops the nonce as stale as soon as requests on parallel "
@@ -556,6 +557,19 @@ def noise_note(data: dict[str, Any]) -> str:
         return "- No CPU readings (one CPU: nothing pinned)."
     return (f"- Other work on the proxy's CPU during the runs (the machine is shared): median "
             f"{statistics.median(others):.0f}%, max {max(others):.0f}% of the CPU; per-run readings in results.json.")
+
+
+def spread_note(data: dict[str, Any]) -> str:
+    """The lowest and highest run behind each keep-alive median: how far one run can be from another here."""
+    parts = []
+    for name in [DIRECT, *PEERS]:
+        values = [s["rps"] for s in data["samples"].get(name, {}).get("keepalive", []) if "rps" in s]
+        if len(values) > 1:
+            parts.append(f"{name} {min(values):,.0f}–{max(values):,.0f}")
+    if not parts:
+        return "- One run per figure (no spread to show)."
+    return ("- Lowest–highest keep-alive run behind each median (req/s): " + "; ".join(parts)
+            + ". A run far below the others coincides with other work on the machine (see cpu*_busy_pct).")
 
 
 def make_chart(out: Path) -> str:
