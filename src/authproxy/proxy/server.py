@@ -22,7 +22,7 @@ from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
-from authproxy.proxy.policy import Decision, resolve_and_check
+from authproxy.proxy.policy import Decision, Refused, resolve_and_check
 from authproxy.proxy.throttle import FailureThrottle
 from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
@@ -44,6 +44,8 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
         self.dns = DnsCache()
+        # (user, host, port, is_connect) -> (expiry, decision): see decide_now.
+        self._decisions: dict[tuple[str | None, str, int, bool], tuple[float, Decision]] = {}
         self.throttle = _throttle(config)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -79,21 +81,38 @@ class ProxyServer:
         resolve_and_check is a coroutine that only suspends to resolve a name; driving it by hand keeps the
         common case (a literal address, a cached name) off the task machinery.
         """
+        key = (user, host, port, is_connect)
+        now = time.monotonic()
+        cached = self._decisions.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         coro = resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
                                  resolver=self.dns.cached_only)
         try:
             coro.send(None)
         except StopIteration as stop:
             decision: Decision = stop.value
-            return decision
         except NotCached:
             return None
-        coro.close()  # pragma: no cover - cached_only never suspends; be safe if the policy ever does
-        return None
+        else:  # pragma: no cover - cached_only never suspends; be safe if the policy ever does
+            coro.close()
+            return None
+        self._remember_decision(key, decision, now)
+        return decision
+
+    def _remember_decision(self, key: tuple[str | None, str, int, bool], decision: Decision, now: float) -> None:
+        # The same user asking for the same destination gets the same answer until the name's DNS answer
+        # expires: the policy is a pure function of (user, host, port, method) and the resolved addresses.
+        if len(self._decisions) >= 10_000:
+            self._decisions.clear()
+        self._decisions[key] = (now + self.dns.ttl, decision)
 
     async def decide(self, user: str | None, host: str, port: int, is_connect: bool) -> Decision:
-        return await resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
-                                       resolver=self.dns.resolve, timeout=self.config.connect_timeout)
+        decision = await resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
+                                           resolver=self.dns.resolve, timeout=self.config.connect_timeout)
+        if not (isinstance(decision, Refused) and decision.error in ("dns_error", "dns_timeout")):
+            self._remember_decision((user, host, port, is_connect), decision, time.monotonic())
+        return decision
 
     def admit(self, conn: ClientConnection) -> str | None:
         """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503)."""
@@ -159,6 +178,7 @@ class ProxyServer:
                                                       self.config.throttle_max_user_lockout):
             self.throttle = _throttle(config)
         self.config, self.auth, self.access_log = config, auth, log
+        self._decisions = {}  # decided under the old policy
         self.pool.size = config.pool_size
         old_log.flush()
         old_log.close()

@@ -42,14 +42,17 @@ with nothing left to remember.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 _MAX_TRUSTED = 8  # known addresses remembered per user name
+_REFRESH = 60.0  # a known address's trust is refreshed at most this often by successes
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(client: str) -> str:
     """The throttle's key for a client address: IPv4 as is, IPv6 by its /64, IPv4-mapped IPv6 as IPv4.
 
@@ -183,11 +186,14 @@ class FailureThrottle:
         """``client`` signed in as ``user``: forgive that pair's failures, remember the address as known."""
         ckey, ukey = client_key(client), user_key(user)
         cstate = self._clients.get(ckey)
+        ustate = self._users.get(ukey)
+        if (ustate is not None and not ustate.failures and (cstate is None or not cstate.failures)
+                and now - ustate.trusted.get(ckey, -_REFRESH) < _REFRESH):
+            return  # the steady state of a signed-in client: nothing to forgive, trust recently refreshed
         if cstate is not None:
             kept = [event for event in cstate.failures if event[1] != ukey]
             if len(kept) != len(cstate.failures):
                 cstate.failures = deque(kept, maxlen=self.max_failures)
-        ustate = self._users.get(ukey)
         if ustate is None:
             ustate = _UserState(deque(maxlen=self.max_failures))
             self._users[ukey] = ustate
