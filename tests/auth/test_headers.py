@@ -265,3 +265,33 @@ def test_any_credentials_input_parses_or_raises_our_error(value: str) -> None:
     for parse in (parse_credentials, parse_auth_params):
         with contextlib.suppress(AuthHeaderError):
             parse(value)
+
+
+# The fast path of parse_credentials must agree with the general parser on every input.
+_GRAMMAR_ALPHABET = st.sampled_from([*'aZ09=",\\ \t/.-_~+!é\x00\x7f', "Digest ", "Basic ", "username=",
+                                     '"x y"', ", ", "=="])
+
+
+def _outcome(parse: object, value: str) -> object:
+    try:
+        return parse(value)  # type: ignore[operator]
+    except AuthHeaderError:
+        return "error"
+
+
+@given(st.lists(_GRAMMAR_ALPHABET, max_size=30).map("".join))
+def test_fast_credentials_path_agrees_with_the_general_parser(value: str) -> None:
+    from authproxy.auth.headers import _parse_credentials_general
+
+    assert _outcome(parse_credentials, value) == _outcome(_parse_credentials_general, value)
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9*-]{0,8}", fullmatch=True),
+                          st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=12)),
+                max_size=6))
+def test_fast_path_agrees_on_well_formed_credentials(params: list[tuple[str, str]]) -> None:
+    from authproxy.auth.headers import _parse_credentials_general
+
+    value = "Digest " + ", ".join(f'{name}="{text}"' if i % 2 else f"{name}={text or 'x'}"
+                                  for i, (name, text) in enumerate(params))
+    assert _outcome(parse_credentials, value) == _outcome(_parse_credentials_general, value)
