@@ -130,8 +130,8 @@ def _start_squid(setup: Setup, procs: ProcessSet, port: int) -> Started:
     d = setup.workdir / "squid"
     d.mkdir(parents=True, exist_ok=True)
     _chmod_tree(d, "proxy")
-    apr1 = subprocess.run(["openssl", "passwd", "-apr1", setup.password], capture_output=True, check=True,
-                          timeout=30).stdout.decode().strip()
+    apr1 = subprocess.run(["openssl", "passwd", "-apr1", "-stdin"], input=f"{setup.password}\n".encode(),
+                          capture_output=True, check=True, timeout=30).stdout.decode().strip()
     (d / "htpasswd").write_text(f"{setup.user}:{apr1}\n")
     (d / "digest").write_text(f"{setup.user}:{setup.password}\n")
     conf = d / "squid.conf"

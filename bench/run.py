@@ -67,8 +67,8 @@ SCENARIO_TITLES = {
 }
 QUICK_PEERS = ("squid", "authproxy")
 USER = "bench"
-# Fresh for every run; letters, digits, - and _ only, so every peer's config syntax takes it as is.
-PASSWORD = secrets.token_urlsafe(12)
+# Fresh for every run; hex digits only, so every peer's config and command-line syntax takes it as is.
+PASSWORD = secrets.token_hex(12)
 REALM = "bench"
 AUTH_SHORT = {
     DIRECT: "—",
@@ -357,7 +357,7 @@ def summarise_profile(raw: Path, possible: int) -> dict[str, Any]:
         "busy_fraction": total / possible if possible else 0.0,
         "self": [(f, n / total) for f, n in own.most_common(25)] if total else [],
         "self_by_file": [(f, n / total) for f, n in by_file.most_common(15)] if total else [],
-        "inclusive": [(f, n / total) for f, n in inclusive.most_common(40)] if total else [],
+        "inclusive": [(f, n / total) for f, n in inclusive.most_common(200)] if total else [],
     }
 
 
@@ -372,9 +372,10 @@ def profile_markdown(title: str, svg: str, profile: dict[str, Any]) -> list[str]
     lines += ["",
              "Self time (the function on top of the stack):", "", "| share | function (file) |", "|---:|---|"]
     lines += [f"| {share:.1%} | `{f}` |" for f, share in profile["self"][:20]]
-    lines += ["", "Inclusive time (the function anywhere on the stack):", "", "| share | function (file) |",
-              "|---:|---|"]
-    lines += [f"| {share:.1%} | `{f}` |" for f, share in profile["inclusive"][:30]]
+    lines += ["", "Inclusive time (the function anywhere on the stack; Python functions under the event loop):", "",
+              "| share | function (file) |", "|---:|---|"]
+    under_loop = [(f, share) for f, share in profile["inclusive"] if share < 0.98 and ".py)" in f]
+    lines += [f"| {share:.1%} | `{f}` |" for f, share in under_loop[:30]]
     return [*lines, ""]
 
 
