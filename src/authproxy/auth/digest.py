@@ -44,6 +44,11 @@ class DigestAlgorithm:
     sess: bool
     strength: int  # higher is stronger; clients pick the strongest offered
 
+    @property
+    def hex_length(self) -> int:
+        """Characters in one hex digest: 32 for MD5, 64 for the SHA-2 family."""
+        return 32 if self.base == "MD5" else 64
+
     def h(self, text: str) -> str:
         """H(data) of RFC 7616 section 3.4.1, over the UTF-8 encoding of ``text``."""
         return self.hexdigest(text.encode("utf-8"))
@@ -379,7 +384,7 @@ class DigestCredentials:
         alg = get_algorithm(alg_name)
         if alg is None:
             raise AuthHeaderError("unknown Digest algorithm")
-        if len(response) != len(alg.h("")) or _HEX_RE.fullmatch(response) is None:
+        if len(response) != alg.hex_length or _HEX_RE.fullmatch(response) is None:
             raise AuthHeaderError(f"Digest response is not a {alg.base} hex digest")
         qop = c.param("qop")
         cnonce = c.param("cnonce")

@@ -20,6 +20,7 @@ character at or above U+0080 is treated as obs-text.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -104,13 +105,13 @@ class _AuthItem:
         """The scheme lower-cased, for comparison (section 11.1: case-insensitive)."""
         return self.scheme.lower()
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, str]:
+        return dict(self.params)
+
     def param(self, name: str) -> str | None:
         """The unquoted value of parameter ``name`` (any case), or None."""
-        key = name.lower()
-        for pname, value in self.params:
-            if pname == key:
-                return value
-        return None
+        return self._by_name.get(name.lower())
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,16 @@ class Challenge(_AuthItem):
 @dataclass(frozen=True)
 class Credentials(_AuthItem):
     """The credentials of a (Proxy-)Authorization field, RFC 9110 section 11.4."""
+
+    @classmethod
+    def _checked(cls, scheme: str, params: tuple[tuple[str, str], ...]) -> Credentials:
+        """An instance from parts the caller has already validated (the parser's fast path), without
+        validating them a second time."""
+        item = object.__new__(cls)
+        object.__setattr__(item, "scheme", scheme)
+        object.__setattr__(item, "token68", None)
+        object.__setattr__(item, "params", params)
+        return item
 
 
 class _Cursor:
@@ -302,9 +313,12 @@ def parse_credentials(value: str) -> Credentials:
     if isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH:
         fast = _FAST_CREDENTIALS_RE.fullmatch(value)
         if fast is not None and not _CTL_RE.search(value):
-            params = tuple((name, token or quoted)
+            params = tuple((name.lower(), token or quoted)
                            for name, token, quoted in _FAST_PARAM_RE.findall(fast.group(2)))
-            return Credentials(fast.group(1), None, params)
+            if len({name for name, _ in params}) == len(params):
+                # Everything __post_init__ checks holds by construction here: the regex admits only token
+                # names and a scheme, the field has no CTL, names are lower-cased and distinct.
+                return Credentials._checked(fast.group(1), params)
     return _parse_credentials_general(value)
 
 

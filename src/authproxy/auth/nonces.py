@@ -75,6 +75,7 @@ class NonceIssuer:
         self.skew = float(skew)
         opaque = hmac.new(self._key, _OPAQUE_DOMAIN + self._realm, hashlib.sha256).digest()
         self._opaque = _b64url(opaque[:16])
+        self._authentic: dict[str, float] = {}  # nonce -> issued_at, see _decode
 
     @property
     def opaque(self) -> str:
@@ -108,7 +109,23 @@ class NonceIssuer:
         return self.issue(now, rand)
 
     def _decode(self, nonce: str) -> float | None:
-        """issued_at of an authentic nonce, None for anything else."""
+        """issued_at of an authentic nonce, None for anything else.
+
+        Authentic nonces are remembered (a bounded memo, not state: the answer is a pure function of the
+        nonce and the key), since a client reuses one nonce for many requests. Forgeries are not, so they
+        cannot crowd it out; each costs its HMAC.
+        """
+        known = self._authentic.get(nonce) if isinstance(nonce, str) else None
+        if known is not None:
+            return known
+        issued_at = self._verify(nonce)
+        if issued_at is not None:
+            if len(self._authentic) >= 4096:
+                self._authentic.clear()
+            self._authentic[nonce] = issued_at
+        return issued_at
+
+    def _verify(self, nonce: str) -> float | None:
         if not isinstance(nonce, str) or _NONCE_RE.fullmatch(nonce) is None:
             return None
         try:
