@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test system-tools
 	$(BIN)/python -m pytest
 
 # The benchmark against Squid, tinyproxy, proxy.py and mitmproxy (README, "Performance"): installs what it
-# needs (apt-get, and a separate venv bench/.venv-peers), runs for about 15 minutes, writes bench/results/.
+# needs (apt-get, and a separate venv bench/.venv-peers), runs for about 12 minutes, writes bench/results/.
 # BENCH_ARGS passes options to bench/run.py (see `.venv/bin/python bench/run.py --help`).
 bench: $(VENV)/.installed
 	PYTHON=$(PYTHON) bash bench/install.sh

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # What `make bench` needs, installed when missing:
-#   - wrk, nginx-light, squid, tinyproxy, curl, openssl, taskset: apt-get (as root, on Debian);
+#   - wrk, nginx-light, squid, tinyproxy, openssl, taskset: apt-get (as root, on Debian);
 #   - proxy.py, mitmproxy, py-spy, matplotlib: pip, into bench/.venv-peers, never the project's .venv.
 # A failure here is reported loudly and never stops the benchmark: bench/run.py then lists that peer as
-# "not run: <reason>" (or, for wrk, nginx or curl, says what is missing and stops).
+# "not run: <reason>" (or, for wrk, nginx or openssl, says what is missing and stops).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PEERS_VENV=bench/.venv-peers
 
 missing=()
-for pair in wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy curl:curl openssl:openssl taskset:util-linux; do
+for pair in wrk:wrk nginx:nginx-light squid:squid tinyproxy:tinyproxy openssl:openssl taskset:util-linux; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
 done

@@ -2,7 +2,7 @@
 """The benchmark: authproxy against Squid, tinyproxy, proxy.py and mitmproxy, with nginx direct as the ceiling.
 
 Starts an nginx origin (a 100-byte and a 100 MiB file) and each proxy with the same user, pins the proxies to
-CPU 0 and wrk, curl and nginx to CPU 1, runs the scenarios interleaved and repeated, and writes
+CPU 0 and wrk, the CONNECT client and nginx to CPU 1, runs the scenarios interleaved and repeated, and writes
 ``results.md``, ``results.json`` and ``chart.png`` into bench/results/. Every process it starts is stopped by
 its PID (process group), also on failure and Ctrl-C. A peer that cannot be installed or started is reported as
 "not run: <reason>" in the table.
@@ -605,7 +605,7 @@ def _first_line(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    missing = [t for t in ("wrk", "nginx", "curl", "taskset") if shutil.which(t) is None]
+    missing = [t for t in ("wrk", "nginx", "openssl", "taskset") if shutil.which(t) is None]
     if missing:
         print(f"bench: missing {', '.join(missing)} (run `make bench`, which installs them)", file=sys.stderr)
         return 2
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     proxy_cpu, load_cpu = (0, 1) if cpus >= 2 else (None, None)
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # this process is the CONNECT client: it stays off the proxy's CPU
-    pinning = "proxy on CPU 0; wrk, curl and nginx on CPU 1" if cpus >= 2 else "one CPU: no pinning"
+    pinning = "proxy on CPU 0; wrk, the CONNECT client and the origin on CPU 1" if cpus >= 2 else "one CPU: no pinning"
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
