@@ -97,6 +97,8 @@ class ProcessSet:
 
     def stop(self, started: Started, timeout: float = 10.0) -> None:
         proc = started.proc
+        # Children that moved to groups of their own (Squid's auth helpers do): noted now, swept below.
+        strays = descendants(proc.pid)
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
@@ -108,6 +110,13 @@ class ProcessSet:
         # Children that outlived their parent (helpers, workers) are still in the group.
         if group_pids(proc.pid):
             _signal_group(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_same_process(p) for p in strays):
+            time.sleep(0.1)  # helpers leave by themselves once their parent has closed their stdin
+        for pid, _ in strays:
+            if _same_process((pid, _)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         if started in self.started:
             self.started.remove(started)
 
@@ -140,6 +149,36 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()  # after the command name: state ppid pgrp ... starttime
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of ``pid``; the start time tells a reused PID apart."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None and len(fields) > 19:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            starts[int(entry)] = fields[19]
+    found: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append((child, starts[child]))
+            todo.append(child)
+    return found
+
+
+def _same_process(entry: tuple[int, str]) -> bool:
+    fields = _stat_fields(entry[0])
+    return fields is not None and len(fields) > 19 and fields[19] == entry[1] and fields[0] != "Z"
 
 
 def group_pids(pgid: int) -> list[int]:

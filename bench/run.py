@@ -86,7 +86,7 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -103,8 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", dest="profile", action="store_true", default=None,
                    help="py-spy profile of authproxy under keep-alive Basic load (default on unless --quick)")
     p.add_argument("--no-profile", dest="profile", action="store_false")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    p.add_argument("--out", type=Path,
+                   help="results folder (default bench/results; with --quick bench/results/quick, not committed)")
     args = p.parse_args(argv)
+    args.out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.downloads = args.downloads or (2 if args.quick else 3)
@@ -604,7 +606,9 @@ def _first_line(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps it that way.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     missing = [t for t in ("wrk", "nginx", "openssl", "taskset") if shutil.which(t) is None]
     if missing:
         print(f"bench: missing {', '.join(missing)} (run `make bench`, which installs them)", file=sys.stderr)
