@@ -361,8 +361,9 @@ class DigestCredentials:
         """Validate and decode ``c``; AuthHeaderError (a 400) for anything malformed."""
         _require_digest(c)
         userhash = _flag(c, "userhash", strict=True)
-        plain = c.param("username")
-        extended = c.param("username*")
+        param = c.params_by_name.get  # names are stored lower-cased: one dict lookup each
+        plain = param("username")
+        extended = param("username*")
         if plain is not None and extended is not None:
             raise AuthHeaderError("Digest credentials carry both username and username*")
         if extended is not None:
@@ -380,15 +381,15 @@ class DigestCredentials:
         nonce = _required(c, "nonce")
         uri = _required(c, "uri")
         response = _required(c, "response").lower()
-        alg_name = c.param("algorithm")
+        alg_name = param("algorithm")
         alg = get_algorithm(alg_name)
         if alg is None:
             raise AuthHeaderError("unknown Digest algorithm")
         if len(response) != alg.hex_length or _HEX_RE.fullmatch(response) is None:
             raise AuthHeaderError(f"Digest response is not a {alg.base} hex digest")
-        qop = c.param("qop")
-        cnonce = c.param("cnonce")
-        nc = c.param("nc")
+        qop = param("qop")
+        cnonce = param("cnonce")
+        nc = param("nc")
         if qop is not None:
             qop = qop.lower()
             if qop not in QOP_VALUES:
@@ -413,7 +414,7 @@ class DigestCredentials:
             cnonce=cnonce,
             nc=nc,
             qop=qop,
-            opaque=c.param("opaque"),
+            opaque=param("opaque"),
         )
 
     def to_credentials(self) -> Credentials:

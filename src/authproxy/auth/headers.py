@@ -106,12 +106,13 @@ class _AuthItem:
         return self.scheme.lower()
 
     @functools.cached_property
-    def _by_name(self) -> dict[str, str]:
+    def params_by_name(self) -> dict[str, str]:
+        """The parameters by their lower-cased names (unique, section 11.2)."""
         return dict(self.params)
 
     def param(self, name: str) -> str | None:
         """The unquoted value of parameter ``name`` (any case), or None."""
-        return self._by_name.get(name.lower())
+        return self.params_by_name.get(name.lower())
 
 
 @dataclass(frozen=True)

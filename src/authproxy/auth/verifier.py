@@ -42,7 +42,7 @@ from authproxy.auth.digest import (
     response_auth,
 )
 from authproxy.auth.errors import AuthHeaderError, ConfigError
-from authproxy.auth.headers import Credentials, build_auth_params, build_challenge, parse_credentials
+from authproxy.auth.headers import Credentials, build_challenge, parse_credentials, quote_string
 from authproxy.auth.nonces import NonceIssuer, NonceStatus
 from authproxy.users.base import UserEntry
 
@@ -364,17 +364,20 @@ class Verifier:
     def _auth_info(self, alg: DigestAlgorithm, dc: DigestCredentials, ha1: str, now: float) -> str:
         """Proxy-Authentication-Info (RFC 7616 section 3.5, RFC 9110 section 11.7.3)."""
         assert dc.qop is not None and dc.nc is not None and dc.cnonce is not None
-        params: list[tuple[str, str]] = [("qop", dc.qop)]
+        # Formatted by hand rather than by build_auth_params: this runs on every Digest request, and every
+        # value is known in shape (qop and nc are tokens, rspauth hex, the nonces ours); only cnonce comes from
+        # the client, and it is quoted properly.
+        info = f"qop={dc.qop}"
         if dc.qop == "auth":
             rspauth = response_auth(
                 alg, ha1=ha1, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop, uri=dc.uri
             )
-            params.append(("rspauth", rspauth))
+            info += f', rspauth="{rspauth}"'
         # For auth-int, rspauth covers the *response* body (RFC 7616 section 3.5), which a proxy has not
         # seen when it sends its head (the body streams from upstream afterwards): no rspauth then.
-        params += [("cnonce", dc.cnonce), ("nc", dc.nc)]
+        info += f", cnonce={quote_string(dc.cnonce)}, nc={dc.nc}"
         issued_at = self.issuer.issued_at(dc.nonce)
         if now >= issued_at + self.issuer.lifetime / 2:
             # Past half its life: hand the client the next nonce now, so it never has to take a stale 407.
-            params.append(("nextnonce", self.issuer.next_nonce(dc.nonce, now, f"{dc.nc}:{dc.cnonce}")))
-        return build_auth_params(params)
+            info += f', nextnonce="{self.issuer.next_nonce(dc.nonce, now, f"{dc.nc}:{dc.cnonce}")}"'
+        return info

@@ -50,12 +50,12 @@ class PendingBody:
 
 @dataclass(slots=True)
 class PendingPassword:
-    """The flow is waiting for a slow password check; ``key`` caches its success."""
+    """The flow is waiting for a slow password check (bcrypt), run in a thread."""
 
     flow: Flow
     entry: UserEntry
     password: str
-    key: bytes
+    authorization: str | None
 
 
 Step = Outcome | PendingBody | PendingPassword
@@ -83,8 +83,8 @@ class Authenticator:
         issuer = NonceIssuer(self.nonce_key, config.realm, config.nonce_lifetime)
         self.verifier = Verifier(policy, issuer)
         self.cache_ttl = config.basic_cache_ttl
-        # sha256(name, stored secret, password) -> expiry. Only successes; the key changes with the password.
-        self._cache: dict[bytes, float] = {}
+        # sha256(salt, Basic field) -> (expiry, the entry it was verified against, the Allow to answer).
+        self._basic: dict[bytes, tuple[float, UserEntry, Allow]] = {}
         self._cache_salt = secrets.token_bytes(16)
 
     # -- challenges -----------------------------------------------------------------------------------------
@@ -101,8 +101,12 @@ class Authenticator:
         except UserStoreError as exc:
             # A bad edit of the users file: keep serving the last good users, and tell the operator once.
             print(f"authproxy: users file not reloaded: {exc.message}", file=sys.stderr, flush=True)
+        if authorization is not None and authorization[:6].lower() == "basic ":
+            known = self._basic_known(authorization)
+            if known is not None:
+                return known
         flow = self.verifier.verify(method, target, authorization, self.clock())
-        return self._run(flow, None)
+        return self._settle(authorization, self._run(flow, None, authorization))
 
     def resume_body(self, pending: PendingBody, body: bytes) -> Step:
         algorithm = get_algorithm(pending.algorithm)
@@ -114,11 +118,9 @@ class Authenticator:
         return check_basic_password(pending.entry, pending.password, self.realm)
 
     def resume_password(self, pending: PendingPassword, ok: bool) -> Step:
-        if ok:
-            self._remember(pending.key)
-        return self._run(pending.flow, ok)
+        return self._settle(pending.authorization, self._run(pending.flow, ok, pending.authorization))
 
-    def _run(self, flow: Flow, answer: Any) -> Step:
+    def _run(self, flow: Flow, answer: Any, authorization: str | None = None) -> Step:
         try:
             need = flow.send(answer)
             while True:
@@ -129,15 +131,9 @@ class Authenticator:
                 elif isinstance(need, NeedNonceUse):
                     answer = self.counters.use(need.nonce, need.nc, need.expires_at, self.clock())
                 elif isinstance(need, NeedPasswordCheck):
-                    key = self._cache_key(need.entry, need.password)
-                    if self._cached(key):
-                        answer = True
-                    elif basic_check_is_slow(need.entry, self.realm):
-                        return PendingPassword(flow, need.entry, need.password, key)
-                    else:
-                        answer = check_basic_password(need.entry, need.password, self.realm)
-                        if answer:
-                            self._remember(key)
+                    if basic_check_is_slow(need.entry, self.realm):
+                        return PendingPassword(flow, need.entry, need.password, authorization)
+                    answer = check_basic_password(need.entry, need.password, self.realm)
                 elif isinstance(need, NeedBodyHash):
                     return PendingBody(flow, need.algorithm)
                 else:  # pragma: no cover - a need this driver does not know is a programming error
@@ -148,23 +144,32 @@ class Authenticator:
             return result
 
     # -- the Basic cache ------------------------------------------------------------------------------------
-    def _cache_key(self, entry: UserEntry, password: str) -> bytes:
-        stored = entry.password_hash or "|".join(f"{k}={v}" for k, v in sorted(entry.ha1.items()))
-        material = "\0".join((entry.name, entry.realm or "", stored, password)).encode("utf-8", "surrogatepass")
-        return hashlib.sha256(self._cache_salt + material).digest()
+    # A keep-alive client sends the same Basic field on every request. Once verified, the field (by its salted
+    # hash: the cache holds no credential) maps to the user's entry for basic_cache_ttl seconds, so neither
+    # bcrypt nor parsing runs again. A hit is honoured only while the store still returns that very entry: an
+    # edited or reloaded users file (new password, removed user) ends it at once.
+    def _basic_key(self, authorization: str) -> bytes:
+        return hashlib.sha256(self._cache_salt + authorization.encode("utf-8", "surrogatepass")).digest()
 
-    def _cached(self, key: bytes) -> bool:
-        expiry = self._cache.get(key)
-        if expiry is None:
-            return False
-        if expiry < time.monotonic():
-            del self._cache[key]
-            return False
-        return True
+    def _basic_known(self, authorization: str) -> Allow | None:
+        if not self.cache_ttl:
+            return None
+        known = self._basic.get(self._basic_key(authorization))
+        if known is None:
+            return None
+        expiry, entry, allow = known
+        if expiry < time.monotonic() or self.store.lookup(entry.name) is not entry:
+            del self._basic[self._basic_key(authorization)]
+            return None
+        return allow
 
-    def _remember(self, key: bytes) -> None:
-        if self.cache_ttl > 0:
-            if len(self._cache) > 100_000:  # bound memory; a full purge is rare and cheap enough
-                self._cache.clear()
-            self._cache[key] = time.monotonic() + self.cache_ttl
-
+    def _settle(self, authorization: str | None, step: Step) -> Step:
+        """Remember a verified Basic field (see above)."""
+        if (isinstance(step, Allow) and step.scheme == "basic" and authorization is not None
+                and self.cache_ttl > 0):
+            entry = self.store.lookup(step.user)
+            if entry is not None:
+                if len(self._basic) >= 100_000:  # bound memory; a full purge is rare and cheap enough
+                    self._basic.clear()
+                self._basic[self._basic_key(authorization)] = (time.monotonic() + self.cache_ttl, entry, step)
+        return step

@@ -16,8 +16,6 @@ import hashlib
 import hmac
 import re
 
-import bcrypt
-
 # bcrypt: $2<variant>$<cost>$<22 salt chars><31 hash chars>, in bcrypt's own base64 alphabet.
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 # MD5-crypt: the salt is at most 8 characters and ends at the next '$'; the checksum is 22 characters.
@@ -66,6 +64,8 @@ def verify_password_hash(password: str, stored: str) -> bool:
     kind = describe_hash(stored)
     if kind == "bcrypt":
         # hashpw with the stored hash as salt keeps its "$2y$"/"$2a$" prefix, so the strings compare equal.
+        import bcrypt  # imported when first needed: a proxy without bcrypt users does not carry it
+
         computed = bcrypt.hashpw(secret[:_BCRYPT_MAX_PASSWORD_BYTES], stored.encode("ascii"))
         return hmac.compare_digest(computed, stored.encode("ascii"))
     if kind in ("apr1-md5", "md5-crypt"):
