@@ -254,3 +254,10 @@ def test_tunnel_is_logged_once_with_its_bytes(proxy: ProxyProcess, tls_origin: t
     time.sleep(0.3)
     lines = tunnel_lines()[before:]
     assert len(lines) == 1 and "TCP_TUNNEL/200" in lines[0]
+
+
+def test_via_names_the_version_received(proxy: ProxyProcess, origin: OriginServer) -> None:
+    response = raw_exchange(proxy.port, get(origin, "/v10", version="1.0"), read_until_close=True)
+    headers = {k.lower(): v for k, v in body_json(response)["headers"]}  # type: ignore[union-attr]
+    assert headers["via"] == "1.0 authproxy"  # RFC 9110 section 7.6.3: the protocol it arrived in
+    assert header_of(response, "Via") == "1.1 authproxy"

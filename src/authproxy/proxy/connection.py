@@ -29,8 +29,6 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
-        self.via_in = server.via_1_1
-        self.via_out = server.via_1_1
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client = "-"
         self.parser = httptools.HttpRequestParser(self)

@@ -314,8 +314,8 @@ class Exchange:
             tokens = forward.connection_tokens(self.headers)
             self.request_head = forward.build_request_head(
                 self.method, self.dest, forward.end_to_end(self.headers, tokens),
-                via=self.conn.via_in, content_length=self.content_length, chunked=self.chunked,
-                hop_limit=hop_limit,
+                via=self.server.via(self.version), content_length=self.content_length,
+                chunked=self.chunked, hop_limit=hop_limit,
             )
         is_connect = self.method == b"CONNECT"
         decision = self.server.decide_now(self.user, host, port, is_connect)
@@ -356,7 +356,7 @@ class Exchange:
             body, ctype = b"", b"text/plain"
         head = forward.build_response_head(
             200, b"OK", [(b"Content-Type", ctype), (b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")],
-            via=self.conn.via_out, content_length=len(body), chunked=False, keep_alive=self.keep_alive,
+            via=self.server.via("1.1"), content_length=len(body), chunked=False, keep_alive=self.keep_alive,
         )
         self.status = 200
         self.head_sent = True
@@ -507,7 +507,7 @@ class Exchange:
         self.status = status
         self.head_sent = True
         head = forward.build_response_head(
-            status, reason, out_headers, via=self.conn.via_out, content_length=send_length,
+            status, reason, out_headers, via=self.server.via("1.1"), content_length=send_length,
             chunked=self.chunked_out, keep_alive=keep,
         )
         self.sent_bytes += len(head)

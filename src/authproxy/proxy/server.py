@@ -40,7 +40,7 @@ class ProxyServer:
         self.auth = auth
         self.access_log = access_log
         self.pool = Pool(config.pool_size)
-        self.via_1_1 = b"1.1 " + config.via_pseudonym.encode("ascii", "replace")
+        self._via = _via_entries(config)
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
         self.dns = DnsCache()
@@ -74,6 +74,10 @@ class ProxyServer:
             self.throttle.purge(now)
         self.access_log.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    def via(self, received_version: str) -> bytes:
+        """The Via entry for a message this proxy received in HTTP/``received_version``."""
+        return self._via.get(received_version) or self._via["1.1"]
 
     def decide_now(self, user: str | None, host: str, port: int, is_connect: bool) -> Decision | None:
         """The destination decision if it needs no waiting (an address, or a name in the DNS cache), else None.
@@ -178,10 +182,17 @@ class ProxyServer:
                                                       self.config.throttle_max_user_lockout):
             self.throttle = _throttle(config)
         self.config, self.auth, self.access_log = config, auth, log
+        self._via = _via_entries(config)
         self._decisions = {}  # decided under the old policy
         self.pool.size = config.pool_size
         old_log.flush()
         old_log.close()
+
+
+def _via_entries(config: Config) -> dict[str, bytes]:
+    # RFC 9110 section 7.6.3: Via names the protocol version this hop received the message in.
+    pseudonym = config.via_pseudonym.encode("ascii", "replace")
+    return {"1.1": b"1.1 " + pseudonym, "1.0": b"1.0 " + pseudonym}
 
 
 def _throttle(config: Config) -> FailureThrottle | None:
