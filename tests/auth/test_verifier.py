@@ -692,3 +692,55 @@ def test_errors_never_echo_the_credentials(auth: str) -> None:
     with pytest.raises(AuthHeaderError) as err:
         Driver().run(make_verifier(), "GET", TARGET, auth)
     assert "SECRET" not in str(err.value)
+
+
+# --- Digest credentials parsed once per shape -------------------------------------------------------------------
+
+
+def test_digest_shape_memo_sees_every_new_nc_cnonce_and_response() -> None:
+    verifier = make_verifier()
+    driver = Driver()
+    ch = digest_challenge(verifier, "SHA-256")
+    for nc, cnonce in ((1, "abc"), (2, "abc"), (3, "a-much-longer-cnonce+/="), (4, "abc")):
+        auth, _ = answer(ch, "Mufasa", "Circle of Life", nc=nc, cnonce=cnonce)
+        result = driver.run(verifier, "GET", TARGET, auth)
+        assert isinstance(result, Allow), result
+        assert f"nc={nc:08x}" in (result.auth_info or "") and cnonce in (result.auth_info or "")
+    assert len(verifier._shapes) == 1  # one shape, whatever the cnonce
+    # A known shape with a wrong response, or a replayed nc, is still refused.
+    auth, _ = answer(ch, "Mufasa", "not-it", nc=5)
+    assert driver.run(verifier, "GET", TARGET, auth).outcome == "bad-password"  # type: ignore[union-attr]
+    auth, _ = answer(ch, "Mufasa", "Circle of Life", nc=2, cnonce="abc")
+    assert driver.run(verifier, "GET", TARGET, auth).outcome == "replay"  # type: ignore[union-attr]
+    # The uri is still checked against each request's target.
+    auth, _ = answer(ch, "Mufasa", "Circle of Life", nc=6, cnonce="abc")
+    with pytest.raises(AuthHeaderError):
+        driver.run(verifier, "GET", "http://other.test/", auth)
+
+
+_SPAN_TEXT = st.text(alphabet=st.sampled_from(list('0123456789abcdefABCDEF+/=._~-", \\')), max_size=70)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nc=_SPAN_TEXT, response=_SPAN_TEXT, cnonce=_SPAN_TEXT, order=st.permutations(range(3)))
+def test_digest_shape_memo_agrees_with_parsing_every_time(nc: str, response: str, cnonce: str,
+                                                          order: list[int]) -> None:
+    """Whatever the three varying values hold, the memo gives what a full parse gives (or the same error)."""
+    from authproxy.auth.headers import parse_credentials
+
+    verifier = make_verifier()
+    base = ['username="alice"', f'realm="{REALM}"', 'nonce="n0nce"', f'uri="{TARGET}"', "qop=auth",
+            "algorithm=SHA-256"]
+    known = ['nc=00000001', 'response="' + "ab" * 32 + '"', 'cnonce="c1"']
+    varied = [f"nc={nc}", f'response="{response}"', f'cnonce="{cnonce}"']
+    for fields in (known, varied, known):  # the known shape first, then the varied one against the memo
+        value = "Digest " + ", ".join(base + [fields[i] for i in order])
+        try:
+            expected: object = DigestCredentials.from_credentials(parse_credentials(value))
+        except AuthHeaderError:
+            expected = "error"
+        try:
+            got: object = verifier._digest_credentials(value)
+        except AuthHeaderError:
+            got = "error"
+        assert got == expected

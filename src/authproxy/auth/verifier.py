@@ -233,6 +233,13 @@ def uri_matches(method: str, target: str, uri: str) -> bool:
     return origin is not None and uri == origin
 
 
+# The three Digest values that change from request to request, each as a span of characters that are never
+# delimiters: nc (8 hex digits), response (hex, quoted) and cnonce (quoted, base64/token-like characters).
+_NC_SPAN = re.compile(r"(?:^|[\s,])nc\s*=\s*([0-9A-Fa-f]{8})(?=\s*(?:,|$))")
+_RESPONSE_SPAN = re.compile(r'(?:^|[\s,])response\s*=\s*"([0-9A-Fa-f]{32,128})"')
+_CNONCE_SPAN = re.compile(r'(?:^|[\s,])cnonce\s*=\s*"([A-Za-z0-9+/=._~-]{1,128})"')
+
+
 class Verifier:
     """Decides one request's Proxy-Authorization against ``policy``; issues the challenges of a 407."""
 
@@ -243,6 +250,8 @@ class Verifier:
             raise ConfigError("nonce_lifetime: the nonce issuer and the policy disagree")
         self.policy = policy
         self.issuer = issuer
+        # Digest credentials by shape (see _digest_credentials): a memo, bounded, no state of its own.
+        self._shapes: dict[str, DigestCredentials] = {}
 
     # -- the 407 --------------------------------------------------------------------------------------------
 
@@ -278,13 +287,50 @@ class Verifier:
         ``host:port`` for CONNECT); ``authorization`` the Proxy-Authorization value (None when absent)."""
         if authorization is None:
             return Reject("missing", None, False, "no Proxy-Authorization field")
+        if authorization[:7].lower() == "digest " and "digest" in self.policy.schemes:
+            return (yield from self._digest(method, target, self._digest_credentials(authorization), now))
         creds = parse_credentials(authorization)
         scheme = creds.scheme_key
         if scheme not in self.policy.schemes:
             return Reject("unsupported-scheme", None, False, f"scheme {creds.scheme!r} is not offered")
         if scheme == "basic":
             return (yield from self._basic(creds))
-        return (yield from self._digest(method, target, creds, now))
+        return (yield from self._digest(method, target, DigestCredentials.from_credentials(creds), now))
+
+    def _digest_credentials(self, authorization: str) -> DigestCredentials:
+        """The Digest credentials of ``authorization``, parsed once per shape.
+
+        A client sends the same field again and again with only ``nc``, ``response`` and perhaps ``cnonce``
+        changed. Those three values are cut out (each replaced by a NUL, which no valid field contains) to
+        make a key; a field with a known key differs from the one parsed before only inside those three
+        spans, by characters that are neither delimiters nor quotes, so it parses to the same parameters but
+        for those three values, which are taken from the spans. A template is kept only when its spans are
+        exactly the parsed nc, response and cnonce values. Every check after parsing still runs per request.
+        """
+        spans = [m for m in (_NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
+                             _CNONCE_SPAN.search(authorization)) if m is not None]
+        if len(spans) != 3:
+            return DigestCredentials.from_credentials(parse_credentials(authorization))
+        nc, response, cnonce = (m.group(1) for m in spans)
+        cuts = sorted(m.span(1) for m in spans)
+        if cuts[0][1] > cuts[1][0] or cuts[1][1] > cuts[2][0]:
+            return DigestCredentials.from_credentials(parse_credentials(authorization))
+        key = "\0".join((authorization[: cuts[0][0]], authorization[cuts[0][1]: cuts[1][0]],
+                          authorization[cuts[1][1]: cuts[2][0]], authorization[cuts[2][1]:]))
+        template = self._shapes.get(key)
+        if template is not None:
+            return DigestCredentials(
+                username=template.username, userhash=template.userhash, realm=template.realm,
+                nonce=template.nonce, uri=template.uri, response=response.lower(), algorithm=template.algorithm,
+                cnonce=cnonce, nc=nc, qop=template.qop, opaque=template.opaque,
+            )
+        dc = DigestCredentials.from_credentials(parse_credentials(authorization))
+        if (dc.nc, dc.response, dc.cnonce) == (nc, response.lower(), cnonce) and dc.qop == "auth" \
+                and len(response) == dc.algorithm.hex_length:
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            self._shapes[key] = dc
+        return dc
 
     def _basic(self, creds: Credentials) -> Flow:
         if creds.token68 is None:
@@ -300,9 +346,8 @@ class Verifier:
             return Reject("bad-password", entry.name, False, "wrong password")
         return Allow(entry.name, "basic", None)
 
-    def _digest(self, method: str, target: str, creds: Credentials, now: float) -> Flow:
+    def _digest(self, method: str, target: str, dc: DigestCredentials, now: float) -> Flow:
         policy = self.policy
-        dc = DigestCredentials.from_credentials(creds)
         shown = None if dc.userhash else dc.username
         if dc.realm != policy.realm:
             return Reject("wrong-realm", shown, False, "credentials for another realm")
