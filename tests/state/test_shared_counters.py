@@ -74,3 +74,25 @@ def test_replay_refused_across_processes() -> None:
     # Four processes each try every count: each count is accepted exactly once overall.
     assert [sum(column) for column in zip(*outcomes, strict=True)] == [1] * len(ncs)
     assert not store.use("shared-nonce", 7, EXP, NOW)
+
+
+def _die_holding_the_lock(store: SharedNonceCounterStore) -> None:
+    import os
+    import signal
+
+    with store._locked():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_holding_the_lock_does_not_stop_the_others() -> None:
+    store = SharedNonceCounterStore(slots=64, window=64)
+    context = multiprocessing.get_context("fork")
+    victim = context.Process(target=_die_holding_the_lock, args=(store,))
+    victim.start()
+    victim.join(10)
+    assert victim.exitcode == -9
+    result: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    survivor = context.Process(target=_worker, args=(store, [1, 2], result))
+    survivor.start()
+    assert result.get(timeout=5) == [True, True]  # a semaphore would have stayed taken: this would hang
+    survivor.join(5)

@@ -2,8 +2,9 @@
 
 The same sliding-window rule as :mod:`authproxy.state.memory` (highest count plus a bitmap of the ``window``
 counts below it), kept in a fixed table of slots in an anonymous shared mapping created before the workers
-fork, and guarded by one process-shared lock. A nonce issued by one worker and answered at another is checked
-against the same counts: a replayed ``(nonce, nc)`` is refused by every worker.
+fork, and guarded by one process-shared lock (a POSIX record lock, which dies with its holder). A nonce
+issued by one worker and answered at another is checked against the same counts: a replayed ``(nonce, nc)``
+is refused by every worker.
 
 The table is open-addressed on a 128-bit hash of the nonce with a short probe. When a probe finds no free or
 expired slot, the slot expiring soonest is reused and, as in the memory store, unknown nonces expiring no later
@@ -12,10 +13,13 @@ than it are refused from then on (their counts may have been forgotten; the clie
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import mmap
-import multiprocessing
 import struct
+import tempfile
+from collections.abc import Iterator
 
 _HEADER = struct.Struct("<d")  # evicted_until
 _SLOT_HEAD = struct.Struct("<16sdQ")  # key, expires_at, highest
@@ -37,8 +41,20 @@ class SharedNonceCounterStore:
         self._mask = (1 << window) - 1
         # MAP_SHARED | MAP_ANONYMOUS: one mapping, inherited by every forked worker; zero-filled (all empty).
         self._map = mmap.mmap(-1, _HEADER.size + slots * self._slot_size)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        # A POSIX record lock (fcntl.lockf) on a private file: owned per process, and released by the kernel
+        # when its owner dies, so a worker killed while holding it cannot stop the others (a semaphore would
+        # stay taken forever).
+        self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the store
         _HEADER.pack_into(self._map, 0, float("-inf"))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = self._lock_file.fileno()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
 
     def _offset(self, index: int) -> int:
         return _HEADER.size + (index & (self.slots - 1)) * self._slot_size
@@ -49,7 +65,7 @@ class SharedNonceCounterStore:
         key = hashlib.blake2b(nonce.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         start = int.from_bytes(key[:8], "little")
         data = self._map
-        with self._lock:
+        with self._locked():
             free = -1
             soonest, soonest_at = -1, float("inf")
             for probe in range(_PROBE):
