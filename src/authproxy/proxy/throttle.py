@@ -46,7 +46,9 @@ import functools
 import ipaddress
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 _MAX_TRUSTED = 8  # known addresses remembered per user name
 _REFRESH = 60.0  # a known address's trust is refreshed at most this often by successes
@@ -90,6 +92,9 @@ class _UserState:
     failures: deque[tuple[float, str | None]]  # (time, client key)
     locked_until: float = 0.0
     trusted: dict[str, float] = field(default_factory=dict)  # client key -> time of the last success
+
+
+_S = TypeVar("_S", _ClientState, _UserState)
 
 
 class FailureThrottle:
@@ -155,24 +160,13 @@ class FailureThrottle:
             return  # attempts during a lockout are not evaluated, so they neither count nor extend it
         if ukey is not None and self._user_wait(ckey, ukey, now) > 0:
             return
-        if cstate is None:
-            cstate = _ClientState(deque(maxlen=self.max_failures))
-            self._clients[ckey] = cstate
-            self._bound(self._clients)
-        else:
-            self._clients.move_to_end(ckey)
+        cstate = self._touch(self._clients, ckey, _ClientState)
         if self._add(cstate.failures, (now, ukey), now):
             cstate.locked_until = now + self.lockout
             cstate.failures.clear()
         if ukey is None:
             return
-        ustate = self._users.get(ukey)
-        if ustate is None:
-            ustate = _UserState(deque(maxlen=self.max_failures))
-            self._users[ukey] = ustate
-            self._bound(self._users)
-        else:
-            self._users.move_to_end(ukey)
+        ustate = self._touch(self._users, ukey, _UserState)
         if self._add(ustate.failures, (now, ckey), now):
             ustate.locked_until = now + self.user_lockout
             ustate.failures.clear()
@@ -194,19 +188,25 @@ class FailureThrottle:
             kept = [event for event in cstate.failures if event[1] != ukey]
             if len(kept) != len(cstate.failures):
                 cstate.failures = deque(kept, maxlen=self.max_failures)
-        if ustate is None:
-            ustate = _UserState(deque(maxlen=self.max_failures))
-            self._users[ukey] = ustate
-            self._bound(self._users)
-        else:
-            self._users.move_to_end(ukey)
-            kept_u = [event for event in ustate.failures if event[1] != ckey]
-            if len(kept_u) != len(ustate.failures):
-                ustate.failures = deque(kept_u, maxlen=self.max_failures)
+        ustate = self._touch(self._users, ukey, _UserState)
+        kept_u = [event for event in ustate.failures if event[1] != ckey]
+        if len(kept_u) != len(ustate.failures):
+            ustate.failures = deque(kept_u, maxlen=self.max_failures)
         ustate.trusted.pop(ckey, None)
         ustate.trusted[ckey] = now
         while len(ustate.trusted) > _MAX_TRUSTED:
             del ustate.trusted[next(iter(ustate.trusted))]
+
+    def _touch(self, table: OrderedDict[str, _S], key: str,
+               make: Callable[[deque[tuple[float, str | None]]], _S]) -> _S:
+        """The entry for ``key``, made if new, and moved to the recent end of ``table`` (the eviction order)."""
+        state = table.get(key)
+        if state is None:
+            state = table[key] = make(deque(maxlen=self.max_failures))
+            self._bound(table)
+        else:
+            table.move_to_end(key)
+        return state
 
     # == housekeeping ==================================================================================================
     def _bound(self, table: OrderedDict[str, _ClientState] | OrderedDict[str, _UserState]) -> None:
