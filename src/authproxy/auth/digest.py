@@ -101,7 +101,7 @@ def compute_userhash(alg: DigestAlgorithm, username: str, realm: str) -> str:
     return alg.h(f"{username}:{realm}")
 
 
-def _digest(
+def request_digest(
     alg: DigestAlgorithm,
     *,
     ha1: str,
@@ -111,8 +111,13 @@ def _digest(
     qop: str | None,
     method: str,
     uri: str,
-    body_hash: str | None,
+    body_hash: str | None = None,
 ) -> str:
+    """The ``response`` parameter, RFC 7616 section 3.4.1.
+
+    ``ha1`` is the base H(user:realm:passwd); the -sess step is applied here. ``qop=None`` gives the RFC 2069
+    form H(HA1:nonce:HA2). For auth-int, ``body_hash`` is H(entity-body) and A2 = method:uri:H(body).
+    """
     if alg.sess:
         if cnonce is None:
             raise ValueError(f"{alg.name} needs a cnonce")
@@ -134,28 +139,6 @@ def _digest(
     return alg.h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
-def request_digest(
-    alg: DigestAlgorithm,
-    *,
-    ha1: str,
-    nonce: str,
-    nc: str | None,
-    cnonce: str | None,
-    qop: str | None,
-    method: str,
-    uri: str,
-    body_hash: str | None = None,
-) -> str:
-    """The ``response`` parameter, RFC 7616 section 3.4.1.
-
-    ``ha1`` is the base H(user:realm:passwd); the -sess step is applied here. ``qop=None`` gives the RFC 2069
-    form H(HA1:nonce:HA2). For auth-int, ``body_hash`` is H(entity-body) and A2 = method:uri:H(body).
-    """
-    return _digest(
-        alg, ha1=ha1, nonce=nonce, nc=nc, cnonce=cnonce, qop=qop, method=method, uri=uri, body_hash=body_hash
-    )
-
-
 def response_auth(
     alg: DigestAlgorithm,
     *,
@@ -171,7 +154,7 @@ def response_auth(
 
     For auth-int, RFC 7616 uses the hash of the response body; the caller passes whatever it hashes.
     """
-    return _digest(
+    return request_digest(
         alg, ha1=ha1, nonce=nonce, nc=nc, cnonce=cnonce, qop=qop, method="", uri=uri, body_hash=body_hash
     )
 
