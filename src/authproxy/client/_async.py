@@ -12,7 +12,17 @@ import anyio
 import httpcore
 
 from authproxy.auth.responder import ProxyRequest, ProxyResponse, wants_body
-from authproxy.client._sync import Content, Headers, ProxyRoute, clean_headers, decode_headers, request_content
+from authproxy.client._sync import (
+    ConnectionState,
+    ConnectionStatus,
+    Content,
+    Headers,
+    ProxyRoute,
+    absolute_target,
+    clean_headers,
+    decode_headers,
+    request_content,
+)
 from authproxy.client.errors import connect_failure
 
 
@@ -69,7 +79,7 @@ class AsyncProxyLink:
         await self.conn.aclose()
 
 
-class AsyncForwardConnection(httpcore.AsyncConnectionInterface):
+class AsyncForwardConnection(ConnectionStatus, httpcore.AsyncConnectionInterface):
     """See :class:`authproxy.client._sync.ForwardConnection`."""
 
     def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
@@ -77,37 +87,21 @@ class AsyncForwardConnection(httpcore.AsyncConnectionInterface):
         self._remote = remote
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        url = request.url
-        default = 80 if url.scheme == b"http" else 443
-        authority = url.host if url.port in (None, default) else b"%b:%d" % (url.host, url.port or default)
-        target = url.scheme + b"://" + authority + url.target
         content, auth_body = request_content(request)
-        return await self._link.exchange(request.method, target, clean_headers(request.headers), content,
-                                         auth_body, request.extensions)
+        return await self._link.exchange(request.method, absolute_target(request.url),
+                                         clean_headers(request.headers), content, auth_body, request.extensions)
 
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return origin == self._remote
+    def _current(self) -> ConnectionState:
+        return self._link.conn
 
     async def aclose(self) -> None:
         await self._link.aclose()
 
-    def info(self) -> str:
-        return self._link.conn.info()
-
     def is_available(self) -> bool:
         return self._link.conn.is_available()
 
-    def has_expired(self) -> bool:
-        return self._link.conn.has_expired()
 
-    def is_idle(self) -> bool:
-        return self._link.conn.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._link.conn.is_closed()
-
-
-class AsyncTunnelConnection(httpcore.AsyncConnectionInterface):
+class AsyncTunnelConnection(ConnectionStatus, httpcore.AsyncConnectionInterface):
     """See :class:`authproxy.client._sync.TunnelConnection`."""
 
     def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
@@ -146,31 +140,16 @@ class AsyncTunnelConnection(httpcore.AsyncConnectionInterface):
         return httpcore.AsyncHTTP11Connection(origin=self._remote, stream=tls,
                                               keepalive_expiry=self._route.keepalive_expiry)
 
-    def _current(self) -> httpcore.AsyncConnectionInterface:
+    def _current(self) -> ConnectionState:
         return self._inner if self._inner is not None else self._link.conn
-
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return origin == self._remote
 
     async def aclose(self) -> None:
         if self._inner is not None:
             await self._inner.aclose()
         await self._link.aclose()
 
-    def info(self) -> str:
-        return self._current().info()
-
     def is_available(self) -> bool:
         return self._inner is not None and self._inner.is_available()
-
-    def has_expired(self) -> bool:
-        return self._current().has_expired()
-
-    def is_idle(self) -> bool:
-        return self._current().is_idle()
-
-    def is_closed(self) -> bool:
-        return self._current().is_closed()
 
 
 class AsyncProxyPool(httpcore.AsyncConnectionPool):

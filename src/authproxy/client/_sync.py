@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpcore
 
@@ -112,7 +112,51 @@ class ProxyLink:
         self.conn.close()
 
 
-class ForwardConnection(httpcore.ConnectionInterface):
+class ConnectionState(Protocol):
+    """The state queries httpcore's pool asks of a connection, sync or async alike."""
+
+    def info(self) -> str: ...
+
+    def has_expired(self) -> bool: ...
+
+    def is_idle(self) -> bool: ...
+
+    def is_closed(self) -> bool: ...
+
+
+class ConnectionStatus:
+    """Answers the pool's state queries from the connection underneath (``_current``); shared by the sync
+    and async connection classes, whose only differences are in how they send."""
+
+    _remote: httpcore.Origin
+
+    def _current(self) -> ConnectionState:
+        raise NotImplementedError
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self._remote
+
+    def info(self) -> str:
+        return self._current().info()
+
+    def has_expired(self) -> bool:
+        return self._current().has_expired()
+
+    def is_idle(self) -> bool:
+        return self._current().is_idle()
+
+    def is_closed(self) -> bool:
+        return self._current().is_closed()
+
+
+def absolute_target(url: httpcore.URL) -> bytes:
+    """The absolute-form request-target a proxy is sent (RFC 9112 section 3.2.2), default port left out."""
+    default = 80 if url.scheme == b"http" else 443
+    authority = url.host if url.port in (None, default) else b"%b:%d" % (url.host, url.port or default)
+    return url.scheme + b"://" + authority + url.target
+
+
+class ForwardConnection(ConnectionStatus, httpcore.ConnectionInterface):
     """Plain-HTTP targets: absolute-form requests to the proxy (RFC 9112 section 3.2.2)."""
 
     def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
@@ -120,37 +164,21 @@ class ForwardConnection(httpcore.ConnectionInterface):
         self._remote = remote
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
-        url = request.url
-        default = 80 if url.scheme == b"http" else 443
-        authority = url.host if url.port in (None, default) else b"%b:%d" % (url.host, url.port or default)
-        target = url.scheme + b"://" + authority + url.target
         content, auth_body = request_content(request)
-        return self._link.exchange(request.method, target, clean_headers(request.headers), content, auth_body,
-                                   request.extensions)
+        return self._link.exchange(request.method, absolute_target(request.url), clean_headers(request.headers),
+                                   content, auth_body, request.extensions)
 
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return origin == self._remote
+    def _current(self) -> ConnectionState:
+        return self._link.conn
 
     def close(self) -> None:
         self._link.close()
 
-    def info(self) -> str:
-        return self._link.conn.info()
-
     def is_available(self) -> bool:
         return self._link.conn.is_available()
 
-    def has_expired(self) -> bool:
-        return self._link.conn.has_expired()
 
-    def is_idle(self) -> bool:
-        return self._link.conn.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._link.conn.is_closed()
-
-
-class TunnelConnection(httpcore.ConnectionInterface):
+class TunnelConnection(ConnectionStatus, httpcore.ConnectionInterface):
     """HTTPS targets: CONNECT host:port with Proxy-Authorization, then TLS to the origin inside the tunnel.
 
     Nothing of the proxy's credentials goes inside: the tunnel is the origin's, and so is any 407 that comes
@@ -194,31 +222,16 @@ class TunnelConnection(httpcore.ConnectionInterface):
         return httpcore.HTTP11Connection(origin=self._remote, stream=tls,
                                          keepalive_expiry=self._route.keepalive_expiry)
 
-    def _current(self) -> httpcore.ConnectionInterface:
+    def _current(self) -> ConnectionState:
         return self._inner if self._inner is not None else self._link.conn
-
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return origin == self._remote
 
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
         self._link.close()
 
-    def info(self) -> str:
-        return self._current().info()
-
     def is_available(self) -> bool:
         return self._inner is not None and self._inner.is_available()
-
-    def has_expired(self) -> bool:
-        return self._current().has_expired()
-
-    def is_idle(self) -> bool:
-        return self._current().is_idle()
-
-    def is_closed(self) -> bool:
-        return self._current().is_closed()
 
 
 def request_content(request: httpcore.Request) -> tuple[Content, bytes | None]:
