@@ -154,12 +154,13 @@ class Authenticator:
     def _basic_known(self, authorization: str) -> Allow | None:
         if not self.cache_ttl:
             return None
-        known = self._basic.get(self._basic_key(authorization))
+        key = self._basic_key(authorization)
+        known = self._basic.get(key)
         if known is None:
             return None
         expiry, entry, allow = known
         if expiry < time.monotonic() or self.store.lookup(entry.name) is not entry:
-            del self._basic[self._basic_key(authorization)]
+            del self._basic[key]
             return None
         return allow
 
