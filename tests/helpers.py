@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -238,9 +237,6 @@ def read_response(sock: socket.socket, *, read_until_close: bool = False) -> byt
     _LEFTOVER[sock] = rest[length:]
     return head + b"\r\n\r\n" + rest[:length]
 
-
-def lines_of(text: str) -> Iterator[str]:
-    return iter(text.splitlines())
 
 
 def challenges_of(response: bytes) -> list[str]:

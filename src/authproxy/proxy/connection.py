@@ -56,7 +56,6 @@ class ClientConnection(asyncio.Protocol):
         # Parsing state of one read: an exchange waiting to begin, and whether we stopped the parser.
         self.ready: Exchange | None = None
         self.stopping = False
-        self.up_bytes = 0
 
     # == asyncio.Protocol =====================================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,7 +75,6 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         tunnel = self.tunnel
         if tunnel is not None:
-            self.up_bytes += len(data)
             tunnel.write(data)
             return
         if self.tunnel_exchange is not None:  # CONNECT accepted, origin not connected yet
@@ -276,7 +274,6 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_exchange = ex
         pending, self.tunnel_pending = self.tunnel_pending, []
         for data in pending:
-            self.up_bytes += len(data)
             tunnel.write(data)
         if self.writing_paused and tunnel.transport is not None:
             tunnel.transport.pause_reading()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 import httptools
@@ -48,7 +47,6 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "key",
         "last_activity",
-        "loop",
         "owner",
         "parser",
         "received_any",
@@ -58,7 +56,6 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, key: tuple[str, int], pool: Pool) -> None:
         self.key = key
         self._pool = pool
-        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.owner: ResponseSink | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -232,5 +229,3 @@ class Pool:
                 conn.close()
         self._idle.clear()
 
-
-ConnectionFactory = Callable[[], UpstreamConnection]
