@@ -125,7 +125,7 @@ class Driver:
                     assert alg is not None and not alg.sess
                     answer = alg.hexdigest(body)
                 elif isinstance(need, NeedNonceUse):
-                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, now)
+                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, now, need.user)
                 else:  # pragma: no cover
                     raise AssertionError(need)
         except StopIteration as stop:
@@ -450,6 +450,26 @@ def test_replay_and_out_of_order_nc() -> None:
         first, second = results[nc]
         assert isinstance(first, Allow)
         assert isinstance(second, Reject) and second.outcome == "replay" and not second.stale
+
+
+def test_forgotten_nonce_counts_are_stale_not_replay() -> None:
+    """A full count table that forgot a nonce answers UNKNOWN: stale=true (a new challenge, not a failure)."""
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    d = Driver()
+    d.counters = MemoryNonceCounterStore(max_nonces=1)
+    first, _ = answer(ch, "Mufasa", "Circle of Life", nc=1)
+    assert isinstance(d.run(v, "GET", TARGET, first), Allow)
+    use = next(n for n in d.needs if isinstance(n, NeedNonceUse))
+    assert use.user == "Mufasa"  # the store's owner: the user the digest was verified for
+    # Another nonce pushes this one out of the one-entry table; its counts are no longer known.
+    assert d.counters.use("another-nonce", 1, use.expires_at + 1, T0, "Mufasa")
+    again, _ = answer(ch, "Mufasa", "Circle of Life", nc=2)
+    assert d.run(v, "GET", TARGET, again) == Reject(
+        "stale-nonce", "Mufasa", True, "nonce counts no longer known; the digest was right"
+    )
+    replayed = d.run(v, "GET", TARGET, first)
+    assert isinstance(replayed, Reject) and replayed.outcome == "stale-nonce" and replayed.stale
 
 
 def test_wrong_password_does_not_burn_the_count() -> None:

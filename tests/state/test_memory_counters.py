@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authproxy.state import MemoryNonceCounterStore, NonceCounterStore
+from authproxy.state import MemoryNonceCounterStore, NonceCounterStore, NonceUse
+
+FRESH, REPLAY, UNKNOWN = NonceUse.FRESH, NonceUse.REPLAY, NonceUse.UNKNOWN
 
 NOW = 1000.0
 EXP = 2000.0
@@ -16,15 +18,15 @@ EXP = 2000.0
 
 def test_satisfies_protocol() -> None:
     store: NonceCounterStore = MemoryNonceCounterStore()
-    assert store.use("n", 1, EXP, NOW)
+    assert store.use("n", 1, EXP, NOW) is FRESH
 
 
 def test_in_order_and_replay() -> None:
     s = MemoryNonceCounterStore()
     for nc in range(1, 50):
-        assert s.use("n", nc, EXP, NOW)
+        assert s.use("n", nc, EXP, NOW) is FRESH
     for nc in range(1, 50):
-        assert not s.use("n", nc, EXP, NOW)
+        assert s.use("n", nc, EXP, NOW) is REPLAY
 
 
 def test_out_of_order_each_once() -> None:
@@ -32,69 +34,70 @@ def test_out_of_order_each_once() -> None:
     order = list(range(1, 65))
     random.Random(7).shuffle(order)
     for nc in order:
-        assert s.use("n", nc, EXP, NOW)
+        assert s.use("n", nc, EXP, NOW) is FRESH
     for nc in order:
-        assert not s.use("n", nc, EXP, NOW)
+        assert s.use("n", nc, EXP, NOW) is REPLAY
 
 
 def test_first_seen_count_need_not_be_one() -> None:
     s = MemoryNonceCounterStore(window=8)
-    assert s.use("n", 5, EXP, NOW)
-    assert s.use("n", 1, EXP, NOW)
-    assert s.use("n", 3, EXP, NOW)
-    assert not s.use("n", 3, EXP, NOW)
+    assert s.use("n", 5, EXP, NOW) is FRESH
+    assert s.use("n", 1, EXP, NOW) is FRESH
+    assert s.use("n", 3, EXP, NOW) is FRESH
+    assert s.use("n", 3, EXP, NOW) is REPLAY
 
 
 def test_window_edge() -> None:
     s = MemoryNonceCounterStore(window=8)
-    assert s.use("n", 100, EXP, NOW)
-    assert s.use("n", 93, EXP, NOW)  # 100 - 7: the oldest count still in the window
-    assert not s.use("n", 93, EXP, NOW)
-    assert not s.use("n", 92, EXP, NOW)  # 100 - 8: below the window, refused
-    assert s.use("n", 101, EXP, NOW)  # slides the window: 93 falls out
-    assert not s.use("n", 93, EXP, NOW)
-    assert s.use("n", 94, EXP, NOW) is True
-    assert s.use("n", 1000, EXP, NOW)  # a jump far beyond the window clears it
-    assert not s.use("n", 101, EXP, NOW)
-    assert s.use("n", 999, EXP, NOW)
+    assert s.use("n", 100, EXP, NOW) is FRESH
+    assert s.use("n", 93, EXP, NOW) is FRESH  # 100 - 7: the oldest count still in the window
+    assert s.use("n", 93, EXP, NOW) is REPLAY
+    assert s.use("n", 92, EXP, NOW) is UNKNOWN  # 100 - 8: below the window: cannot be vouched for, stale
+    assert s.use("n", 101, EXP, NOW) is FRESH  # slides the window: 93 falls out
+    assert s.use("n", 93, EXP, NOW) is UNKNOWN  # now below the window
+    assert s.use("n", 94, EXP, NOW) is FRESH
+    assert s.use("n", 1000, EXP, NOW) is FRESH  # a jump far beyond the window clears it
+    assert s.use("n", 101, EXP, NOW) is UNKNOWN
+    assert s.use("n", 999, EXP, NOW) is FRESH
 
 
 def test_nonces_are_independent() -> None:
     s = MemoryNonceCounterStore()
-    assert s.use("a", 1, EXP, NOW)
-    assert s.use("b", 1, EXP, NOW)
-    assert not s.use("a", 1, EXP, NOW)
+    assert s.use("a", 1, EXP, NOW) is FRESH
+    assert s.use("b", 1, EXP, NOW) is FRESH
+    assert s.use("a", 1, EXP, NOW) is REPLAY
 
 
 def test_count_zero_and_expired_refused() -> None:
     s = MemoryNonceCounterStore()
-    assert not s.use("n", 0, EXP, NOW)
-    assert not s.use("n", 1, NOW, NOW)
+    assert s.use("n", 0, EXP, NOW) is REPLAY
+    assert s.use("n", 1, NOW, NOW) is UNKNOWN
 
 
 def test_expiry_purge() -> None:
     s = MemoryNonceCounterStore()
     for i in range(100):
-        assert s.use(f"n{i}", 1, NOW + 10 + i, NOW)
+        assert s.use(f"n{i}", 1, NOW + 10 + i, NOW) is FRESH
     assert len(s) == 100
-    assert s.use("late", 1, NOW + 1000, NOW + 50)  # the call that purges
+    assert s.use("late", 1, NOW + 1000, NOW + 50) is FRESH  # the call that purges
     assert len(s) == 100 - 41 + 1  # n0..n40 expired at or before NOW + 50
-    assert s.use("other", 1, NOW + 1000, NOW + 500)
+    assert s.use("other", 1, NOW + 1000, NOW + 500) is FRESH
     assert len(s) == 2
 
 
 def test_bound_evicts_soonest_expiring_and_refuses_what_it_forgot() -> None:
     s = MemoryNonceCounterStore(max_nonces=3)
-    assert s.use("a", 1, NOW + 10, NOW)
-    assert s.use("b", 1, NOW + 20, NOW)
-    assert s.use("c", 1, NOW + 30, NOW)
-    assert s.use("d", 1, NOW + 40, NOW)  # evicts "a"
+    assert s.use("a", 1, NOW + 10, NOW) is FRESH
+    assert s.use("b", 1, NOW + 20, NOW) is FRESH
+    assert s.use("c", 1, NOW + 30, NOW) is FRESH
+    assert s.use("d", 1, NOW + 40, NOW) is FRESH  # evicts "a"
     assert len(s) == 3
-    # "a" is forgotten: refusing it is the only safe answer (accepting would allow its replays).
-    assert not s.use("a", 2, NOW + 10, NOW)
-    assert not s.use("a", 1, NOW + 10, NOW)
-    assert not s.use("b", 1, NOW + 20, NOW)  # still remembered: a replay
-    assert s.use("b", 2, NOW + 20, NOW)
+    # "a" is forgotten: accepting would allow its replays, calling it a replay would count a failure against a
+    # client that did nothing wrong: unknown, so the client gets stale=true and a new nonce.
+    assert s.use("a", 2, NOW + 10, NOW) is UNKNOWN
+    assert s.use("a", 1, NOW + 10, NOW) is UNKNOWN
+    assert s.use("b", 1, NOW + 20, NOW) is REPLAY  # still remembered: a replay
+    assert s.use("b", 2, NOW + 20, NOW) is FRESH
 
 
 def test_bad_arguments() -> None:
@@ -110,8 +113,9 @@ def test_matches_a_reference_model(ncs: list[int], window: int) -> None:
     seen: set[int] = set()
     highest = 0
     for nc in ncs:
-        expected = nc not in seen and nc > highest - window
+        below = nc <= highest - window
+        expected = UNKNOWN if below else REPLAY if nc in seen else FRESH
         assert s.use("n", nc, EXP, NOW) is expected
-        if expected:
+        if expected is FRESH:
             seen.add(nc)
             highest = max(highest, nc)

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authproxy.state.base import NonceCounterStore
+from authproxy.state.base import NonceCounterStore, NonceUse
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.state.shared import SharedNonceCounterStore
 
@@ -23,7 +23,7 @@ def test_in_order_out_of_order_and_replay() -> None:
     for nc in order:
         assert store.use("n", nc, EXP, NOW)
     for nc in order:
-        assert not store.use("n", nc, EXP, NOW)
+        assert store.use("n", nc, EXP, NOW) is NonceUse.REPLAY
     assert store.use("other", 5, EXP, NOW)
 
 
@@ -31,9 +31,9 @@ def test_window_edge_and_expiry() -> None:
     store = SharedNonceCounterStore(slots=64, window=64)
     assert store.use("n", 100, EXP, NOW)
     assert store.use("n", 37, EXP, NOW)  # 100 - 63: the last count inside the window
-    assert not store.use("n", 36, EXP, NOW)  # below the window: cannot be told from a replay
-    assert not store.use("n", 0, EXP, NOW)
-    assert not store.use("x", 1, NOW, NOW)  # already expired
+    assert store.use("n", 36, EXP, NOW) is NonceUse.UNKNOWN  # below the window: cannot be vouched for
+    assert store.use("n", 0, EXP, NOW) is NonceUse.REPLAY
+    assert store.use("x", 1, NOW, NOW) is NonceUse.UNKNOWN  # already expired
     assert store.use("n", 1, EXP + 10, EXP + 1)  # the old entry expired: its slot is free again
 
 
@@ -44,7 +44,7 @@ def test_full_table_refuses_rather_than_forgets() -> None:
     # The table is full: a new nonce evicts the soonest-expiring one, whose counts are forgotten, so a nonce
     # expiring no later than that one is refused rather than trusted.
     assert store.use("late", 1, EXP + 100, NOW)
-    assert not store.use("early", 1, EXP, NOW)
+    assert store.use("early", 1, EXP, NOW) is NonceUse.UNKNOWN  # stale, never a replay
 
 
 @settings(max_examples=60, deadline=None)
@@ -57,7 +57,7 @@ def test_agrees_with_the_memory_store(ops: list[tuple[str, int]]) -> None:
 
 
 def _worker(store: SharedNonceCounterStore, ncs: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    results.put([store.use("shared-nonce", nc, EXP, NOW) for nc in ncs])
+    results.put([store.use("shared-nonce", nc, EXP, NOW) is NonceUse.FRESH for nc in ncs])
 
 
 def test_replay_refused_across_processes() -> None:
@@ -73,7 +73,7 @@ def test_replay_refused_across_processes() -> None:
         worker.join(10)
     # Four processes each try every count: each count is accepted exactly once overall.
     assert [sum(column) for column in zip(*outcomes, strict=True)] == [1] * len(ncs)
-    assert not store.use("shared-nonce", 7, EXP, NOW)
+    assert store.use("shared-nonce", 7, EXP, NOW) is NonceUse.REPLAY
 
 
 def _die_holding_the_lock(store: SharedNonceCounterStore) -> None:

@@ -17,8 +17,9 @@ Order of the Digest checks, and why:
 4. the user and their HA1 (``unknown-user``, ``no-digest-secret``), the body hash for auth-int;
 5. the response, compared in constant time (``bad-password``);
 6. only then nonce expiry (``stale-nonce`` with stale=true: the client knew the password, RFC 7616 section
-   3.3) and the nonce count (``replay``). Recording the count only after the digest is right keeps a guesser
-   from burning a legitimate client's counts.
+   3.3) and the nonce count (``replay`` for a count already used; ``stale-nonce`` again when the count table
+   no longer knows the nonce, so a full table fails safe). Recording the count only after the digest is right
+   keeps a guesser from burning a legitimate client's counts.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from authproxy.auth.digest import (
 from authproxy.auth.errors import AuthHeaderError, ConfigError
 from authproxy.auth.headers import Credentials, build_challenge, parse_credentials, quote_string
 from authproxy.auth.nonces import NonceIssuer, NonceStatus
+from authproxy.state.base import NonceUse
 from authproxy.users.base import UserEntry
 
 SCHEMES: tuple[str, ...] = ("digest", "basic")
@@ -144,11 +146,13 @@ class NeedBodyHash:
 
 @dataclass(frozen=True)
 class NeedNonceUse:
-    """Send back ``NonceCounterStore.use(nonce, nc, expires_at, now)``: True unless it is a replay."""
+    """Send back ``NonceCounterStore.use(nonce, nc, expires_at, now, owner=user)``, a
+    :class:`~authproxy.state.base.NonceUse`: FRESH is accepted, UNKNOWN answered stale, REPLAY refused."""
 
     nonce: str
     nc: int
     expires_at: float
+    user: str = ""  # the user the digest was verified for: the store's owner (its per-user quota)
 
 
 Need = NeedUser | NeedUserByHash | NeedPasswordCheck | NeedBodyHash | NeedNonceUse
@@ -401,8 +405,12 @@ class Verifier:
             return Reject("stale-nonce", entry.name, True, "nonce expired; the digest was right")
         nc = dc.nc_value
         assert nc is not None  # from_credentials guarantees nc with qop
-        fresh = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce))
-        if not fresh:
+        use = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce), entry.name)
+        if use is NonceUse.UNKNOWN:
+            # The store forgot this nonce's counts (a bounded table under pressure): fail safe with a new
+            # challenge, which the client answers silently, rather than call it a replay and count a failure.
+            return Reject("stale-nonce", entry.name, True, "nonce counts no longer known; the digest was right")
+        if not use:  # NonceUse.REPLAY (or False from a store that answers a bool)
             return Reject("replay", entry.name, False, f"nonce count {dc.nc} already used")
         return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now))
 

@@ -129,7 +129,7 @@ class Authenticator:
                 elif isinstance(need, NeedUserByHash):
                     answer = self.store.lookup_userhash(need.algorithm, need.realm, need.hashed)
                 elif isinstance(need, NeedNonceUse):
-                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, self.clock())
+                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, self.clock(), need.user)
                 elif isinstance(need, NeedPasswordCheck):
                     if basic_check_is_slow(need.entry, self.realm):
                         return PendingPassword(flow, need.entry, need.password, authorization)

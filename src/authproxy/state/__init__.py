@@ -4,7 +4,7 @@
 same :class:`~authproxy.state.base.NonceCounterStore` protocol.
 """
 
-from authproxy.state.base import NonceCounterStore
+from authproxy.state.base import NonceCounterStore, NonceUse
 from authproxy.state.memory import MemoryNonceCounterStore
 
-__all__ = ["MemoryNonceCounterStore", "NonceCounterStore"]
+__all__ = ["MemoryNonceCounterStore", "NonceCounterStore", "NonceUse"]

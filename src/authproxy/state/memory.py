@@ -18,6 +18,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from authproxy.state.base import NonceUse
+
 
 @dataclass
 class _Counts:
@@ -52,33 +54,34 @@ class MemoryNonceCounterStore:
             _, nonce = heapq.heappop(expiry)
             del self._entries[nonce]
 
-    def use(self, nonce: str, nc: int, expires_at: float, now: float) -> bool:
+    def use(self, nonce: str, nc: int, expires_at: float, now: float, owner: str = "") -> NonceUse:
         self._purge(now)
-        if nc < 1 or expires_at <= now:
-            # Counts start at 1 (RFC 7616 section 3.4); an expired nonce has nothing left to protect.
-            return False
+        if nc < 1:
+            return NonceUse.REPLAY  # counts start at 1 (RFC 7616 section 3.4): never valid
+        if expires_at <= now:
+            return NonceUse.UNKNOWN  # expired: nothing left to protect, the client needs a new nonce
         entry = self._entries.get(nonce)
         if entry is None:
             if expires_at <= self._evicted_until:
-                return False
+                return NonceUse.UNKNOWN
             if len(self._entries) >= self.max_nonces:
                 evicted_at, evicted = heapq.heappop(self._expiry)
                 del self._entries[evicted]
                 self._evicted_until = max(self._evicted_until, evicted_at)
                 if expires_at <= self._evicted_until:
-                    return False
+                    return NonceUse.UNKNOWN
             self._entries[nonce] = _Counts(highest=nc, seen=1, expires_at=expires_at)
             heapq.heappush(self._expiry, (expires_at, nonce))
-            return True
+            return NonceUse.FRESH
         if nc > entry.highest:
             entry.seen = ((entry.seen << (nc - entry.highest)) | 1) & self._mask
             entry.highest = nc
-            return True
+            return NonceUse.FRESH
         offset = entry.highest - nc
         if offset >= self.window:
-            return False
+            return NonceUse.UNKNOWN  # below the window: no longer known whether it was used
         bit = 1 << offset
         if entry.seen & bit:
-            return False
+            return NonceUse.REPLAY
         entry.seen |= bit
-        return True
+        return NonceUse.FRESH

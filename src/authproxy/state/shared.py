@@ -21,6 +21,8 @@ import struct
 import tempfile
 from collections.abc import Iterator
 
+from authproxy.state.base import NonceUse
+
 _HEADER = struct.Struct("<d")  # evicted_until
 _SLOT_HEAD = struct.Struct("<16sdQ")  # key, expires_at, highest
 _PROBE = 16
@@ -59,9 +61,11 @@ class SharedNonceCounterStore:
     def _offset(self, index: int) -> int:
         return _HEADER.size + (index & (self.slots - 1)) * self._slot_size
 
-    def use(self, nonce: str, nc: int, expires_at: float, now: float) -> bool:
-        if nc < 1 or expires_at <= now:
-            return False
+    def use(self, nonce: str, nc: int, expires_at: float, now: float, owner: str = "") -> NonceUse:
+        if nc < 1:
+            return NonceUse.REPLAY  # counts start at 1 (RFC 7616 section 3.4): never valid
+        if expires_at <= now:
+            return NonceUse.UNKNOWN
         key = hashlib.blake2b(nonce.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         start = int.from_bytes(key[:8], "little")
         data = self._map
@@ -81,19 +85,19 @@ class SharedNonceCounterStore:
                     soonest, soonest_at = offset, slot_expires
             (evicted_until,) = _HEADER.unpack_from(data, 0)
             if expires_at <= evicted_until:
-                return False
+                return NonceUse.UNKNOWN
             if free < 0:
                 evicted_until = max(evicted_until, soonest_at)
                 _HEADER.pack_into(data, 0, evicted_until)
                 if expires_at <= evicted_until:
-                    return False
+                    return NonceUse.UNKNOWN
                 free = soonest
             _SLOT_HEAD.pack_into(data, free, key, expires_at, nc)
             start_bits = free + _SLOT_HEAD.size
             data[start_bits:start_bits + self._bitmap_bytes] = (1).to_bytes(self._bitmap_bytes, "little")
-            return True
+            return NonceUse.FRESH
 
-    def _update(self, offset: int, highest: int, nc: int) -> bool:
+    def _update(self, offset: int, highest: int, nc: int) -> NonceUse:
         data = self._map
         start_bits = offset + _SLOT_HEAD.size
         end_bits = start_bits + self._bitmap_bytes
@@ -103,8 +107,10 @@ class SharedNonceCounterStore:
             struct.pack_into("<Q", data, offset + 24, nc)
         else:
             shift = highest - nc
-            if shift >= self.window or seen >> shift & 1:
-                return False
+            if shift >= self.window:
+                return NonceUse.UNKNOWN  # below the window: no longer known whether it was used
+            if seen >> shift & 1:
+                return NonceUse.REPLAY
             seen |= 1 << shift
         data[start_bits:end_bits] = seen.to_bytes(self._bitmap_bytes, "little")
-        return True
+        return NonceUse.FRESH
