@@ -71,7 +71,7 @@ def test_squid_format() -> None:
     assert out.getvalue() == ""  # written by flush (the housekeeping timer), not per line
     log.flush()
     line = out.getvalue()
-    assert line == ("1700000000.500     12 127.0.0.1 TCP_DENIED/407 321 GET http://h/p? jö%20sé "
+    assert line == ("1700000000.500     12 127.0.0.1 TCP_DENIED/407 321 GET http://h/p? j%C3%B6%20s%C3%A9 "
                     "HIER_NONE/- - auth=bad-password\n")
     assert "secret" not in line and len(line.split()) == 11
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authproxy.observe.accesslog import FAILED_OUTCOMES, AccessRecord, format_json, format_squid
 
@@ -31,6 +33,10 @@ _HOST = (
 
 NOT_FAILURES = ("ok", "missing", "stale-nonce", "bad-request", "unsupported-scheme", "no-digest-secret",
                 "no-basic-secret", "none")
+# User names and URLs a client may send: the line separators, bidi controls, "%", "-" and the empty name.
+HOSTILE = ("-", "", "%", "%2D", "a%b", "\u202eevil", "x\u2028y", "x\u2029y", "\u2066rtl\u2069", "a b", "a\nb",
+           "\r\n1.2.3.4 x", "\x00", "\x7f", "\xe9", "\ud800", "\udcff", "\U0001f600", "\x85", "%E2%80%AE")
+ANY_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=40)
 CLIENTS = ("192.0.2.7", "2001:db8::5", "::1", "::ffff:198.51.100.9", "fe80::1:2")
 
 
@@ -150,6 +156,39 @@ def test_fail2ban_regex_agrees(tmp_path: Path) -> None:
         lines.append(fmt(record("192.0.2.99", "ok", user='x","client":"6.6.6.6 - auth=bad-password')))
     log = tmp_path / "access.log"
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = subprocess.run(["fail2ban-regex", "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.split() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.one_of(st.none(), ANY_TEXT, st.sampled_from(HOSTILE)),
+       target=st.one_of(ANY_TEXT, st.sampled_from(HOSTILE)), fmt=st.sampled_from([format_squid, format_json]),
+       failed=st.booleans())
+def test_no_user_name_or_url_makes_the_filter_name_another_address(user: str | None, target: str, fmt: Formatter,
+                                                                  failed: bool) -> None:
+    outcome = "bad-password" if failed else "ok"
+    line = fmt(record("192.0.2.7", outcome, user=user, target=f"http://h/{target} 6.6.6.6 - auth=bad-password",
+                      status=407 if failed else 200))
+    expected = "192.0.2.7" if failed else None
+    assert matched_host(line) == expected and matched_host(without_date(line)) == expected, line
+
+
+def test_fail2ban_regex_names_only_the_client_for_hostile_names(tmp_path: Path) -> None:
+    """The real fail2ban-regex on lines whose user names and URLs are the hostile cases."""
+    assert shutil.which("fail2ban-regex"), "fail2ban is not installed: run `make test` as root on Debian"
+    lines, expected = [], []
+    for fmt in (format_squid, format_json):
+        for i, text in enumerate(HOSTILE):
+            failed = i % 2 == 0
+            outcome = sorted(FAILED_OUTCOMES)[i % len(FAILED_OUTCOMES)] if failed else "ok"
+            client = f"192.0.2.{i + 1}"
+            lines.append(fmt(record(client, outcome, user=f'{text}","client":"6.6.6.6 - auth=bad-password',
+                                    target=f"http://h/{text}", status=407 if failed else 200)))
+            if failed:
+                expected.append(client)
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="strict")
     out = subprocess.run(["fail2ban-regex", "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split() == expected

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 #: Outcomes that mean "someone presented credentials and they were refused": the fail2ban filter keys on them.
 FAILED_OUTCOMES = frozenset({"unknown-user", "bad-password", "replay", "bad-nonce", "wrong-realm"})
@@ -50,23 +51,80 @@ def _squid_action(record: AccessRecord) -> str:
     return "TCP_MISS"
 
 
-def _safe(text: str) -> str:
-    """Keep one record on one line: no spaces or control characters from the network."""
-    return "".join(c if c.isprintable() and c != " " else "%%%02X" % (ord(c) & 0xFF) for c in text)
+# Squid-format fields are percent-encoded (RFC 3986 section 2.1) so that every name and URL is recoverable and no
+# field can hold a space, a line break or a bidi control that forges or disguises a line:
+# - printable ASCII other than space and "%" is written as it is (the common case: four C-level string checks,
+#   measured at 0.18 us for a 45-character URL against 0.26 us for a precompiled regex and 2.4 us for the
+#   per-character loop this replaces);
+# - everything else is written as its UTF-8 bytes, %XX each (lone surrogates, which a header decoded with
+#   surrogateescape can hold, pass through as their 3-byte forms, so they come back too);
+# - "-" alone means "none" (Squid's convention), so a field whose value *is* "-" is written %2D, and an empty
+#   value is written as a lone "%", which no escaped text can be (every other "%" starts a %XX).
+_ESCAPES = tuple(chr(b) if 0x21 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in range(256))
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+NONE = "-"  # the field of an absent value
+EMPTY = "%"  # the field of an empty value
+
+
+def escape(text: str | None) -> str:
+    """One Squid-format field for ``text``: never empty, never holding a space, a control or a non-ASCII
+    character; ``unescape`` gives ``text`` back."""
+    if text is None:
+        return NONE
+    if text.isascii() and text.isprintable() and " " not in text and "%" not in text:
+        if not text:
+            return EMPTY
+        return "%2D" if text == "-" else text
+    return "".join([_ESCAPES[b] for b in text.encode("utf-8", "surrogatepass")])
+
+
+def unescape(field: str) -> str | None:
+    """The inverse of ``escape``: ``-`` is None, a lone ``%`` is the empty string."""
+    if field == NONE:
+        return None
+    if field == EMPTY:
+        return ""
+    if "%" not in field:
+        return field
+    raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), field)  # each %XX to the code point XX, i.e. one byte
+    return raw.encode("latin-1").decode("utf-8", "surrogatepass")
+
+
+class SquidFields(NamedTuple):
+    """The fields of one Squid-format line that a reader needs back, unescaped."""
+
+    client: str
+    status: int
+    method: str
+    target: str | None
+    user: str | None
+    peer: str | None
+    outcome: str
+
+
+def parse_squid(line: str) -> SquidFields:
+    """Read back a line ``format_squid`` wrote (what an auditing script or a test does)."""
+    _time, _ms, client, action, _sent, method, target, user, hier, _type, auth = line.split()
+    peer = hier.partition("/")[2]
+    return SquidFields(client, int(action.rpartition("/")[2]), unescape(method) or "", unescape(target),
+                       unescape(user), unescape(peer), auth.removeprefix("auth="))
 
 
 def format_squid(record: AccessRecord) -> str:
     """Squid's native format (``logformat squid``), with the auth outcome appended as the last field."""
-    hier = f"HIER_DIRECT/{record.peer}" if record.peer else "HIER_NONE/-"
+    hier = f"HIER_DIRECT/{escape(record.peer)}" if record.peer else "HIER_NONE/-"
     return (
         f"{record.started:.3f} {round(record.duration * 1000):6d} {record.client} "
-        f"{_squid_action(record)}/{record.status:03d} {record.sent_bytes} {record.method} "
-        f"{_safe(_strip_query(record.target))} {_safe(record.user) if record.user else '-'} {hier} - "
+        f"{_squid_action(record)}/{record.status:03d} {record.sent_bytes} {escape(record.method)} "
+        f"{escape(_strip_query(record.target))} {escape(record.user)} {hier} - "
         f"auth={record.outcome}"
     )
 
 
 def format_json(record: AccessRecord) -> str:
+    """One JSON object. ``ensure_ascii`` writes every non-ASCII character as ``\\uXXXX`` (RFC 8259 section 7):
+    U+2028/U+2029 (line breaks to JavaScript and some log viewers), bidi controls such as U+202E (which make a
+    line read differently from what it holds) and lone surrogates all arrive escaped and come back exact."""
     return json.dumps(
         {
             "time": round(record.started, 3),
@@ -81,7 +139,7 @@ def format_json(record: AccessRecord) -> str:
             "auth": record.outcome,
             "auth_failed": record.outcome in FAILED_OUTCOMES,
         },
-        ensure_ascii=False,
+        ensure_ascii=True,
         separators=(",", ":"),
     )
 
