@@ -16,11 +16,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-ORDER = ("direct", "squid", "tinyproxy", "proxy.py", "mitmproxy", "authproxy")
+ORDER = ("direct", "squid", "tinyproxy", "proxy.py", "mitmproxy", "authproxy-base", "authproxy")
 LABELS = {"direct": "nginx\ndirect", "squid": "Squid", "tinyproxy": "tinyproxy", "proxy.py": "proxy.py",
-          "mitmproxy": "mitmproxy", "authproxy": "authproxy"}
+          "mitmproxy": "mitmproxy", "authproxy-base": "authproxy\nbaseline", "authproxy": "authproxy"}
 COLOURS = {"direct": "#9e9e9e", "squid": "#4c72b0", "tinyproxy": "#8172b2", "proxy.py": "#ccb974",
-           "mitmproxy": "#64b5cd", "authproxy": "#c44e52"}
+           "mitmproxy": "#64b5cd", "authproxy-base": "#e8a0a2",
+           "authproxy": "#c44e52"}
 
 
 def _bars(ax: Any, data: dict[str, Any], scenario: str, key: str, title: str, unit: str) -> None:

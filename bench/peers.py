@@ -205,32 +205,75 @@ def _start_mitmproxy(setup: Setup, procs: ProcessSet, port: int) -> Started:
     return procs.start("mitmproxy", pinned(setup.proxy_cpu, argv))
 
 
-def _start_authproxy(setup: Setup, procs: ProcessSet, port: int) -> Started:
-    users = setup.workdir / "authproxy.users"
+def _start_authproxy(setup: Setup, procs: ProcessSet, port: int, source: Path | None = None,
+                     name: str = "authproxy") -> Started:
+    """authproxy as installed in the project's venv, or (``source``) the ``src`` folder of another revision run
+    by the same interpreter, so two revisions are measured side by side in one run (``--baseline``)."""
+    command, env = _authproxy_command(source)
+    users = setup.workdir / f"{name}.users"
     if not users.exists():
-        subprocess.run([str(PROJECT_BIN / "authproxy"), "users", "add", setup.user, "--users", str(users),
+        subprocess.run([*command, "users", "add", setup.user, "--users", str(users),
                         "--realm", setup.realm, "--password-stdin"],
-                       input=f"{setup.password}\n".encode(), capture_output=True, check=True, timeout=60)
-    argv = [str(PROJECT_BIN / "authproxy"), "serve", "--listen", f"{LOOPBACK}:{port}", "--users", str(users),
+                       input=f"{setup.password}\n".encode(), capture_output=True, check=True, timeout=60, env=env)
+    argv = [*command, "serve", "--listen", f"{LOOPBACK}:{port}", "--users", str(users),
             "--realm", setup.realm, "--connect-ports", "any", "--access-log", ""]
     # The benchmark's origin is on loopback and every connection comes from 127.0.0.1: let authproxy reach
     # private addresses and lift its per-client connection cap (the other proxies have neither rule). Only the
     # options this authproxy knows, so the harness works across versions.
     wanted = {"allow_private": "true", "max_connections_per_client": "0"}
-    known = _authproxy_options()
+    known = _authproxy_options(source)
     lines = [f"{key} = {value}" for key, value in wanted.items() if key in known]
     if lines:
-        config = setup.workdir / "authproxy.toml"
+        config = setup.workdir / f"{name}.toml"
         config.write_text("\n".join(lines) + "\n")
         argv += ["--config", str(config)]
-    return procs.start("authproxy", pinned(setup.proxy_cpu, argv))
+    return procs.start(name, pinned(setup.proxy_cpu, argv), env=env)
 
 
-def _authproxy_options() -> set[str]:
-    """The option names (TOML keys) of the installed authproxy."""
+def _authproxy_command(source: Path | None) -> tuple[list[str], dict[str, str] | None]:
+    if source is None:
+        return [str(PROJECT_BIN / "authproxy")], None
+    return [str(PROJECT_BIN / "python"), "-m", "authproxy"], {**os.environ, "PYTHONPATH": str(source)}
+
+
+def _authproxy_options(source: Path | None = None) -> set[str]:
+    """The option names (TOML keys) of the installed authproxy (or of the one in ``source``)."""
     probe = "import dataclasses, authproxy.config as c; print(' '.join(f.name for f in dataclasses.fields(c.Config)))"
-    out = subprocess.run([str(PROJECT_BIN / "python"), "-c", probe], capture_output=True, timeout=60, check=False)
+    env = _authproxy_command(source)[1]
+    out = subprocess.run([str(PROJECT_BIN / "python"), "-c", probe], capture_output=True, timeout=60, check=False,
+                         env=env)
     return set(out.stdout.decode().split())
+
+
+BASELINE = "authproxy-base"
+
+
+def add_baseline(revision: str, workdir: Path) -> Peer:
+    """Register ``authproxy-base``: the project's ``src`` at git ``revision``, extracted under ``workdir``.
+
+    Same interpreter, same dependencies, same flags: the only difference between the two rows is the code, which
+    is how a change's cost is read (issue 8 and 9: "at least 0.95x / within 3% of today's authproxy").
+    """
+    dest = workdir / "baseline"
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", revision], capture_output=True,
+                                check=True, timeout=60).stdout.decode().strip()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], capture_output=True,
+                                 check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"--baseline {revision}: cannot extract that revision's src: {exc}") from exc
+    source = dest / "src"
+
+    def start(setup: Setup, procs: ProcessSet, port: int) -> Started:
+        return _start_authproxy(setup, procs, port, source=source, name=BASELINE)
+
+    peer = Peer(BASELINE, f"authproxy at {commit} (baseline)", True,
+                "every request (the same code at an earlier revision)", str(PROJECT_BIN / "python"), start,
+                lambda: f"git {commit}")
+    PEERS[BASELINE] = peer
+    return peer
 
 
 PEERS: dict[str, Peer] = {

@@ -54,7 +54,18 @@ from loads import (
     run_wrk,
     still_held,
 )
-from peers import PEERS, PEERS_BIN, ROOT, Setup, nginx_version, start_origin, start_peer, write_origin_files
+from peers import (
+    BASELINE,
+    PEERS,
+    PEERS_BIN,
+    ROOT,
+    Setup,
+    add_baseline,
+    nginx_version,
+    start_origin,
+    start_peer,
+    write_origin_files,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DIRECT = "direct"
@@ -77,6 +88,7 @@ AUTH_SHORT = {
     "proxy.py": "first request only",
     "mitmproxy": "first request only",
     "authproxy": "every request",
+    BASELINE: "every request",
 }
 
 Samples = dict[str, dict[str, list[dict[str, Any]]]]
@@ -103,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", dest="profile", action="store_true", default=None,
                    help="py-spy profile of authproxy under keep-alive Basic load (default on unless --quick)")
     p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run authproxy at this git revision (e.g. HEAD~3, a tag) as a row of its own, with the "
+                        "same interpreter and flags, and report this tree's ratios to it")
     p.add_argument("--out", type=Path,
                    help="results folder (default bench/results; with --quick bench/results/quick, not committed)")
     args = p.parse_args(argv)
@@ -252,7 +267,7 @@ class Bench:
             expected = basic_runs[-1]["rps"] if basic_runs else 20_000
             count = int(min(3_000_000, max(20_000, expected * 2 * duration + 10_000)))
             path = self.setup.workdir / f"digest-{name}.txt"
-            want = "SHA-256" if name == "authproxy" else "MD5"
+            want = "SHA-256" if name in ("authproxy", BASELINE) else "MD5"
             self.digest_algorithm[name] = prepare_digest(
                 proxy_port=port, origin_port=self.setup.origin_port, user=USER, password=PASSWORD, count=count,
                 path=path, want_algorithm=want)
@@ -431,6 +446,16 @@ def targets(summary: dict[str, dict[str, dict[str, float]]], memory: dict[str, d
         ("idle RSS ≤ 30 MiB (MiB)", memory.get("authproxy", {}).get("idle"), 30.0, "<="),
         ("10k idle connections < 200 MiB (MiB)", memory.get("authproxy", {}).get("idle_10000"), 200.0, "<"),
     ]
+    if BASELINE in summary:
+        # The same code at an earlier revision (--baseline): what this tree's changes cost or bought.
+        def base(scenario: str, key: str) -> float | None:
+            return _ratio(m("authproxy", scenario, key), m(BASELINE, scenario, key))
+        rows += [
+            ("keep-alive ≥ 0.97× baseline (×baseline)", base("keepalive", "rps"), 0.97, ">="),
+            ("Digest ≥ 0.95× baseline (×baseline)", base("digest", "rps"), 0.95, ">="),
+            ("Connection: close ≥ 0.95× baseline (×baseline)", base("close", "rps"), 0.95, ">="),
+            ("CONNECT ≥ 0.95× baseline (×baseline)", base("connect", "mbps"), 0.95, ">="),
+        ]
     out = []
     for label, value, goal, op in rows:
         met = None
@@ -631,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(workdir=workdir, user=USER, password=PASSWORD, realm=REALM, origin_port=free_port(),
                       proxy_cpu=proxy_cpu, load_cpu=load_cpu, max_fds=fds)
         log(f"workdir {workdir}; {pinning}; open-files limit {fds}")
+        if args.baseline:
+            add_baseline(args.baseline, workdir)
+            args.peer_names.append(BASELINE)
         write_origin_files(workdir)
         start_origin(setup, procs)
         bench = Bench(args, setup, procs)
