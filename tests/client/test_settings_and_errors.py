@@ -88,3 +88,28 @@ def test_any_answer_is_answered_or_refused_in_words(values: list[str], connect: 
             return
         assert step.proxy_authorization is not None
     pytest.fail("the flow did not stop within its rounds")
+
+
+def test_errors_live_in_the_errors_modules() -> None:
+    """Every exception class of the client and the responder is defined in client/errors.py or
+    auth/errors.py, and the import paths users had before still name the same classes."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import authproxy.auth.errors as auth_errors
+    import authproxy.auth.responder as responder
+    import authproxy.client as client
+    import authproxy.client.errors as client_errors
+    import authproxy.client.settings as settings
+
+    names = ["authproxy.auth.responder"] + [f"authproxy.client.{m.name}" for m in pkgutil.iter_modules(client.__path__)]
+    homes = {"authproxy.auth.errors", "authproxy.client.errors"}
+    for name in names:
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, BaseException):
+                assert obj.__module__ in homes, f"{obj.__qualname__} is defined in {obj.__module__}"
+    assert responder.ProxyError is client.ProxyError is client_errors.ProxyError is auth_errors.ProxyError
+    assert responder.ProxyAuthError is client.ProxyAuthError is auth_errors.ProxyAuthError
+    assert settings.ProxyURLError is client.ProxyURLError is client_errors.ProxyURLError

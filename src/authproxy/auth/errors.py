@@ -7,6 +7,12 @@ malformed input and misuse; each carries the HTTP status a server should answer 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # headers imports this module: the type only, to keep the import one-way
+    from authproxy.auth.headers import Challenge
+
 
 class AuthProxyError(Exception):
     """Base of every error this project raises on purpose."""
@@ -37,3 +43,45 @@ class ConfigError(AuthProxyError):
 
 class UserStoreError(AuthProxyError):
     """A user file that cannot be read, parsed or written."""
+
+
+class ProxyError(AuthProxyError):
+    """The proxy hop failed: it refused the request, could not reach the next hop, or misbehaved.
+
+    Raised by the client side (:mod:`authproxy.auth.responder` and :mod:`authproxy.client`).
+    ``status``/``headers``/``body_text`` are the proxy's answer (status 0 when there was none);
+    ``challenges`` every challenge it offered; ``reason`` a stable keyword for programs; ``hop`` which hop
+    failed ("proxy", "parent proxy", "origin") when known. The message says it in words.
+    """
+
+    status_hint = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        headers: Sequence[tuple[str, str]] = (),
+        body_text: str = "",
+        challenges: Sequence[Challenge] = (),
+        reason: str = "proxy-error",
+        hop: str | None = "proxy",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = tuple(headers)
+        self.body_text = body_text
+        self.challenges = tuple(challenges)
+        self.reason = reason
+        self.hop = hop
+
+
+class ProxyAuthError(ProxyError):
+    """The proxy did not accept us: wrong credentials, nothing we can answer, or a broken exchange.
+
+    ``reason`` is one of ``wrong-credentials``, ``no-credentials``, ``no-usable-challenge``,
+    ``basic-refused``, ``body-not-replayable``, ``stale-loop``, ``rspauth-mismatch``, ``answered-401``,
+    ``malformed-challenge``, ``too-many-rounds``.
+    """
+
+    status_hint = 407

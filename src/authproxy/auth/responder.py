@@ -46,7 +46,9 @@ from authproxy.auth.digest import (
     request_digest,
     response_auth,
 )
-from authproxy.auth.errors import AuthHeaderError, AuthProxyError
+from authproxy.auth.errors import AuthHeaderError
+from authproxy.auth.errors import ProxyAuthError as ProxyAuthError  # re-exported: its import path before
+from authproxy.auth.errors import ProxyError as ProxyError  # re-exported: its import path before
 from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params, parse_challenges
 
 #: Rounds of one exchange: cached credentials, a fresh answer, one stale retry, and one spare.
@@ -110,50 +112,6 @@ def wants_body(method: str, status: int) -> bool:
     tunnel behind it, so its body is the proxy's explanation too.
     """
     return status == 407 or (method.upper() == "CONNECT" and not 200 <= status < 300)
-
-
-# --- errors -----------------------------------------------------------------------------------------------
-
-
-class ProxyError(AuthProxyError):
-    """The proxy hop failed: it refused the request, could not reach the next hop, or misbehaved.
-
-    ``status``/``headers``/``body_text`` are the proxy's answer (status 0 when there was none);
-    ``challenges`` every challenge it offered; ``reason`` a stable keyword for programs; ``hop`` which hop
-    failed ("proxy", "parent proxy", "origin") when known. The message says it in words.
-    """
-
-    status_hint = 502
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 0,
-        headers: Sequence[tuple[str, str]] = (),
-        body_text: str = "",
-        challenges: Sequence[Challenge] = (),
-        reason: str = "proxy-error",
-        hop: str | None = "proxy",
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = tuple(headers)
-        self.body_text = body_text
-        self.challenges = tuple(challenges)
-        self.reason = reason
-        self.hop = hop
-
-
-class ProxyAuthError(ProxyError):
-    """The proxy did not accept us: wrong credentials, nothing we can answer, or a broken exchange.
-
-    ``reason`` is one of ``wrong-credentials``, ``no-credentials``, ``no-usable-challenge``,
-    ``basic-refused``, ``body-not-replayable``, ``stale-loop``, ``rspauth-mismatch``, ``answered-401``,
-    ``malformed-challenge``, ``too-many-rounds``.
-    """
-
-    status_hint = 407
 
 
 # --- describing challenges in words -----------------------------------------------------------------------

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from authproxy.auth.responder import ProxyAuthError, ProxyError
-from authproxy.client.settings import ProxyURLError
+from authproxy.client.errors import ProxyAuthError, ProxyError, ProxyURLError
 
 if TYPE_CHECKING:
     from authproxy.client.httpx_transport import AsyncProxyTransport, ProxyTransport

@@ -27,8 +27,9 @@ from typing import Any
 from authproxy.auth.digest import DigestChallenge
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import Challenge
-from authproxy.auth.responder import ProxyAuthError, ProxyError, Responder, describe_challenge
-from authproxy.client.settings import ProxyEndpoint, ProxyURLError, make_ssl_context, parse_proxy_url
+from authproxy.auth.responder import Responder, describe_challenge
+from authproxy.client.errors import ProxyAuthError, ProxyError, ProxyURLError
+from authproxy.client.settings import ProxyEndpoint, make_ssl_context, parse_proxy_url
 
 DEFAULT_TARGET = "https://example.com/"
 

@@ -1,4 +1,7 @@
-"""Turning a proxy's refusal into words: which hop failed and what to try.
+"""The client library's errors, and turning a proxy's refusal into words: which hop failed and what to try.
+
+:class:`ProxyError` and :class:`ProxyAuthError` are the responder's (:mod:`authproxy.auth.errors`), raised
+again here for the client's callers; :class:`ProxyURLError` is the client's own.
 
 A proxy that makes up an error response says why in ``Proxy-Status`` (RFC 9209): one list member per proxy,
 the one nearest the origin first and the one nearest us last (section 2), and the member that failed carries
@@ -12,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from authproxy.auth.responder import ProxyError
+from authproxy.auth.errors import AuthProxyError
+from authproxy.auth.errors import ProxyAuthError as ProxyAuthError
+from authproxy.auth.errors import ProxyError as ProxyError
+
+
+class ProxyURLError(AuthProxyError, ValueError):
+    """A proxy URL that cannot be used; the message says which part is wrong (never the password)."""
+
 
 # RFC 9209 section 2.3 error types, grouped by what they say about the next hop.
 _ADVICE: dict[str, tuple[str, str]] = {

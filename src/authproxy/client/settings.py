@@ -20,16 +20,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from authproxy.auth.errors import AuthProxyError
+# Re-exported: its import path before it moved to client.errors.
+from authproxy.client.errors import ProxyURLError as ProxyURLError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 Verify = bool | str | ssl.SSLContext
-
-
-class ProxyURLError(AuthProxyError, ValueError):
-    """A proxy URL that cannot be used; the message says which part is wrong (never the password)."""
 
 
 @dataclass(frozen=True)
