@@ -119,3 +119,82 @@ def test_matches_a_reference_model(ncs: list[int], window: int) -> None:
         if expected is FRESH:
             seen.add(nc)
             highest = max(highest, nc)
+
+
+# == floods: one owner cannot push out another's counts, and what is forgotten is UNKNOWN, never REPLAY ===========
+
+
+def test_an_owner_burning_nonces_only_evicts_their_own() -> None:
+    s = MemoryNonceCounterStore(max_nonces=100, max_per_owner=3)
+    assert s.use("victim-nonce", 1, EXP, NOW, "bob") is FRESH
+    for i in range(1000):
+        assert s.use(f"a{i}", 1, EXP + i, NOW, "alice") is FRESH
+    assert len(s) == 4  # alice's three most recent, and bob's one
+    assert s.use("victim-nonce", 2, EXP, NOW, "bob") is FRESH
+    assert s.use("victim-nonce", 1, EXP, NOW, "bob") is REPLAY  # still a real replay
+    assert s.use("a0", 2, EXP, NOW, "alice") is UNKNOWN  # alice's own evicted nonce: stale, not replay
+    assert s.use("a999", 1, EXP + 999, NOW, "alice") is REPLAY
+
+
+def test_a_full_table_evicts_from_the_largest_owner() -> None:
+    s = MemoryNonceCounterStore(max_nonces=5, max_per_owner=100)
+    assert s.use("b0", 1, EXP, NOW, "bob") is FRESH
+    assert s.use("c0", 1, EXP, NOW, "carol") is FRESH
+    for i in range(50):
+        assert s.use(f"a{i}", 1, EXP + i, NOW, "alice") is FRESH
+    assert len(s) == 5
+    assert s.use("b0", 1, EXP, NOW, "bob") is REPLAY
+    assert s.use("c0", 1, EXP, NOW, "carol") is REPLAY
+    # Carol now takes more: the largest owner (alice) still pays.
+    assert s.use("c1", 1, EXP, NOW, "carol") is FRESH
+    assert s.use("b0", 2, EXP, NOW, "bob") is FRESH
+    assert len(s) == 5
+
+
+def test_an_owners_evictions_do_not_make_anothers_nonces_unknown() -> None:
+    s = MemoryNonceCounterStore(max_nonces=10, max_per_owner=2)
+    for i in range(20):
+        s.use(f"a{i}", 1, EXP + 100 + i, NOW, "alice")
+    # Bob's first use of a nonce issued long ago (expiring before alice's evicted ones) is simply fresh...
+    assert s.use("b-old", 1, EXP, NOW, "bob") is FRESH
+    # ...while alice's own unseen older nonce is UNKNOWN: it may be one she burned (stale, a new challenge).
+    assert s.use("a-unseen", 1, EXP + 50, NOW, "alice") is UNKNOWN
+    assert s.use("a-new", 1, EXP + 500, NOW, "alice") is FRESH
+
+
+def test_the_nonce_in_use_is_kept_over_an_idle_one() -> None:
+    s = MemoryNonceCounterStore(max_per_owner=2)
+    assert s.use("busy", 1, EXP, NOW, "u") is FRESH
+    assert s.use("idle", 1, EXP + 1, NOW, "u") is FRESH
+    assert s.use("busy", 2, EXP, NOW, "u") is FRESH  # used last: the idle one goes first
+    assert s.use("new", 1, EXP + 2, NOW, "u") is FRESH
+    assert s.use("busy", 3, EXP, NOW, "u") is FRESH
+    assert s.use("busy", 3, EXP, NOW, "u") is REPLAY
+
+
+def test_memory_stays_bounded_under_a_flood_of_fresh_nonces() -> None:
+    s = MemoryNonceCounterStore(max_nonces=1000, max_per_owner=100)
+    for i in range(20_000):
+        assert s.use(f"a{i}", 1, EXP + i / 1000, NOW, "alice") is FRESH
+    assert len(s) == 100
+    assert len(s._expiry) <= 2 * len(s) + 64  # stale heap items are compacted away
+    # Everything expires: the table empties, owners included.
+    s.use("late", 1, EXP + 10_000, EXP + 5000, "bob")
+    assert len(s) == 1 and set(s._owners) == {"bob"}
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.integers(1, 20)), max_size=300),
+       st.integers(1, 4), st.integers(1, 8))
+def test_never_accepts_twice_never_calls_an_unseen_count_a_replay(
+        ops: list[tuple[str, int, int]], per_owner: int, total: int) -> None:
+    s = MemoryNonceCounterStore(window=8, max_nonces=total, max_per_owner=per_owner)
+    accepted: set[tuple[str, int, int]] = set()
+    for owner, nonce, nc in ops:
+        answer = s.use(f"n{nonce}", nc, EXP + nonce, NOW, owner)
+        if answer is FRESH:
+            assert (owner, nonce, nc) not in accepted  # a replay is never accepted, even after evictions
+            accepted.add((owner, nonce, nc))
+        elif answer is REPLAY:
+            assert (owner, nonce, nc) in accepted  # only a count really seen is a replay
+        assert len(s) <= total
+        assert all(len(r.nonces) <= per_owner for r in s._owners.values())

@@ -96,3 +96,25 @@ def test_a_worker_killed_holding_the_lock_does_not_stop_the_others() -> None:
     survivor.start()
     assert result.get(timeout=5) == [True, True]  # a semaphore would have stayed taken: this would hang
     survivor.join(5)
+
+
+def test_a_flood_by_one_owner_recycles_their_own_slots_and_never_answers_replay() -> None:
+    store = SharedNonceCounterStore(slots=1024, window=64)
+    victims = [f"v{i}" for i in range(50)]
+    for name in victims:
+        assert store.use("old-nonce", 1, EXP, NOW, name) is NonceUse.FRESH
+    for i in range(110_000 // 10):  # alice burns fresh nonces, ten times the table
+        assert store.use(f"a{i}", 1, EXP + 1 + i / 1000, NOW, "alice") is NonceUse.FRESH
+    answers = [store.use("old-nonce", 2, EXP, NOW, name) for name in victims]
+    assert NonceUse.REPLAY not in answers  # forgotten means stale (UNKNOWN), never a replay
+    # Most victims were never evicted: once alice holds most of a probe, she recycles her own slots.
+    assert answers.count(NonceUse.FRESH) >= len(victims) * 0.8
+    kept = [name for name, answer in zip(victims, answers, strict=True) if answer is NonceUse.FRESH]
+    assert [store.use("old-nonce", 2, EXP, NOW, name) for name in kept] == [NonceUse.REPLAY] * len(kept)
+
+
+def test_owners_are_separate_counts() -> None:
+    store = SharedNonceCounterStore(slots=64, window=64)
+    assert store.use("n", 1, EXP, NOW, "alice") is NonceUse.FRESH
+    assert store.use("n", 1, EXP, NOW, "bob") is NonceUse.FRESH  # another user's request on the same nonce
+    assert store.use("n", 1, EXP, NOW, "alice") is NonceUse.REPLAY

@@ -6,9 +6,17 @@ fork, and guarded by one process-shared lock (a POSIX record lock, which dies wi
 issued by one worker and answered at another is checked against the same counts: a replayed ``(nonce, nc)``
 is refused by every worker.
 
-The table is open-addressed on a 128-bit hash of the nonce with a short probe. When a probe finds no free or
-expired slot, the slot expiring soonest is reused and, as in the memory store, unknown nonces expiring no later
-than it are refused from then on (their counts may have been forgotten; the client gets a new challenge).
+The table is open-addressed on a 128-bit hash of (owner, nonce) with a short probe; each slot also records a
+64-bit tag of its owner (the user the digest was verified for). When a probe finds no free or expired slot, a
+slot must be forgotten, and the choice is one a user cannot aim at another: the inserting owner's own slot in
+the probe expiring soonest, and only if the probe holds none of theirs, the slot expiring soonest. A user
+burning fresh nonces therefore mostly recycles their own slots once they hold a share of the table (the chance
+that a probe of 16 holds none of an owner holding a fraction f of the table is (1 - f)^16). There is no exact
+per-owner quota as in the memory store: counting per owner in a fixed mapping would need a second table with
+its own eviction. What makes the remaining evictions harmless is the answer: as in the memory store, unknown
+nonces of the evicted slot's owner expiring no later than it are answered UNKNOWN (stale=true, a fresh
+challenge, not a failure), never REPLAY and never FRESH. Those watermarks are kept per owner bucket (owner tag
+modulo 256), so one user's evictions raise another's only on a bucket collision, and then only cost a stale.
 """
 
 from __future__ import annotations
@@ -23,9 +31,16 @@ from collections.abc import Iterator
 
 from authproxy.state.base import NonceUse
 
-_HEADER = struct.Struct("<d")  # evicted_until
-_SLOT_HEAD = struct.Struct("<16sdQ")  # key, expires_at, highest
+_OWNER_BUCKETS = 256
+_HEADER = struct.Struct(f"<{_OWNER_BUCKETS}d")  # evicted_until, per owner bucket
+_WATERMARK = struct.Struct("<d")
+_SLOT_HEAD = struct.Struct("<16sdQQ")  # key, expires_at, highest, owner tag
 _PROBE = 16
+
+
+def _hash(*parts: str) -> bytes:
+    data = b"\x00".join(part.encode("utf-8", "surrogatepass") for part in parts)
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class SharedNonceCounterStore:
@@ -47,7 +62,7 @@ class SharedNonceCounterStore:
         # when its owner dies, so a worker killed while holding it cannot stop the others (a semaphore would
         # stay taken forever).
         self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the store
-        _HEADER.pack_into(self._map, 0, float("-inf"))
+        _HEADER.pack_into(self._map, 0, *[float("-inf")] * _OWNER_BUCKETS)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -66,36 +81,47 @@ class SharedNonceCounterStore:
             return NonceUse.REPLAY  # counts start at 1 (RFC 7616 section 3.4): never valid
         if expires_at <= now:
             return NonceUse.UNKNOWN
-        key = hashlib.blake2b(nonce.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        key = _hash(owner, nonce)
+        tag = int.from_bytes(_hash(owner)[:8], "little")
         start = int.from_bytes(key[:8], "little")
         data = self._map
         with self._locked():
             free = -1
             soonest, soonest_at = -1, float("inf")
+            own, own_at = -1, float("inf")
             for probe in range(_PROBE):
                 offset = self._offset(start + probe)
-                slot_key, slot_expires, highest = _SLOT_HEAD.unpack_from(data, offset)
+                slot_key, slot_expires, highest, slot_owner = _SLOT_HEAD.unpack_from(data, offset)
                 if slot_expires <= now:  # empty (0.0) or expired: reusable
                     if free < 0:
                         free = offset
                     continue
                 if slot_key == key:
                     return self._update(offset, highest, nc)
+                if slot_owner == tag and slot_expires < own_at:
+                    own, own_at = offset, slot_expires
                 if slot_expires < soonest_at:
                     soonest, soonest_at = offset, slot_expires
-            (evicted_until,) = _HEADER.unpack_from(data, 0)
-            if expires_at <= evicted_until:
+            if expires_at <= self._watermark(tag):
                 return NonceUse.UNKNOWN
             if free < 0:
-                evicted_until = max(evicted_until, soonest_at)
-                _HEADER.pack_into(data, 0, evicted_until)
-                if expires_at <= evicted_until:
+                # Forget a slot: the inserting owner's own if the probe holds one, else the soonest expiring.
+                free = own if own >= 0 else soonest
+                _, evicted_at, _, evicted_owner = _SLOT_HEAD.unpack_from(data, free)
+                bucket = _WATERMARK.size * (evicted_owner % _OWNER_BUCKETS)
+                if evicted_at > _WATERMARK.unpack_from(data, bucket)[0]:
+                    _WATERMARK.pack_into(data, bucket, evicted_at)
+                if expires_at <= self._watermark(tag):
                     return NonceUse.UNKNOWN
-                free = soonest
-            _SLOT_HEAD.pack_into(data, free, key, expires_at, nc)
+            _SLOT_HEAD.pack_into(data, free, key, expires_at, nc, tag)
             start_bits = free + _SLOT_HEAD.size
             data[start_bits:start_bits + self._bitmap_bytes] = (1).to_bytes(self._bitmap_bytes, "little")
             return NonceUse.FRESH
+
+    def _watermark(self, tag: int) -> float:
+        """Unknown nonces of owners in ``tag``'s bucket expiring at or before this may have been forgotten."""
+        value: float = _WATERMARK.unpack_from(self._map, _WATERMARK.size * (tag % _OWNER_BUCKETS))[0]
+        return value
 
     def _update(self, offset: int, highest: int, nc: int) -> NonceUse:
         data = self._map
