@@ -1,6 +1,14 @@
-"""The asynchronous twin of :mod:`authproxy.client._sync` (asyncio or trio, through httpcore's anyio backend).
+"""The IO around the responder, written once: connections to the proxy, the CONNECT exchange, tunnels.
 
-Same classes, same order, with ``await``: a change to one file is a change to the other.
+This is the asynchronous half (asyncio or trio, through httpcore's anyio backend). The blocking half,
+:mod:`authproxy.client._sync`, is generated from this file by ``scripts/unasync.py``: edit this file, run the
+script, commit both (a test fails when they differ). Names that differ between the halves go through the seams
+the script maps (see :mod:`authproxy.client._shared`).
+
+Built on httpcore's pieces (its HTTP/1.1 connection over h11, its network backends with TLS inside TLS,
+its pool), with the proxy exchange our own: :class:`AsyncProxyLink` runs :meth:`Responder.flow`, reads a 407's
+body whatever its framing (h11 knows Content-Length, chunked and read-until-close), and opens a new connection
+when the proxy closed the old one.
 """
 
 from __future__ import annotations
@@ -8,11 +16,11 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-import anyio
 import httpcore
 
 from authproxy.auth.responder import ProxyRequest, ProxyResponse, wants_body
-from authproxy.client._sync import (
+from authproxy.client import _shared
+from authproxy.client._shared import (
     ConnectionState,
     ConnectionStatus,
     Content,
@@ -35,14 +43,17 @@ def _new_connection(route: ProxyRoute) -> httpcore.AsyncHTTPConnection:
 
 
 class AsyncProxyLink:
-    """See :class:`authproxy.client._sync.ProxyLink`."""
+    """The connection to the proxy that one pooled connection uses, replaced when the proxy closes it."""
 
     def __init__(self, route: ProxyRoute) -> None:
         self.route = route
         self.conn = _new_connection(route)
 
-    async def exchange(self, method: bytes, target: bytes, headers: Headers, content: Content | None,
-                       auth_body: bytes | None, extensions: MutableMapping[str, Any]) -> httpcore.Response:
+    async def exchange(
+        self, method: bytes, target: bytes, headers: Headers, content: Content | None, auth_body: bytes | None,
+        extensions: MutableMapping[str, Any],
+    ) -> httpcore.Response:
+        """Send one request to the proxy, answering its 407s; the final response, body unread."""
         route = self.route
         preq = ProxyRequest(method.decode("ascii"), target.decode("ascii"), auth_body,
                             route.endpoint.scheme == "https")
@@ -52,13 +63,13 @@ class AsyncProxyLink:
                            target=target)
         while True:
             if self.conn.is_closed() or self.conn.has_expired():
+                # The proxy closed the connection (after a 407 with Connection: close, or idle): reconnect.
                 await self.conn.aclose()
                 self.conn = _new_connection(route)
             send_headers = list(headers)
             if step.proxy_authorization is not None:
                 send_headers.append((b"Proxy-Authorization", step.proxy_authorization.encode("latin-1")))
-            request = httpcore.Request(method, url, headers=send_headers, content=content,
-                                       extensions=extensions)
+            request = httpcore.Request(method, url, headers=send_headers, content=content, extensions=extensions)
             response = await self.conn.handle_async_request(request)
             body = b""
             try:
@@ -80,7 +91,7 @@ class AsyncProxyLink:
 
 
 class AsyncForwardConnection(ConnectionStatus, httpcore.AsyncConnectionInterface):
-    """See :class:`authproxy.client._sync.ForwardConnection`."""
+    """Plain-HTTP targets: absolute-form requests to the proxy (RFC 9112 section 3.2.2)."""
 
     def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
         self._link = AsyncProxyLink(route)
@@ -88,8 +99,10 @@ class AsyncForwardConnection(ConnectionStatus, httpcore.AsyncConnectionInterface
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         content, auth_body = request_content(request)
-        return await self._link.exchange(request.method, absolute_target(request.url),
-                                         clean_headers(request.headers), content, auth_body, request.extensions)
+        target = absolute_target(request.url)
+        return await self._link.exchange(
+            request.method, target, clean_headers(request.headers), content, auth_body, request.extensions
+        )
 
     def _current(self) -> ConnectionState:
         return self._link.conn
@@ -102,14 +115,18 @@ class AsyncForwardConnection(ConnectionStatus, httpcore.AsyncConnectionInterface
 
 
 class AsyncTunnelConnection(ConnectionStatus, httpcore.AsyncConnectionInterface):
-    """See :class:`authproxy.client._sync.TunnelConnection`."""
+    """HTTPS targets: CONNECT host:port with Proxy-Authorization, then TLS to the origin inside the tunnel.
+
+    Nothing of the proxy's credentials goes inside: the tunnel is the origin's, and so is any 407 that comes
+    out of it.
+    """
 
     def __init__(self, route: ProxyRoute, remote: httpcore.Origin) -> None:
         self._route = route
         self._link = AsyncProxyLink(route)
         self._remote = remote
         self._inner: httpcore.AsyncConnectionInterface | None = None
-        self._lock = anyio.Lock()
+        self._lock = _shared.AsyncLock()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         async with self._lock:
@@ -117,7 +134,9 @@ class AsyncTunnelConnection(ConnectionStatus, httpcore.AsyncConnectionInterface)
                 try:
                     self._inner = await self._open(request)
                 except BaseException:
-                    await self._link.aclose()  # as in the sync twin: the pool must drop this connection
+                    # No tunnel: close the proxy connection, so the pool drops this connection rather than
+                    # keep it as an idle one that can never carry a request.
+                    await self._link.aclose()
                     raise
         request = httpcore.Request(request.method, request.url, headers=clean_headers(request.headers),
                                    content=request.stream, extensions=request.extensions)
@@ -135,10 +154,12 @@ class AsyncTunnelConnection(ConnectionStatus, httpcore.AsyncConnectionInterface)
         stream = response.extensions["network_stream"]
         timeouts = request.extensions.get("timeout", {})
         timeout = timeouts.get("connect") if isinstance(timeouts, dict) else None
-        tls = await stream.start_tls(self._route.origin_ssl, server_hostname=self._remote.host.decode("ascii"),
-                                     timeout=timeout)
-        return httpcore.AsyncHTTP11Connection(origin=self._remote, stream=tls,
-                                              keepalive_expiry=self._route.keepalive_expiry)
+        tls = await stream.start_tls(
+            self._route.origin_ssl, server_hostname=self._remote.host.decode("ascii"), timeout=timeout
+        )
+        return httpcore.AsyncHTTP11Connection(
+            origin=self._remote, stream=tls, keepalive_expiry=self._route.keepalive_expiry
+        )
 
     def _current(self) -> ConnectionState:
         return self._inner if self._inner is not None else self._link.conn
@@ -153,7 +174,7 @@ class AsyncTunnelConnection(ConnectionStatus, httpcore.AsyncConnectionInterface)
 
 
 class AsyncProxyPool(httpcore.AsyncConnectionPool):
-    """See :class:`authproxy.client._sync.ProxyPool`."""
+    """httpcore's pool (limits, keep-alive, waiting) with our connections to one proxy."""
 
     def __init__(self, route: ProxyRoute, max_connections: int | None, keepalive_expiry: float | None) -> None:
         super().__init__(max_connections=max_connections, keepalive_expiry=keepalive_expiry)

@@ -135,11 +135,11 @@ class _Prober:
               accept: Any = None) -> tuple[Probe, ProxyError | None]:
         import httpcore
 
-        from authproxy.client import _sync
+        from authproxy.client import _shared, _sync
         from authproxy.client.errors import judge_failure
 
         responder = Responder(user, password, random=secrets.token_bytes, accept=accept)
-        route = _sync.ProxyRoute(self.endpoint, responder, self.proxy_ssl, self.origin_ssl, None)
+        route = _shared.ProxyRoute(self.endpoint, responder, self.proxy_ssl, self.origin_ssl, None)
         pool = _sync.ProxyPool(route, 2, None)
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.encode()
@@ -150,7 +150,7 @@ class _Prober:
             headers=[(b"Host", parts.netloc.rpartition("@")[2].encode("idna")),
                      (b"User-Agent", b"authproxy-diagnose")],
             extensions={"timeout": {k: self.timeout for k in ("connect", "read", "write", "pool")},
-                        _sync.BODY_EXTENSION: b""},
+                        _shared.BODY_EXTENSION: b""},
         )
         result = Probe(what, url)
         error: ProxyError | None = None
@@ -160,7 +160,7 @@ class _Prober:
             response.close()
             result.status = response.status
             result.ok = True
-            headers = _sync.decode_headers(response.headers)
+            headers = _shared.decode_headers(response.headers)
             made_up = any(k.lower() == "proxy-status" and "error=" in v for k, v in headers)
             if made_up:
                 verdict = judge_failure(response.status, headers, body, f"{parts.hostname}:{port}")

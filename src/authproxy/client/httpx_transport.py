@@ -16,7 +16,7 @@ from types import TracebackType
 import httpcore
 import httpx
 
-from authproxy.client import _async, _sync
+from authproxy.client import _async, _shared, _sync
 from authproxy.client.routing import AuthOptions, Routes, make_responder
 from authproxy.client.settings import ProxyEndpoint, ProxySelector, Verify, make_ssl_context
 
@@ -55,12 +55,12 @@ def _core_request(request: httpx.Request) -> httpcore.Request:
     except httpx.RequestNotRead:
         body = None
     extensions = dict(request.extensions)
-    extensions[_sync.BODY_EXTENSION] = body
+    extensions[_shared.BODY_EXTENSION] = body
     return httpcore.Request(
         method=request.method.encode("ascii"),
         url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host, port=request.url.port,
                          target=request.url.raw_path),
-        headers=_sync.clean_headers(request.headers.raw),
+        headers=_shared.clean_headers(request.headers.raw),
         content=body if body is not None else request.stream,
         extensions=extensions,
     )
@@ -116,8 +116,8 @@ class _Common:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
 
-    def _route(self, endpoint: ProxyEndpoint) -> _sync.ProxyRoute:
-        return _sync.ProxyRoute(endpoint, make_responder(endpoint, self._options), self._proxy_ssl,
+    def _route(self, endpoint: ProxyEndpoint) -> _shared.ProxyRoute:
+        return _shared.ProxyRoute(endpoint, make_responder(endpoint, self._options), self._proxy_ssl,
                                 self._origin_ssl, self._keepalive_expiry)
 
 

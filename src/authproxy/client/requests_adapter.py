@@ -24,7 +24,7 @@ import requests.exceptions
 from urllib3 import HTTPResponse
 from urllib3._collections import HTTPHeaderDict
 
-from authproxy.client import _sync
+from authproxy.client import _shared, _sync
 from authproxy.client.routing import AuthOptions, Routes, make_responder
 from authproxy.client.settings import ProxyEndpoint, ProxySelector, Verify, make_ssl_context
 
@@ -147,7 +147,7 @@ class ProxyAdapter(requests.adapters.HTTPAdapter):
                         responder = self._responders.get(endpoint)
                         if responder is None:
                             responder = self._responders[endpoint] = make_responder(endpoint, self._options)
-                    route = _sync.ProxyRoute(endpoint, responder, self._proxy_ssl, origin_ssl, self._keepalive_expiry)
+                    route = _shared.ProxyRoute(endpoint, responder, self._proxy_ssl, origin_ssl, self._keepalive_expiry)
                     return _sync.ProxyPool(route, self._max_connections, self._keepalive_expiry)
 
                 def direct_pool() -> httpcore.ConnectionPool:
@@ -176,9 +176,9 @@ class ProxyAdapter(requests.adapters.HTTPAdapter):
             method=str(request.method or "GET").encode("ascii"),
             url=httpcore.URL(scheme=scheme.encode(), host=url.hostname.encode("idna"), port=port,
                              target=target.encode("ascii")),
-            headers=_sync.clean_headers(headers),
+            headers=_shared.clean_headers(headers),
             content=content,
-            extensions={"timeout": _timeouts(timeout), _sync.BODY_EXTENSION: replayable},
+            extensions={"timeout": _timeouts(timeout), _shared.BODY_EXTENSION: replayable},
         )
         with _mapped():
             response = pool.handle_request(core)
