@@ -14,6 +14,7 @@ from typing import Any
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import ConfigError
+from authproxy.auth.headers import is_token
 from authproxy.proxy.policy import DestinationPolicy
 
 _SCHEMES = ("digest", "basic")
@@ -80,6 +81,9 @@ class Config:
             self.allow_private, list(self.allow), self.connect_ports, list(self.rules)))
         if not self.realm or '"' in self.realm or any(ord(c) < 32 for c in self.realm):
             raise ConfigError(f"realm: must be non-empty, without quotes or control characters: {self.realm!r}")
+        if not is_token(self.via_pseudonym):
+            # RFC 9110 section 7.6.3: received-by is a pseudonym, a token; a loop is found by comparing it.
+            raise ConfigError(f"via_pseudonym: must be a token (letters, digits, -._~...): {self.via_pseudonym!r}")
         _check_choices("schemes", self.schemes, _SCHEMES, allow_empty=False)
         _check_choices("qop", self.qop, _QOPS, allow_empty="digest" not in self.schemes)
         for name in self.digest_algorithms:

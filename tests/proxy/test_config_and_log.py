@@ -44,6 +44,7 @@ def test_file_then_flags(tmp_path: Path) -> None:
         ('qop = ["auth-conf"]', "qop"),
         ('access_log_format = "xml"', "access_log_format"),
         ('listen = "nohost"', "listen"),
+        ('via_pseudonym = "two words"', "via_pseudonym"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:

@@ -17,6 +17,7 @@ from authproxy.proxy.policy import (
     Allowed,
     Decision,
     DestinationPolicy,
+    OwnSockets,
     Refused,
     UserRule,
     classify_address,
@@ -603,3 +604,48 @@ def test_any_host_gives_a_decision(host: str, port: int, connect: bool, user: st
             assert decision.detail.isprintable() and "\r" not in decision.detail
         else:
             assert classify_address(ip(decision.address)) is None or policy.allow_private
+
+
+# == the proxy's own sockets: a loop =================================================================================
+
+OPEN = DestinationPolicy(allow_private=True, connect_ports=None)
+
+
+def own_run(own: OwnSockets, host: str, port: int, table: Mapping[str, Sequence[str]] | None = None) -> Decision:
+    return asyncio.run(resolve_and_check(OPEN, "alice", host, port, is_connect=True,
+                                         resolver=fake_resolver(table or {}), own=own))
+
+
+def test_a_bound_address_is_a_loop_only_at_that_address_and_port() -> None:
+    own = OwnSockets([(socket.AF_INET, "127.0.0.1", 3128, False)])
+    for host in ("127.0.0.1", "[::ffff:127.0.0.1]", "2130706433", "127.1", "loop.test"):
+        decision = own_run(own, host, 3128, {"loop.test": ["93.184.216.34", "127.0.0.1"]})
+        assert isinstance(decision, Refused) and (decision.status, decision.error) == (508, "proxy_loop_detected")
+        assert "is this proxy itself" in decision.detail and ":3128" in decision.detail, host
+    assert own_run(own, "127.0.0.1", 3129) == Allowed("127.0.0.1", socket.AF_INET)
+    assert own_run(own, "127.0.0.2", 3128) == Allowed("127.0.0.2", socket.AF_INET)  # not bound there
+    assert own_run(OwnSockets(), "127.0.0.1", 3128) == Allowed("127.0.0.1", socket.AF_INET)
+
+
+def test_a_wildcard_listener_is_every_local_address_of_its_family() -> None:
+    v4 = OwnSockets([(socket.AF_INET, "0.0.0.0", 3128, False)])
+    assert v4.holds(ip("127.0.0.1"), 3128) and v4.holds(ip("127.8.9.10"), 3128)  # all of 127/8 is local
+    assert v4.holds(ip("::ffff:127.0.0.2"), 3128) and v4.holds(ip("0.0.0.0"), 3128)
+    assert not v4.holds(ip("127.0.0.1"), 3129)
+    assert not v4.holds(ip("192.0.2.1"), 3128)  # documentation range: not an address of this machine
+    assert not v4.holds(ip("::1"), 3128)  # an IPv4-only socket is not reached over IPv6
+    v6only = OwnSockets([(socket.AF_INET6, "::", 3128, False)])
+    assert v6only.holds(ip("::1"), 3128) and not v6only.holds(ip("127.0.0.1"), 3128)
+    assert not v6only.holds(ip("2001:db8::1"), 3128)
+    dual = OwnSockets([(socket.AF_INET6, "::", 3128, True)])
+    assert dual.holds(ip("::1"), 3128) and dual.holds(ip("127.0.0.1"), 3128)
+
+
+def test_own_sockets_read_from_real_listening_sockets() -> None:
+    with socket.create_server(("0.0.0.0", 0)) as wild, socket.create_server(("127.0.0.1", 0)) as one, \
+            socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as dual:
+        own = OwnSockets.of([wild, one, dual])
+        wild_port, one_port, dual_port = (s.getsockname()[1] for s in (wild, one, dual))
+        assert own.holds(ip("127.0.0.3"), wild_port) and not own.holds(ip("::1"), wild_port)
+        assert own.holds(ip("127.0.0.1"), one_port) and not own.holds(ip("127.0.0.3"), one_port)
+        assert own.holds(ip("::1"), dual_port) and own.holds(ip("127.0.0.1"), dual_port)

@@ -318,6 +318,10 @@ class Exchange:
                 chunked=self.chunked, hop_limit=hop_limit,
             )
         is_connect = self.method == b"CONNECT"
+        if forward.via_lists(self.headers, self.server.via_name):
+            self._go(Refused(508, "proxy_loop_detected", "this request has already passed through this proxy "
+                             "(its Via names it): forwarding it again would loop"), host, port)
+            return
         decision = self.server.decide_now(self.user, host, port, is_connect)
         if decision is not None:
             self._go(decision, host, port)

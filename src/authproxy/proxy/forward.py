@@ -5,7 +5,8 @@ Pure functions over bytes: the server feeds them what httptools parsed and write
 - ``Proxy-Authorization`` is consumed here and never forwarded (section 11.7.2; CVE-2011-1498);
   ``Authorization`` and ``WWW-Authenticate`` pass untouched;
 - Host is regenerated from the absolute URI, whatever the client sent (RFC 9112 section 3.2.2);
-- ``Via`` is added (section 7.6.3); ``Max-Forwards`` is honoured for TRACE and OPTIONS (section 7.6.2).
+- ``Via`` is added (section 7.6.3), and a request whose ``Via`` already lists this proxy has looped;
+  ``Max-Forwards`` is honoured for TRACE and OPTIONS (section 7.6.2).
 """
 
 from __future__ import annotations
@@ -176,6 +177,21 @@ def max_forwards(headers: Headers) -> int | None:
                 raise ProtocolError("Max-Forwards must be a non-negative integer")
             return int(value)
     return None
+
+
+def via_lists(headers: Headers, received_by: bytes) -> bool:
+    """Whether a ``Via`` field already names ``received_by`` (lower-case) as a hop: the request has passed
+    through this proxy before, so forwarding it again would loop (RFC 9110 section 7.6.3: ``Via =
+    #( received-protocol RWS received-by [ RWS comment ] )``; Squid's "Forwarding loop detected")."""
+    for name, value in headers:
+        if len(name) == 3 and name.lower() == b"via":
+            lowered = value.lower()
+            if received_by in lowered:
+                for entry in lowered.split(b","):
+                    parts = entry.split()
+                    if len(parts) >= 2 and parts[1] == received_by:
+                        return True
+    return False
 
 
 def _add_via_and_framing(parts: list[bytes], via: bytes, content_length: int | None, chunked: bool) -> None:

@@ -19,7 +19,9 @@ What it defends against (spec-checklist, "Classes of attack": CONNECT or forward
 - 0.0.0.0 / "this network", multicast and broadcast, which are never a valid TCP destination (on Linux a
   connection to 0.0.0.0 reaches the proxy host's own services: the "0.0.0.0 day" class). ``allow_private`` and
   the allow list do not lift these;
-- CONNECT to arbitrary ports (a proxy that tunnels to port 25 or 22 is an open relay): ``connect_ports``.
+- CONNECT to arbitrary ports (a proxy that tunnels to port 25 or 22 is an open relay): ``connect_ports``;
+- the proxy's own listening sockets (``OwnSockets``): a CONNECT to itself would nest tunnels without end, each
+  holding two connections, so it is refused as a loop (508) before anything is opened.
 
 Per-user rules restrict further who may reach what; they never lift the address refusal (use ``allow`` for
 that). Refusals carry an RFC 9209 error type and a sentence for a person, ready for ``refuse()``.
@@ -449,6 +451,83 @@ class DestinationPolicy:
         return False, None
 
 
+# == the proxy itself =================================================================================================
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address it maps: a connection goes there."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class OwnSockets:
+    """The addresses at which this proxy accepts connections, so that a request to one of them (a loop) is
+    refused before it is opened.
+
+    A socket bound to one address is that address and port. A socket bound to the wildcard (0.0.0.0, ::) is
+    every local address of the machine at that port, of its family (and IPv4 too for an IPv6 socket without
+    IPV6_V6ONLY); whether an address is local is asked of the kernel by binding a throw-away socket to it, which
+    succeeds only for the machine's own addresses (all of 127.0.0.0/8 included). That costs a system call, and
+    only for a destination whose port is a wildcard listener's.
+    """
+
+    def __init__(self, bound: Iterable[tuple[int, str, int, bool]] = ()) -> None:
+        """``bound``: (family, address, port, also_ipv4) per listening socket, ``also_ipv4`` for a dual-stack
+        IPv6 socket."""
+        self._exact: set[tuple[IPAddress, int]] = set()
+        self._wildcard: dict[int, set[int]] = {}  # port -> address versions (4, 6) a wildcard socket takes
+        for family, address, port, also_ipv4 in bound:
+            ip = _unmapped(ipaddress.ip_address(address.partition("%")[0]))
+            if ip.is_unspecified:
+                versions = self._wildcard.setdefault(port, set())
+                versions.add(4 if family == socket.AF_INET else 6)
+                if family == socket.AF_INET6 and also_ipv4:
+                    versions.add(4)
+            else:
+                self._exact.add((ip, port))
+
+    @classmethod
+    def of(cls, sockets: Iterable[socket.socket]) -> OwnSockets:
+        bound = []
+        for sock in sockets:
+            name = sock.getsockname()
+            also_ipv4 = sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6,
+                                                                               socket.IPV6_V6ONLY)
+            bound.append((sock.family, str(name[0]), int(name[1]), also_ipv4))
+        return cls(bound)
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._wildcard)
+
+    def holds(self, ip: IPAddress, port: int) -> bool:
+        """Whether a connection to ``ip``:``port`` would reach this proxy."""
+        ip = _unmapped(ip)
+        if (ip, port) in self._exact:
+            return True
+        if ip.is_unspecified:  # Linux connects 0.0.0.0 and :: to the local host
+            return any(p == port for _, p in self._exact) or port in self._wildcard
+        versions = self._wildcard.get(port)
+        return versions is not None and ip.version in versions and _is_local(ip)
+
+
+def _is_local(ip: IPAddress) -> bool:
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:  # EADDRNOTAVAIL: not an address of this machine
+            return False
+    return True
+
+
+def _loop_refusal(shown: str, ip: IPAddress, port: int) -> Refused:
+    # RFC 5842 section 7.2 (508 Loop Detected); RFC 9209 section 2.3: proxy_loop_detected.
+    where = shown if shown == str(ip) else f"{shown} ({ip})"
+    return Refused(508, "proxy_loop_detected",
+                   f"the destination {where}:{port} is this proxy itself; the request would loop back here")
+
+
 # == the decision ======================================================================================================
 
 
@@ -505,12 +584,14 @@ def _address_refused(name: str | None, spelling: str | None, ip: IPAddress, reas
 
 async def resolve_and_check(policy: DestinationPolicy, user: str | None, host: str, port: int, *,
                             is_connect: bool, loop: asyncio.AbstractEventLoop | None = None,
-                            resolver: Resolver | None = None, timeout: float | None = None) -> Decision:
+                            resolver: Resolver | None = None, timeout: float | None = None,
+                            own: OwnSockets | None = None) -> Decision:
     """Decide whether ``user`` may reach ``host:port``; if so, the one address to connect to.
 
     Order: syntax (400), CONNECT port (403), per-user rules that need no DNS (403), resolution (502 dns_error,
-    504 dns_timeout), every resolved address against the address policy (403 destination_ip_prohibited), rules
-    that name CIDRs (403 http_request_denied). IP literals and numeric spellings (``2130706433``, ``0x7f.1``)
+    504 dns_timeout), every resolved address against ``own``, the proxy's listening sockets (508
+    proxy_loop_detected), and against the address policy (403 destination_ip_prohibited), rules that name CIDRs
+    (403 http_request_denied). IP literals and numeric spellings (``2130706433``, ``0x7f.1``)
     skip DNS. ``resolver`` defaults to ``loop.getaddrinfo``; it is called as ``resolver(host, port,
     type=SOCK_STREAM)``. Never raises for any ``host``: every failure is a Refused.
     """
@@ -550,6 +631,10 @@ async def resolve_and_check(policy: DestinationPolicy, user: str | None, host: s
             return resolved
         addresses = resolved
 
+    if own:
+        for ip, _ in addresses:
+            if own.holds(ip, port):
+                return _loop_refusal(shown, ip, port)
     for ip, _ in addresses:
         refusal = policy.address_refusal(name, ip)
         if refusal is not None:

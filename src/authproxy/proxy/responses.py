@@ -27,6 +27,7 @@ PROXY_STATUS_ERRORS = frozenset(
         "http_response_timeout",
         "http_protocol_error",
         "proxy_internal_error",
+        "proxy_loop_detected",
     }
 )
 

@@ -23,7 +23,7 @@ from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
-from authproxy.proxy.policy import Decision, Refused, resolve_and_check
+from authproxy.proxy.policy import Decision, OwnSockets, Refused, resolve_and_check
 from authproxy.proxy.throttle import FailureThrottle
 from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
@@ -47,6 +47,7 @@ class ProxyServer:
         # (user, host, port, is_connect) -> (expiry, decision): see decide_now.
         self._decisions: dict[tuple[str | None, str, int, bool], tuple[float, Decision]] = {}
         self.throttle = _throttle(config)
+        self.own_sockets = OwnSockets()  # where this proxy listens: a destination there is a loop
         self._server: asyncio.base_events.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
 
@@ -58,6 +59,7 @@ class ProxyServer:
             lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None,
             backlog=1024, ssl=tls_context(self.config),
         )
+        self.own_sockets = OwnSockets.of(self._server.sockets)
         self._housekeeping = loop.call_later(1.0, self._tick)
 
     @property
@@ -75,6 +77,11 @@ class ProxyServer:
         self.access_log.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
 
+    @property
+    def via_name(self) -> bytes:
+        """This proxy's received-by in Via, lower-case: a request whose Via already lists it has looped."""
+        return self._via["name"]
+
     def via(self, received_version: str) -> bytes:
         """The Via entry for a message this proxy received in HTTP/``received_version``."""
         return self._via.get(received_version) or self._via["1.1"]
@@ -91,7 +98,7 @@ class ProxyServer:
         if cached is not None and cached[0] > now:
             return cached[1]
         coro = resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
-                                 resolver=self.dns.cached_only)
+                                 resolver=self.dns.cached_only, own=self.own_sockets)
         try:
             coro.send(None)
         except StopIteration as stop:
@@ -113,7 +120,8 @@ class ProxyServer:
 
     async def decide(self, user: str | None, host: str, port: int, is_connect: bool) -> Decision:
         decision = await resolve_and_check(self.config.policy, user, host, port, is_connect=is_connect,
-                                           resolver=self.dns.resolve, timeout=self.config.connect_timeout)
+                                           resolver=self.dns.resolve, timeout=self.config.connect_timeout,
+                                           own=self.own_sockets)
         if not (isinstance(decision, Refused) and decision.error in ("dns_error", "dns_timeout")):
             self._remember_decision((user, host, port, is_connect), decision, time.monotonic())
         return decision
@@ -192,7 +200,7 @@ class ProxyServer:
 def _via_entries(config: Config) -> dict[str, bytes]:
     # RFC 9110 section 7.6.3: Via names the protocol version this hop received the message in.
     pseudonym = config.via_pseudonym.encode("ascii", "replace")
-    return {"1.1": b"1.1 " + pseudonym, "1.0": b"1.0 " + pseudonym}
+    return {"1.1": b"1.1 " + pseudonym, "1.0": b"1.0 " + pseudonym, "name": pseudonym.lower()}
 
 
 def _throttle(config: Config) -> FailureThrottle | None:
