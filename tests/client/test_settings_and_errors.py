@@ -113,3 +113,44 @@ def test_errors_live_in_the_errors_modules() -> None:
     assert responder.ProxyError is client.ProxyError is client_errors.ProxyError is auth_errors.ProxyError
     assert responder.ProxyAuthError is client.ProxyAuthError is auth_errors.ProxyAuthError
     assert settings.ProxyURLError is client.ProxyURLError is client_errors.ProxyURLError
+
+
+def test_one_options_type_for_the_three_clients() -> None:
+    """The transports and the adapter take ProxyOptions: their keywords are its fields, checked once there."""
+    import dataclasses
+    import inspect
+
+    from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyOptions, ProxyTransport
+
+    names = [f.name for f in dataclasses.fields(ProxyOptions)]
+    assert names[:2] == ["proxy_url", "auth"] and "keepalive_expiry" in names
+    for client in (ProxyTransport, AsyncProxyTransport, ProxyAdapter):
+        assert list(inspect.signature(client).parameters) == names
+        made = client("http://alice:pw@proxy.test:3128", ("bob", "secret"), max_connections=7, userhash=False)
+        assert made.options == ProxyOptions("http://alice:pw@proxy.test:3128", ("bob", "secret"),
+                                            max_connections=7, userhash=False)
+        again = client.from_options(made.options)
+        assert type(again) is client and again.options == made.options
+        with pytest.raises(TypeError, match="verfy"):
+            client("http://proxy.test", verfy=False)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="takes verify and cert from requests"):
+        ProxyAdapter("http://proxy.test", verify=False)
+    assert ProxyOptions("http://p", ["u", "pw"]).auth == ("u", "pw")  # type: ignore[arg-type]
+    shown = repr(ProxyOptions("http://alice:hunter2@p:3128", ("bob", "s3cret")))
+    assert "hunter2" not in shown and "s3cret" not in shown and "alice" in shown and "bob" in shown
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"proxy_url": None}, ProxyURLError, "give a proxy URL"),
+    ({"proxy_url": "ftp://p"}, ProxyURLError, "scheme must be http or https"),
+    ({"proxy_url": "http://p", "auth": ("only-a-name",)}, TypeError, "tuple of two strings"),
+    ({"proxy_url": "http://p", "max_connections": 0}, ValueError, "max_connections must be at least 1"),
+    ({"proxy_url": "http://p", "keepalive_expiry": -1.0}, ValueError, "keepalive_expiry must be 0 or more"),
+])
+def test_options_are_validated_when_the_client_is_made(kwargs: dict[str, object], error: type[Exception],
+                                                       words: str) -> None:
+    from authproxy.client import ProxyAdapter, ProxyTransport
+
+    for client in (ProxyTransport, ProxyAdapter):
+        with pytest.raises(error, match=words):
+            client(**kwargs)  # type: ignore[arg-type]

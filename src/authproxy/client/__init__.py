@@ -3,6 +3,7 @@
 - :class:`ProxyTransport` / :class:`AsyncProxyTransport`: for ``httpx.Client(transport=...)`` and
   ``httpx.AsyncClient(transport=...)``;
 - :class:`ProxyAdapter`: for ``requests.Session().mount("https://", ...)`` (and ``http://``);
+- :class:`ProxyOptions`: their options, once (their constructor keywords are its fields);
 - :class:`ProxyError` / :class:`ProxyAuthError`: what they raise when the proxy hop fails.
 
 They need the ``client`` extra (httpx, requests); importing this package does not, so the proxy never depends
@@ -14,12 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from authproxy.client.errors import ProxyAuthError, ProxyError, ProxyURLError
+from authproxy.client.settings import ProxyOptions
 
 if TYPE_CHECKING:
     from authproxy.client.httpx_transport import AsyncProxyTransport, ProxyTransport
     from authproxy.client.requests_adapter import ProxyAdapter
 
-__all__ = ["AsyncProxyTransport", "ProxyAdapter", "ProxyAuthError", "ProxyError", "ProxyTransport",
+__all__ = ["AsyncProxyTransport", "ProxyAdapter", "ProxyAuthError", "ProxyError", "ProxyOptions", "ProxyTransport",
            "ProxyURLError"]
 
 

@@ -17,8 +17,15 @@ import httpcore
 import httpx
 
 from authproxy.client import _async, _shared, _sync
-from authproxy.client.routing import AuthOptions, Routes, make_responder
-from authproxy.client.settings import ProxyEndpoint, ProxySelector, Verify, make_ssl_context
+from authproxy.client.routing import Routes, make_responder
+from authproxy.client.settings import (
+    ConfiguredByOptions,
+    ProxyEndpoint,
+    ProxyOptions,
+    ProxySelector,
+    make_ssl_context,
+    takes_keywords_of,
+)
 
 _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
@@ -91,72 +98,42 @@ class _AsyncStream(httpx.AsyncByteStream):
         await self._response.aclose()
 
 
-class _Common:
-    """Settings shared by the sync and async transports."""
+class _Common(ConfiguredByOptions):
+    """What the sync and async transports build from their options."""
 
-    def __init__(
-        self,
-        proxy_url: str | None,
-        auth: tuple[str, str] | None,
-        *,
-        verify: Verify,
-        cert: str | tuple[str, str] | None,
-        proxy_verify: Verify,
-        trust_env: bool,
-        allow_basic_cleartext: bool,
-        prefer_auth_int: bool,
-        userhash: bool,
-        max_connections: int | None,
-        keepalive_expiry: float | None,
-    ) -> None:
-        self._selector = ProxySelector(proxy_url, auth, trust_env)
-        self._origin_ssl = make_ssl_context(verify, cert)
-        self._proxy_ssl = make_ssl_context(proxy_verify)
-        self._options = AuthOptions(allow_basic_cleartext, prefer_auth_int, userhash)
-        self._max_connections = max_connections
-        self._keepalive_expiry = keepalive_expiry
+    def _setup(self, options: ProxyOptions) -> None:
+        self.options = options
+        self._selector = ProxySelector(options.proxy_url, options.auth, options.trust_env)
+        self._origin_ssl = make_ssl_context(options.verify, options.cert)
+        self._proxy_ssl = make_ssl_context(options.proxy_verify)
 
     def _route(self, endpoint: ProxyEndpoint) -> _shared.ProxyRoute:
-        return _shared.ProxyRoute(endpoint, make_responder(endpoint, self._options), self._proxy_ssl,
-                                self._origin_ssl, self._keepalive_expiry)
+        return _shared.ProxyRoute(endpoint, make_responder(endpoint, self.options), self._proxy_ssl,
+                                  self._origin_ssl, self.options.keepalive_expiry)
 
 
 class ProxyTransport(_Common, httpx.BaseTransport):
     """An httpx transport through an authenticating proxy (see the module docstring).
 
-    ``auth`` is ``(user, password)``; without it the proxy URL's userinfo (percent-decoded once) is used, then
-    with ``trust_env`` ``~/.netrc``. ``trust_env=True`` also honours ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
-    (``proxy_url`` may then be None). ``verify``/``cert`` are for origins, ``proxy_verify`` for an ``https://``
-    proxy. ``allow_basic_cleartext=False`` refuses Basic to an ``http://`` proxy. Failures at the proxy raise
-    :class:`authproxy.client.ProxyError` (``ProxyAuthError`` for authentication).
+    Its keywords are the fields of :class:`authproxy.client.ProxyOptions` (``from_options`` takes a ready
+    one): ``auth`` is ``(user, password)``; without it the proxy URL's userinfo (percent-decoded once) is used,
+    then with ``trust_env`` ``~/.netrc``. ``trust_env=True`` also honours ``HTTP_PROXY``/``HTTPS_PROXY``/
+    ``NO_PROXY`` (``proxy_url`` may then be None). ``verify``/``cert`` are for origins, ``proxy_verify`` for an
+    ``https://`` proxy. ``allow_basic_cleartext=False`` refuses Basic to an ``http://`` proxy. Failures at the
+    proxy raise :class:`authproxy.client.ProxyError` (``ProxyAuthError`` for authentication).
     """
 
-    def __init__(
-        self,
-        proxy_url: str | None,
-        auth: tuple[str, str] | None = None,
-        *,
-        verify: Verify = True,
-        cert: str | tuple[str, str] | None = None,
-        proxy_verify: Verify = True,
-        trust_env: bool = False,
-        allow_basic_cleartext: bool = True,
-        prefer_auth_int: bool = False,
-        userhash: bool = True,
-        max_connections: int | None = 100,
-        keepalive_expiry: float | None = 5.0,
-    ) -> None:
-        super().__init__(proxy_url, auth, verify=verify, cert=cert, proxy_verify=proxy_verify, trust_env=trust_env,
-                         allow_basic_cleartext=allow_basic_cleartext, prefer_auth_int=prefer_auth_int,
-                         userhash=userhash, max_connections=max_connections, keepalive_expiry=keepalive_expiry)
+    @takes_keywords_of(ProxyOptions)
+    def __init__(self, options: ProxyOptions) -> None:
+        self._setup(options)
         self._routes: Routes[httpcore.ConnectionPool] = Routes(self._selector, self._proxy_pool, self._direct_pool)
 
     def _proxy_pool(self, endpoint: ProxyEndpoint) -> httpcore.ConnectionPool:
-        return _sync.ProxyPool(self._route(endpoint), self._max_connections, self._keepalive_expiry)
+        return _sync.ProxyPool(self._route(endpoint), self.options.max_connections, self.options.keepalive_expiry)
 
     def _direct_pool(self) -> httpcore.ConnectionPool:
-        return httpcore.ConnectionPool(ssl_context=self._origin_ssl, max_connections=self._max_connections,
-                                       keepalive_expiry=self._keepalive_expiry)
+        return httpcore.ConnectionPool(ssl_context=self._origin_ssl, max_connections=self.options.max_connections,
+                                       keepalive_expiry=self.options.keepalive_expiry)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -179,35 +156,22 @@ class ProxyTransport(_Common, httpx.BaseTransport):
 
 
 class AsyncProxyTransport(_Common, httpx.AsyncBaseTransport):
-    """The asyncio/trio twin of :class:`ProxyTransport`, same arguments, for ``httpx.AsyncClient``."""
+    """The asyncio/trio twin of :class:`ProxyTransport`, same options, for ``httpx.AsyncClient``."""
 
-    def __init__(
-        self,
-        proxy_url: str | None,
-        auth: tuple[str, str] | None = None,
-        *,
-        verify: Verify = True,
-        cert: str | tuple[str, str] | None = None,
-        proxy_verify: Verify = True,
-        trust_env: bool = False,
-        allow_basic_cleartext: bool = True,
-        prefer_auth_int: bool = False,
-        userhash: bool = True,
-        max_connections: int | None = 100,
-        keepalive_expiry: float | None = 5.0,
-    ) -> None:
-        super().__init__(proxy_url, auth, verify=verify, cert=cert, proxy_verify=proxy_verify, trust_env=trust_env,
-                         allow_basic_cleartext=allow_basic_cleartext, prefer_auth_int=prefer_auth_int,
-                         userhash=userhash, max_connections=max_connections, keepalive_expiry=keepalive_expiry)
+    @takes_keywords_of(ProxyOptions)
+    def __init__(self, options: ProxyOptions) -> None:
+        self._setup(options)
         self._routes: Routes[httpcore.AsyncConnectionPool] = Routes(self._selector, self._proxy_pool,
                                                                     self._direct_pool)
 
     def _proxy_pool(self, endpoint: ProxyEndpoint) -> httpcore.AsyncConnectionPool:
-        return _async.AsyncProxyPool(self._route(endpoint), self._max_connections, self._keepalive_expiry)
+        return _async.AsyncProxyPool(self._route(endpoint), self.options.max_connections,
+                                     self.options.keepalive_expiry)
 
     def _direct_pool(self) -> httpcore.AsyncConnectionPool:
-        return httpcore.AsyncConnectionPool(ssl_context=self._origin_ssl, max_connections=self._max_connections,
-                                            keepalive_expiry=self._keepalive_expiry)
+        return httpcore.AsyncConnectionPool(ssl_context=self._origin_ssl,
+                                            max_connections=self.options.max_connections,
+                                            keepalive_expiry=self.options.keepalive_expiry)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url

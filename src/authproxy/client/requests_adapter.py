@@ -25,8 +25,15 @@ from urllib3 import HTTPResponse
 from urllib3._collections import HTTPHeaderDict
 
 from authproxy.client import _shared, _sync
-from authproxy.client.routing import AuthOptions, Routes, make_responder
-from authproxy.client.settings import ProxyEndpoint, ProxySelector, Verify, make_ssl_context
+from authproxy.client.routing import Routes, make_responder
+from authproxy.client.settings import (
+    ConfiguredByOptions,
+    ProxyEndpoint,
+    ProxyOptions,
+    ProxySelector,
+    make_ssl_context,
+    takes_keywords_of,
+)
 
 
 class _Body(io.RawIOBase):
@@ -104,32 +111,24 @@ def _body(body: Any) -> tuple[bytes | Iterable[bytes], bytes | None]:
     return (b.encode("utf-8") if isinstance(b, str) else b for b in body), None
 
 
-class ProxyAdapter(requests.adapters.HTTPAdapter):
-    """A requests adapter through an authenticating proxy; arguments as :class:`authproxy.client.ProxyTransport`.
+class ProxyAdapter(ConfiguredByOptions, requests.adapters.HTTPAdapter):
+    """A requests adapter through an authenticating proxy; options as :class:`authproxy.client.ProxyTransport`
+    (the fields of :class:`authproxy.client.ProxyOptions`), except ``verify`` and ``cert``, which requests
+    passes with each request (``session.verify``, ``session.cert``).
 
     Failures at the proxy raise :class:`authproxy.client.ProxyError` (``ProxyAuthError`` for authentication);
     network failures raise requests' own exceptions.
     """
 
-    def __init__(
-        self,
-        proxy_url: str | None,
-        auth: tuple[str, str] | None = None,
-        *,
-        proxy_verify: Verify = True,
-        trust_env: bool = False,
-        allow_basic_cleartext: bool = True,
-        prefer_auth_int: bool = False,
-        userhash: bool = True,
-        max_connections: int | None = 100,
-        keepalive_expiry: float | None = 5.0,
-    ) -> None:
+    @takes_keywords_of(ProxyOptions)
+    def __init__(self, options: ProxyOptions) -> None:
+        if options.verify is not True or options.cert is not None:
+            raise ValueError("ProxyAdapter takes verify and cert from requests, per request: set session.verify "
+                             "and session.cert (proxy_verify is the adapter's own, for an https:// proxy)")
         super().__init__()
-        self._selector = ProxySelector(proxy_url, auth, trust_env)
-        self._proxy_ssl = make_ssl_context(proxy_verify)
-        self._options = AuthOptions(allow_basic_cleartext, prefer_auth_int, userhash)
-        self._max_connections = max_connections
-        self._keepalive_expiry = keepalive_expiry
+        self.options = options
+        self._selector = ProxySelector(options.proxy_url, options.auth, options.trust_env)
+        self._proxy_ssl = make_ssl_context(options.proxy_verify)
         # One responder per proxy, whatever the TLS settings of the origin: the nonce cache is the proxy's.
         self._responders: dict[ProxyEndpoint, Any] = {}
         self._routes: dict[tuple[Any, Any], Routes[httpcore.ConnectionPool]] = {}
@@ -146,13 +145,14 @@ class ProxyAdapter(requests.adapters.HTTPAdapter):
                     with self._lock:
                         responder = self._responders.get(endpoint)
                         if responder is None:
-                            responder = self._responders[endpoint] = make_responder(endpoint, self._options)
-                    route = _shared.ProxyRoute(endpoint, responder, self._proxy_ssl, origin_ssl, self._keepalive_expiry)
-                    return _sync.ProxyPool(route, self._max_connections, self._keepalive_expiry)
+                            responder = self._responders[endpoint] = make_responder(endpoint, self.options)
+                    route = _shared.ProxyRoute(endpoint, responder, self._proxy_ssl, origin_ssl,
+                                               self.options.keepalive_expiry)
+                    return _sync.ProxyPool(route, self.options.max_connections, self.options.keepalive_expiry)
 
                 def direct_pool() -> httpcore.ConnectionPool:
-                    return httpcore.ConnectionPool(ssl_context=origin_ssl, max_connections=self._max_connections,
-                                                   keepalive_expiry=self._keepalive_expiry)
+                    return httpcore.ConnectionPool(ssl_context=origin_ssl, max_connections=self.options.max_connections,
+                                                   keepalive_expiry=self.options.keepalive_expiry)
 
                 routes = self._routes[key] = Routes(self._selector, proxy_pool, direct_pool)
             return routes

@@ -7,27 +7,17 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from authproxy.auth.responder import Responder
-from authproxy.client.settings import ProxyEndpoint, ProxySelector
+from authproxy.client.settings import ProxyEndpoint, ProxyOptions, ProxySelector
 
 logger = logging.getLogger("authproxy.client")
 
 P = TypeVar("P")
 
 
-@dataclass(frozen=True)
-class AuthOptions:
-    """How credentials are answered; see :class:`authproxy.auth.responder.Responder`."""
-
-    allow_basic_cleartext: bool = True
-    prefer_auth_int: bool = False
-    userhash: bool = True
-
-
-def make_responder(endpoint: ProxyEndpoint, options: AuthOptions) -> Responder:
+def make_responder(endpoint: ProxyEndpoint, options: ProxyOptions) -> Responder:
     return Responder(
         endpoint.username,
         endpoint.password if endpoint.username is not None else None,

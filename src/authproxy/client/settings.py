@@ -8,17 +8,23 @@
   the netrc ``machine``, as curl does it).
 - TLS: ``verify`` is for the origins (inside the tunnel), ``proxy_verify`` for the proxy itself when the proxy
   URL is ``https://``; each is True (system/certifi roots), False, a CA file path, or an ``ssl.SSLContext``.
+- :class:`ProxyOptions` holds all of it, once: the httpx transports and the requests adapter take it, and
+  their constructor keywords are its fields (:func:`takes_keywords_of`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import netrc
 import os
 import re
 import ssl
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, fields
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 # Re-exported: its import path before it moved to client.errors.
 from authproxy.client.errors import ProxyURLError as ProxyURLError
@@ -27,6 +33,107 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 Verify = bool | str | ssl.SSLContext
+Cert = str | tuple[str, str]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """How a client reaches targets through a proxy: the one place for the options of
+    :class:`~authproxy.client.ProxyTransport`, :class:`~authproxy.client.AsyncProxyTransport` and
+    :class:`~authproxy.client.ProxyAdapter`, validated once, here.
+
+    ``proxy_url`` (None: from the environment, which needs ``trust_env``); ``auth`` ``(user, password)``,
+    which wins over the URL's userinfo, which wins over ``~/.netrc`` (with ``trust_env``); ``verify``/``cert``
+    for origins (the requests adapter takes these from requests instead); ``proxy_verify`` for an ``https://``
+    proxy; ``trust_env`` for ``HTTP(S)_PROXY``, ``NO_PROXY`` and ``~/.netrc``; ``allow_basic_cleartext``,
+    ``prefer_auth_int`` and ``userhash`` as :class:`authproxy.auth.responder.Responder` takes them;
+    ``max_connections`` and ``keepalive_expiry`` for the connection pools.
+    """
+
+    proxy_url: str | None
+    auth: tuple[str, str] | None = None
+    _: KW_ONLY
+    verify: Verify = True
+    cert: Cert | None = None
+    proxy_verify: Verify = True
+    trust_env: bool = False
+    allow_basic_cleartext: bool = True
+    prefer_auth_int: bool = False
+    userhash: bool = True
+    max_connections: int | None = 100
+    keepalive_expiry: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        if self.proxy_url is None and not self.trust_env:
+            raise ProxyURLError("give a proxy URL, or trust_env=True to take it from HTTP(S)_PROXY")
+        if self.proxy_url is not None:
+            parse_proxy_url(self.proxy_url)  # a bad URL fails here, when the client is made
+        if self.auth is not None:
+            if not (isinstance(self.auth, tuple | list) and len(self.auth) == 2
+                    and all(isinstance(a, str) for a in self.auth)):
+                raise TypeError("auth is a (user, password) tuple of two strings")
+            object.__setattr__(self, "auth", tuple(self.auth))  # a list too, as before; hashable from here on
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1 (or None for no limit), not {self.max_connections}")
+        if self.keepalive_expiry is not None and self.keepalive_expiry < 0:
+            raise ValueError(f"keepalive_expiry must be 0 or more seconds (or None), not {self.keepalive_expiry}")
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as the keywords that build them again (no copy of the values: SSL contexts stay)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __repr__(self) -> str:  # neither password (auth, the URL's userinfo) reaches a log or a traceback
+        shown = dict(self.keywords())
+        if self.auth is not None:
+            shown["auth"] = (self.auth[0], "***")
+        if self.proxy_url is not None:
+            shown["proxy_url"] = _redact_url(self.proxy_url)
+        return "ProxyOptions(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
+
+
+def takes_keywords_of(
+    options: Callable[P, ProxyOptions],
+) -> Callable[[Callable[[T, ProxyOptions], None]], Callable[Concatenate[T, P], None]]:
+    """Make ``__init__(self, options)`` take the keywords of ``options`` (the :class:`ProxyOptions` class)
+    instead, so a client's signature is written once, as the dataclass's fields, and still type-checked and
+    shown by ``help()`` as if written out."""
+
+    def decorate(init: Callable[[T, ProxyOptions], None]) -> Callable[Concatenate[T, P], None]:
+        @functools.wraps(init)
+        def __init__(self: T, /, *args: P.args, **kwargs: P.kwargs) -> None:
+            init(self, options(*args, **kwargs))
+
+        own = inspect.signature(init)
+        self_param = next(iter(own.parameters.values()))
+        __init__.__signature__ = inspect.signature(options).replace(  # type: ignore[attr-defined]
+            parameters=[self_param, *inspect.signature(options).parameters.values()], return_annotation=None)
+        return __init__
+
+    return decorate
+
+
+class ConfiguredByOptions:
+    """A client built from :class:`ProxyOptions`: its ``options``, and ``from_options`` for a ready set."""
+
+    options: ProxyOptions
+
+    @classmethod
+    def from_options(cls, options: ProxyOptions) -> Self:
+        """The client for ``options``, equal to passing their fields as keywords."""
+        return cls(**options.keywords())
 
 
 @dataclass(frozen=True)
