@@ -206,7 +206,7 @@ class _NoNetworkLoop(asyncio.SelectorEventLoop):
 
     origin_mode = 0
 
-    async def getaddrinfo(self, host: bytes | str | None, port: bytes | str | int | None, *,  # type: ignore[override]
+    async def getaddrinfo(self, host: bytes | str | None, port: bytes | str | int | None, *,
                           family: int = 0, type: int = 0, proto: int = 0,
                           flags: int = 0) -> list[tuple[Any, ...]]:
         name = host.decode("ascii", "replace") if isinstance(host, bytes) else (host or "")

@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import trustme
 
@@ -26,6 +27,25 @@ USERS = {
     "jösé": "pässwörd€ ok",  # non-ASCII user name and password, with a space
 }
 REALM = "authproxy-test"
+
+
+class Received(TypedDict):
+    """What OriginServer records of each request it handled (``OriginServer.seen``)."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    client_port: NotRequired[int]  # the redirecting origin of the client tests does not record it
+
+
+class Echo(TypedDict):
+    """The JSON body OriginHandler answers with: what it received (headers as [name, value] pairs)."""
+
+    method: str
+    path: str
+    headers: list[list[str]]
+    body: str
 
 
 class OriginHandler(BaseHTTPRequestHandler):
@@ -91,14 +111,13 @@ class OriginHandler(BaseHTTPRequestHandler):
                 self.wfile.write(block[: min(count, len(block))])
                 count -= len(block)
             return
-        payload = json.dumps(
-            {
-                "method": self.command,
-                "path": self.path,
-                "headers": [[k, v] for k, v in self.headers.items()],
-                "body": body.decode("latin-1"),
-            }
-        ).encode()
+        echo: Echo = {
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": body.decode("latin-1"),
+        }
+        payload = json.dumps(echo).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -114,7 +133,7 @@ class OriginServer(ThreadingHTTPServer):
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), OriginHandler)
-        self.seen: list[dict[str, object]] = []
+        self.seen: list[Received] = []
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)

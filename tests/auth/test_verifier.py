@@ -439,7 +439,7 @@ def test_replay_and_out_of_order_nc() -> None:
     v = make_verifier()
     ch = digest_challenge(v, "SHA-256")
     d = Driver()
-    results = {}
+    results: dict[int, list[Allow | Reject]] = {}
     for nc in (3, 1, 2, 2, 3, 4):
         auth, _ = answer(ch, "Mufasa", "Circle of Life", nc=nc)
         r = d.run(v, "GET", TARGET, auth)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from client_support import FakeProxy, Listener, Proxies, RedirectOrigin, Seen, TLSFront, relay
 
+from client_support import FakeProxy, Listener, Proxies, RedirectOrigin, Seen, TLSFront, relay
 from helpers import OriginServer, ProxyProcess
 
 

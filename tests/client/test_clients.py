@@ -14,6 +14,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 import requests
+
+from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyAuthError, ProxyError, ProxyTransport
+
 from client_support import (
     ALGORITHMS,
     CLIENTS,
@@ -25,9 +28,6 @@ from client_support import (
     origin_headers,
     urls,
 )
-
-from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyAuthError, ProxyError, ProxyTransport
-
 from helpers import USERS, OriginServer, ProxyProcess
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from client_support import FakeProxy, Proxies, Seen, TLSFront
 
 from authproxy.cli import main
 
+from client_support import FakeProxy, Proxies, Seen, TLSFront
 from helpers import USERS, OriginServer, ProxyProcess
 
 MakeFake = Callable[[Callable[[Seen], tuple[bytes, bool, bool]]], FakeProxy]

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from client_support import CLIENTS, FakeProxy, Seen, fetch, urls
 
 from authproxy.auth.digest import DigestCredentials, compute_ha1, request_digest, response_auth
 from authproxy.auth.headers import parse_credentials
 from authproxy.client import ProxyAuthError
 
+from client_support import CLIENTS, FakeProxy, Seen, fetch, urls
 from helpers import OriginServer
 
 MakeFake = Callable[[Callable[[Seen], tuple[bytes, bool, bool]]], FakeProxy]

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from client_support import CLIENTS, fetch, urls
 
 from authproxy.cli import main
 from authproxy.client import ProxyAuthError
 
+from client_support import CLIENTS, fetch, urls
 from helpers import OriginServer
 
 # No colon in the password: digest_file_auth reads "user:realm:HA1" lines too.
@@ -130,7 +130,7 @@ def test_squid_digest_md5_plain_and_connect(kind: str, squid: Squid, origin: Ori
     assert replies[1].json()["body"] == "to squid"
     for server in (origin, tls_origin[0]):
         for entry in server.seen:
-            names = {k.lower() for k, _ in entry["headers"]}  # type: ignore[union-attr]
+            names = {k.lower() for k, _ in entry["headers"]}
             assert "proxy-authorization" not in names
 
 

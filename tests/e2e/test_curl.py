@@ -11,9 +11,10 @@ import pytest
 
 from helpers import USERS, OriginServer, ProxyProcess
 
-CURL = shutil.which("curl")
-if CURL is None:  # the test command installs curl; say so loudly if it could not
+_CURL = shutil.which("curl")
+if _CURL is None:  # the test command installs curl; say so loudly if it could not
     pytest.fail("curl is not installed: run `make test` as root on Debian, or install curl", pytrace=False)
+CURL: str = _CURL
 
 
 def curl(proxy: ProxyProcess, url: str, *args: str) -> tuple[int, str, str]:

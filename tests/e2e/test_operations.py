@@ -59,7 +59,7 @@ def test_tls_listener_with_curl(tmp_path: Path, users_file: Path, origin: Origin
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
             sock.sendall(get(origin.port))
-            assert status_of(read_response(sock)) == 200  # type: ignore[arg-type]
+            assert status_of(read_response(sock)) == 200
     finally:
         proxy.stop()
 

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import (
     REALM,
+    Echo,
     OriginServer,
     ProxyProcess,
     basic_authorization,
@@ -32,8 +33,8 @@ def get(origin: OriginServer, path: str = "/", *, auth: str | None = ALICE, extr
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode("utf-8")
 
 
-def body_json(response: bytes) -> dict[str, object]:
-    result: dict[str, object] = json.loads(response.split(b"\r\n\r\n", 1)[1])
+def body_json(response: bytes) -> Echo:
+    result: Echo = json.loads(response.split(b"\r\n\r\n", 1)[1])
     return result
 
 
@@ -45,7 +46,7 @@ def test_forwarded_head_is_rewritten(proxy: ProxyProcess, origin: OriginServer) 
     response = raw_exchange(proxy.port, raw.encode())
     assert status_of(response) == 200
     seen = body_json(response)
-    headers = {k.lower(): v for k, v in seen["headers"]}  # type: ignore[union-attr]
+    headers = {k.lower(): v for k, v in seen["headers"]}
     assert seen["path"] == "/path?q=1"
     assert headers["host"] == f"127.0.0.1:{origin.port}"  # regenerated from the URI, RFC 9112 section 3.2.2
     assert "proxy-authorization" not in headers
@@ -224,7 +225,7 @@ def test_max_forwards_zero_answered_by_proxy(proxy: ProxyProcess, origin: Origin
     assert status_of(response) == 200
     assert b"TRACE" in response and b"Proxy-Authorization" not in response
     forwarded = raw_exchange(proxy.port, get(origin, "/o", method="OPTIONS", extra="Max-Forwards: 3\r\n"))
-    headers = {k.lower(): v for k, v in body_json(forwarded)["headers"]}  # type: ignore[union-attr]
+    headers = {k.lower(): v for k, v in body_json(forwarded)["headers"]}
     assert headers["max-forwards"] == "2"
 
 
@@ -258,6 +259,6 @@ def test_tunnel_is_logged_once_with_its_bytes(proxy: ProxyProcess, tls_origin: t
 
 def test_via_names_the_version_received(proxy: ProxyProcess, origin: OriginServer) -> None:
     response = raw_exchange(proxy.port, get(origin, "/v10", version="1.0"), read_until_close=True)
-    headers = {k.lower(): v for k, v in body_json(response)["headers"]}  # type: ignore[union-attr]
+    headers = {k.lower(): v for k, v in body_json(response)["headers"]}
     assert headers["via"] == "1.0 authproxy"  # RFC 9110 section 7.6.3: the protocol it arrived in
     assert header_of(response, "Via") == "1.1 authproxy"

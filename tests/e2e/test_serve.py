@@ -21,6 +21,7 @@ from authproxy.users.passwords import md5_crypt
 from helpers import (
     REALM,
     OriginServer,
+    ProxyProcess,
     basic_authorization,
     challenges_of,
     digest_authorization,
@@ -208,8 +209,9 @@ def test_stale_nonce_gets_stale_true(tmp_path: Path, users_file: Path, origin: O
         proxy.stop()
 
 
-def test_expect_continue_without_credentials_gets_407_and_close(proxy_default: object) -> None:
-    proxy, origin = proxy_default  # type: ignore[misc]
+def test_expect_continue_without_credentials_gets_407_and_close(
+        proxy_default: tuple[ProxyProcess, OriginServer]) -> None:
+    proxy, origin = proxy_default
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(get(origin, method="PUT", extra="Content-Length: 100000\r\nExpect: 100-continue\r\n"))
         response = read_response(sock)
@@ -218,8 +220,8 @@ def test_expect_continue_without_credentials_gets_407_and_close(proxy_default: o
         assert sock.recv(100) == b""
 
 
-def test_auth_int_body_over_limit_is_413(proxy_default: object) -> None:
-    proxy, origin = proxy_default  # type: ignore[misc]
+def test_auth_int_body_over_limit_is_413(proxy_default: tuple[ProxyProcess, OriginServer]) -> None:
+    proxy, origin = proxy_default
     uri = f"http://127.0.0.1:{origin.port}/big"
     challenge = challenges_of(raw_exchange(proxy.port, get(origin, "/big")))[0]
     body = b"z" * (2 << 20)
@@ -233,8 +235,8 @@ def test_auth_int_body_over_limit_is_413(proxy_default: object) -> None:
     assert header_of(response, "Proxy-Status") is not None
 
 
-def test_upstream_connections_are_pooled(proxy_default: object) -> None:
-    proxy, origin = proxy_default  # type: ignore[misc]
+def test_upstream_connections_are_pooled(proxy_default: tuple[ProxyProcess, OriginServer]) -> None:
+    proxy, origin = proxy_default
     alice = basic_authorization("alice", "wonderland")
     before = len(origin.seen)
     for _ in range(3):  # three client connections, one after the other
@@ -244,7 +246,7 @@ def test_upstream_connections_are_pooled(proxy_default: object) -> None:
 
 
 @pytest.fixture
-def proxy_default(proxy: object, origin: OriginServer) -> tuple[object, OriginServer]:
+def proxy_default(proxy: ProxyProcess, origin: OriginServer) -> tuple[ProxyProcess, OriginServer]:
     return proxy, origin
 
 

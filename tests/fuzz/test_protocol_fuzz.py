@@ -13,9 +13,10 @@ import harness
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from request_strategies import auth_values, request_heads
 
 from authproxy.proxy.connection import ClientConnection
+
+from request_strategies import auth_values, request_heads
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import harness
 import pytest
 from hypothesis import HealthCheck, event, given, settings
-from request_strategies import request_heads
 
 from helpers import OriginServer, ProxyProcess, basic_authorization, raw_exchange, start_proxy, status_of
+from request_strategies import request_heads
 
 #: Statuses the proxy makes up (RFC 9110 / 9209 uses in this project) or relays from the test origin.
 ALLOWED = {100, 200, 400, 403, 404, 405, 407, 408, 413, 429, 431, 501, 502, 504, 505}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from user_files import STORE_KINDS, FakeClock, StoreKind
 
 

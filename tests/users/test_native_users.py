@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from user_files import FakeClock
 
 from authproxy.auth.digest import BASE_ALGORITHMS, compute_ha1
 from authproxy.auth.errors import UserStoreError
@@ -33,6 +32,8 @@ from authproxy.users.native import (
     remove_user,
     set_password,
 )
+
+from user_files import FakeClock
 
 REALM = "authproxy"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from user_files import REALM, USERS, htdigest_text, htpasswd_text, native_text
 
 from authproxy.auth.digest import BASE_ALGORITHMS
 from authproxy.auth.errors import UserStoreError
@@ -19,6 +18,8 @@ from authproxy.users import (
 )
 from authproxy.users.base import UserEntry
 from authproxy.users.native import make_entry
+
+from user_files import REALM, USERS, htdigest_text, htpasswd_text, native_text
 
 
 @pytest.mark.parametrize(

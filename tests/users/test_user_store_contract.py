@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from user_files import REALM, STORE_KINDS, USERS, FakeClock, StoreKind, write_atomically
 
 import authproxy.users._file as file_module
 from authproxy.auth.digest import BASE_ALGORITHMS, get_algorithm
@@ -17,6 +16,8 @@ from authproxy.auth.errors import UserStoreError
 from authproxy.users import open_user_store
 from authproxy.users._file import UserFile
 from authproxy.users.base import UserStore, check_basic_password
+
+from user_files import REALM, STORE_KINDS, USERS, FakeClock, StoreKind, write_atomically
 
 
 def open_store(kind: StoreKind, tmp_path: Path, clock: FakeClock, users: dict[str, str] = USERS) -> UserFile:

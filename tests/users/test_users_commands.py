@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from user_files import htdigest_text, htpasswd_text
 
 from authproxy.users.base import check_basic_password
 from authproxy.users.commands import add_users_parser, run_users_command
 from authproxy.users.native import NativeUserFile, list_users
+
+from user_files import htdigest_text, htpasswd_text
 
 
 def parse(*argv: str) -> argparse.Namespace:

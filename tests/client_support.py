@@ -19,7 +19,7 @@ import requests
 
 from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyTransport
 
-from helpers import OriginHandler, OriginServer, ProxyProcess, start_proxy
+from helpers import Echo, OriginHandler, OriginServer, ProxyProcess, start_proxy
 
 ALGORITHMS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
 
@@ -80,7 +80,7 @@ class Listener:
 
     def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        self.port: int = self.sock.getsockname()[1]
         self.handle = handle
         self.tls = tls
         self.connections = 0
@@ -220,11 +220,11 @@ class RedirectOrigin(OriginServer):
 
 def origin_headers(server: OriginServer) -> list[dict[str, str]]:
     """Every request head the origin saw, lower-cased names."""
-    return [{k.lower(): v for k, v in entry["headers"]} for entry in server.seen]  # type: ignore[attr-defined]
+    return [{k.lower(): v for k, v in entry["headers"]} for entry in server.seen]
 
 
-def echo(response_json: str) -> dict[str, object]:
-    result: dict[str, object] = json.loads(response_json)
+def echo(response_json: str) -> Echo:
+    result: Echo = json.loads(response_json)
     return result
 
 
