@@ -56,14 +56,14 @@ def test_agrees_with_the_memory_store(ops: list[tuple[str, int]]) -> None:
         assert shared.use(nonce, nc, EXP, NOW) == memory.use(nonce, nc, EXP, NOW)
 
 
-def _worker(store: SharedNonceCounterStore, ncs: list[int], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _worker(store: SharedNonceCounterStore, ncs: list[int], results: multiprocessing.Queue[list[bool]]) -> None:
     results.put([store.use("shared-nonce", nc, EXP, NOW) is NonceUse.FRESH for nc in ncs])
 
 
 def test_replay_refused_across_processes() -> None:
     store = SharedNonceCounterStore()
     context = multiprocessing.get_context("fork")
-    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    results: multiprocessing.Queue[list[bool]] = context.Queue()
     ncs = list(range(1, 201))
     workers = [context.Process(target=_worker, args=(store, ncs, results)) for _ in range(4)]
     for worker in workers:
@@ -91,7 +91,7 @@ def test_a_worker_killed_holding_the_lock_does_not_stop_the_others() -> None:
     victim.start()
     victim.join(10)
     assert victim.exitcode == -9
-    result: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    result: multiprocessing.Queue[list[bool]] = context.Queue()
     survivor = context.Process(target=_worker, args=(store, [1, 2], result))
     survivor.start()
     assert result.get(timeout=5) == [True, True]  # a semaphore would have stayed taken: this would hang
