@@ -27,7 +27,8 @@ def _serve_parser(subparsers: Any) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help=f"default {DEFAULT_CONFIG.listen}")
     serve.add_argument("--users", metavar="FILE",
                        help=f"authproxy users file, htpasswd or htdigest file (default {DEFAULT_CONFIG.users})")
-    serve.add_argument("--realm", metavar="REALM", help=f"default {DEFAULT_CONFIG.realm!r}")
+    serve.add_argument("--realm", metavar="REALM",
+                       help=f"default: the realm of the users file's users, else {DEFAULT_CONFIG.realm!r}")
     serve.add_argument("--schemes", metavar="LIST", help="offered schemes, strongest first (digest,basic)")
     serve.add_argument("--digest-algorithms", metavar="LIST",
                        help="offered Digest algorithms, strongest first (default SHA-256,MD5)")
@@ -62,7 +63,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     }
 
     def load() -> Config:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, realm_from_users=True)
         if args.connect_ports is not None:  # after load_config: None ("any") must win over the file too
             ports = parse_connect_ports(args.connect_ports, key="--connect-ports")
             config = replace(config, connect_ports=ports)

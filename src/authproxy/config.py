@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from authproxy.auth.digest import get_algorithm
-from authproxy.auth.errors import ConfigError
+from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.headers import is_token
 from authproxy.proxy.policy import DestinationPolicy
+from authproxy.users import open_user_store, usual_realm
 
 _SCHEMES = ("digest", "basic")
 _QOPS = ("auth", "auth-int")
@@ -171,8 +172,13 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
 _FIELDS = {f.name: f for f in fields(Config) if f.init}
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
-    """The TOML file at ``path`` (if any), then ``overrides`` (CLI flags, already typed), as a Config."""
+def load_config(path: str | Path | None, overrides: dict[str, Any], *, realm_from_users: bool = False) -> Config:
+    """The TOML file at ``path`` (if any), then ``overrides`` (CLI flags, already typed), as a Config.
+
+    ``realm_from_users`` (``authproxy serve``): when neither the file nor a flag sets ``realm``, serve the realm
+    the users file's users are in, since an HA1 is bound to its realm and another realm would refuse every one
+    of them. A store without realms (htpasswd, no users yet, no file yet) keeps the default.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -186,10 +192,23 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
                 raise ConfigError(f"{key}: unknown option in {path}")
             values[key] = _coerce(key, str(_FIELDS[key].type), value)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if realm_from_users and "realm" not in values:
+        realm = _users_realm(values.get("users", _FIELDS["users"].default))
+        if realm is not None:
+            values["realm"] = realm
     try:
         return Config(**values)
     except TypeError as exc:  # pragma: no cover - overrides come from our own CLI
         raise ConfigError(str(exc)) from None
+
+
+def _users_realm(path: object) -> str | None:
+    if not isinstance(path, str) or not Path(path).exists():
+        return None  # the first `serve` creates it, in the default realm
+    try:
+        return usual_realm(open_user_store(path, Config.realm))
+    except UserStoreError:
+        return None  # opening the store again reports it, with the realm this left unchanged
 
 
 def replace(config: Config, **changes: Any) -> Config:

@@ -28,7 +28,7 @@ from authproxy.proxy.throttle import FailureThrottle
 from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
-from authproxy.users import describe_capabilities, open_user_store
+from authproxy.users import describe_capabilities, open_user_store, realm_mismatch
 from authproxy.users.base import UserStore
 
 
@@ -180,7 +180,7 @@ class ProxyServer:
         if config.listen_address != self.config.listen_address or (config.tls_cert, config.tls_key) != (
                 self.config.tls_cert, self.config.tls_key):
             _stderr("authproxy: reload: listen and tls_* changes need a restart; keeping the current listener")
-        store = open_user_store(config.users, config.realm)
+        store = open_users(config)
         auth = Authenticator(config, store, self.auth.counters, nonce_key=self.auth.nonce_key)
         log = AccessLog.open(config.access_log, config.access_log_format)
         old_log = self.access_log
@@ -230,9 +230,20 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def open_users(config: Config) -> UserStore:
+    """The users file as a store serving ``config.realm``. A realm none of its users can sign in to (their
+    HA1s are bound to another realm) is a ConfigError naming the command that fixes it, at start and on
+    SIGHUP: a proxy that answers 407 to every right password is worse than one that does not start."""
+    store = open_user_store(config.users, config.realm)
+    problem = realm_mismatch(store, config.realm, config.users)
+    if problem is not None:
+        raise ConfigError(problem)
+    return store
+
+
 def build_server(config: Config, *, nonce_key: bytes | None = None,
                  counters: NonceCounterStore | None = None) -> ProxyServer:
-    store = open_user_store(config.users, config.realm)
+    store = open_users(config)
     auth = Authenticator(config, store, counters or MemoryNonceCounterStore(), nonce_key=nonce_key)
     return ProxyServer(config, auth, AccessLog.open(config.access_log, config.access_log_format))
 
@@ -334,6 +345,7 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     if count == 1:
         _run_loop(config, reload, None)
         return
+    open_users(config)  # a users file that cannot serve the realm stops us here, not in every worker
     config = replace(config, workers=count)
     # A bound socket that never listens reserves the port (and learns it, for port 0) without taking any
     # connection: with SO_REUSEPORT the kernel spreads connections over the workers' listening sockets only.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterable
 from typing import Literal
 
@@ -18,7 +19,7 @@ from authproxy.users._file import decoded_lines
 from authproxy.users.base import UserEntry, UserStore
 from authproxy.users.htdigest import HtdigestFile
 from authproxy.users.htpasswd import HtpasswdFile
-from authproxy.users.native import HEADER_PREFIX, NativeUserFile
+from authproxy.users.native import DEFAULT_PATH, HEADER_PREFIX, NativeUserFile
 from authproxy.users.passwords import describe_hash
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "describe_capabilities",
     "detect_format",
     "open_user_store",
+    "realm_mismatch",
+    "user_realms",
+    "usual_realm",
 ]
 
 FileFormat = Literal["native", "htpasswd", "htdigest"]
@@ -79,6 +83,45 @@ def open_user_store(path: str | os.PathLike[str], realm: str) -> UserStore:
     if kind == "htdigest":
         return HtdigestFile(path, realm)
     return HtpasswdFile(path)
+
+
+def user_realms(store: UserStore) -> dict[str, int]:
+    """How many users have their secrets bound to each realm (an HA1 is H(name:realm:password), RFC 7616
+    section 3.4.2), in file order; the whole file, whichever realm the store serves. htpasswd users have none."""
+    if isinstance(store, HtdigestFile):
+        return store.realm_counts()
+    counts: dict[str, int] = {}
+    for entry in store:
+        if entry.realm is not None and entry.ha1:
+            counts[entry.realm] = counts.get(entry.realm, 0) + 1
+    return counts
+
+
+def usual_realm(store: UserStore) -> str | None:
+    """The realm to serve when none is configured: the realm of most users (the first in the file on a tie);
+    None for a store without realms (htpasswd, or no users yet)."""
+    counts = user_realms(store)
+    return max(counts, key=lambda realm: counts[realm]) if counts else None
+
+
+def realm_mismatch(store: UserStore, realm: str, path: str) -> str | None:
+    """Why no user of ``store`` (the file at ``path``) can sign in to ``realm`` although it has users, with
+    the command that fixes it; None when someone can (or the store is empty, or holds htpasswd hashes, which
+    check a Basic password in any realm)."""
+    counts = user_realms(store)
+    if not counts or realm in counts or any(entry.password_hash is not None for entry in store):
+        return None
+    held = ", ".join(repr(r) for r in counts)
+    theirs = f"their realm is {held}" if len(counts) == 1 else f"their realms are {held}"
+    usual = usual_realm(store)
+    assert usual is not None
+    if isinstance(store, HtdigestFile):
+        fix = f"add them to that realm with `htdigest {shlex.quote(path)} {shlex.quote(realm)} NAME`"
+    else:
+        users = "" if os.path.abspath(path) == os.path.abspath(DEFAULT_PATH) else f" --users {shlex.quote(path)}"
+        fix = f"set the passwords again with `authproxy users passwd NAME{users} --realm {shlex.quote(realm)}`"
+    return (f"no user in {path} can sign in to realm {realm!r} ({theirs}); {fix}, "
+            f"or serve with --realm {shlex.quote(usual)}")
 
 
 def describe_capabilities(entry: UserEntry, realm: str, offered_algorithms: Iterable[str]) -> str:

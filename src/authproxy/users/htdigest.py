@@ -39,13 +39,13 @@ class HtdigestFile(UserFile):
         min_stat_interval: float = DEFAULT_MIN_STAT_INTERVAL,
     ) -> None:
         self.realm = realm
-        self._realms: tuple[str, ...] = ()
+        self._realms: dict[str, int] = {}
         super().__init__(path, clock=clock, min_stat_interval=min_stat_interval)
 
     def _parse(self, lines: Iterator[tuple[int, str]]) -> list[UserEntry]:
         entries: dict[str, UserEntry] = {}
         first_line: dict[str, int] = {}
-        realms: dict[str, None] = {}  # ordered set, in file order
+        realms: dict[str, int] = {}  # realm -> lines, in file order
         for number, raw in lines:
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -62,7 +62,7 @@ class HtdigestFile(UserFile):
                 raise UserStoreError(f"{where}: user name or realm contains a control character")
             if not _MD5_HEX.fullmatch(ha1):
                 raise UserStoreError(f"{where}: user {name!r}: the third field is not 32 hex digits")
-            realms[realm] = None
+            realms[realm] = realms.get(realm, 0) + 1
             if self.realm is not None and realm != self.realm:
                 continue
             if name in entries:
@@ -72,9 +72,13 @@ class HtdigestFile(UserFile):
                 )
             entries[name] = UserEntry(name=name, realm=realm, ha1={"MD5": ha1.lower()})
             first_line[name] = number
-        self._realms = tuple(realms)
+        self._realms = realms
         return list(entries.values())
 
     def realms(self) -> tuple[str, ...]:
         """Every realm the file holds, in the order they first appear (including those not served)."""
-        return self._realms
+        return tuple(self._realms)
+
+    def realm_counts(self) -> dict[str, int]:
+        """How many users each realm of the file has, in the order the realms first appear."""
+        return dict(self._realms)
