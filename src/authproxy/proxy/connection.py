@@ -44,6 +44,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_size = 0
+        self.trailer_count = 0
         # Exchanges: the one running, the one whose body is arriving, and any pipelined behind.
         self.active: Exchange | None = None
         self.receiving: Exchange | None = None
@@ -174,20 +175,29 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.header_size = 0
+        self.trailer_count = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp leaves trailing whitespace on values; RFC 9110 section 5.5 says it is not part of the value.
-        self.headers.append((name, value.rstrip(b" \t")))
         self.header_size += len(name) + len(value) + 4
+        if self.in_head:
+            # llhttp leaves trailing whitespace on values; RFC 9110 section 5.5 says it is not part of the value.
+            self.headers.append((name, value.rstrip(b" \t")))
+            count = len(self.headers)
+        else:
+            # httptools reports a chunked body's trailer fields here too. RFC 9110 section 6.5.1: a trailer is
+            # not to be merged into the head nor used to authenticate or route, so it is dropped (the origin
+            # gets "0 CRLF CRLF"). It still counts against the head's limits: a trailer section is bounded.
+            self.trailer_count += 1
+            count = len(self.headers) + self.trailer_count
         if self.header_size > self.server.config.max_header_size:
             self._refuse_head(431, "the request head is larger than this proxy accepts")
             self.stopping = True
             raise _Stop
-        if len(self.headers) > self.server.config.max_header_count:
+        if count > self.server.config.max_header_count:
             self._refuse_head(431, f"the request has more than {self.server.config.max_header_count} header fields")
             self.stopping = True
             raise _Stop

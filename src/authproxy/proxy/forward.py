@@ -71,6 +71,8 @@ def check_request_head(method: bytes, version: str, headers: Headers) -> Framing
     llhttp already refuses Content-Length with Transfer-Encoding, duplicate or malformed Content-Length,
     obs-fold, bare CR and whitespace before a colon. What it lets through and a proxy must not forward:
     - a version other than HTTP/1.0 or 1.1 (HTTP/0.9 has no head at all) -> 505;
+    - Transfer-Encoding in an HTTP/1.0 request (RFC 9112 section 6.1: the framing is faulty, whatever
+      Content-Length says; HTTP/1.0 has no chunked coding, so the two ends may disagree on the body) -> 400;
     - Transfer-Encoding that is not exactly one final "chunked" (RFC 9112 section 6.1: a request with a
       coding we do not understand gets 501; "chunked" twice, or anything after it, is a framing error -> 400);
     - no Host in an HTTP/1.1 request, more than one Host, or a Host holding a list (section 3.2) -> 400.
@@ -94,6 +96,8 @@ def check_request_head(method: bytes, version: str, headers: Headers) -> Framing
         raise ProtocolError("more than one Host field (RFC 9112 section 3.2)")
     if hosts == 0 and version == "1.1" and method != b"CONNECT":
         raise ProtocolError("an HTTP/1.1 request needs a Host field (RFC 9112 section 3.2)")
+    if codings and version == "1.0":
+        raise ProtocolError("an HTTP/1.0 request cannot carry Transfer-Encoding (RFC 9112 section 6.1)")
     if method == b"CONNECT":
         return _NO_BODY
     if codings:
