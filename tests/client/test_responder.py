@@ -1,14 +1,18 @@
 """The responder flow driven by hand against the real verifier (no sockets): every algorithm, -sess, auth
 and auth-int, userhash, non-ASCII names, stale, nextnonce, rspauth, preemptive reuse with nc per nonce under
-concurrency, choice among several challenges, and every refusal in words."""
+concurrency, choice among several challenges, and every refusal in words. Then the same responder in the origin
+role, answering a 401 in memory and from an origin over 127.0.0.1 (driven by httpx)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from authproxy.auth.basic import basic_challenge
@@ -24,6 +28,7 @@ from authproxy.auth.responder import (
     describe_challenge,
     drive,
 )
+from authproxy.auth.roles import ORIGIN, PROXY, Role
 from authproxy.auth.verifier import (
     Allow,
     AuthPolicy,
@@ -37,6 +42,8 @@ from authproxy.auth.verifier import (
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.base import UserEntry, check_basic_password
 
+from helpers import OriginHandler, OriginServer
+
 REALM = "responder-test"
 USERS = {"alice": "wonderland", "jösé": "pässwörd€", "bob": "pa:ss:word"}
 ALL_ALGS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
@@ -45,9 +52,11 @@ GET = ProxyRequest("GET", "http://origin.test/a?b=1")
 
 
 class FakeProxy:
-    """A proxy's auth decision, in memory: the verifier with a user table, a nonce store and a clock."""
+    """A proxy's auth decision, in memory: the verifier with a user table, a nonce store and a clock. With
+    ``role=ORIGIN`` it is an origin's: the same decision, answered with 401 and the origin's fields."""
 
-    def __init__(self, **policy: Any) -> None:
+    def __init__(self, role: Role = PROXY, **policy: Any) -> None:
+        self.role = role
         self.policy = AuthPolicy(realm=REALM, **policy)
         self.issuer = NonceIssuer(b"k" * 32, REALM, self.policy.nonce_lifetime)
         self.verifier = Verifier(self.policy, self.issuer)
@@ -62,12 +71,12 @@ class FakeProxy:
 
     def challenge_response(self, stale: bool = False) -> ProxyResponse:
         values = self.verifier.challenges(self.now, secrets.token_bytes(16), stale=stale)
-        return ProxyResponse(407, tuple(("Proxy-Authenticate", v) for v in values), b"auth needed")
+        return ProxyResponse(self.role.status, tuple((self.role.challenge_field, v) for v in values), b"auth needed")
 
     def __call__(self, request: ProxyRequest) -> Callable[[Send], ProxyResponse]:
         def send(step: Send) -> ProxyResponse:
-            self.sent.append(step.proxy_authorization)
-            flow = self.verifier.verify(request.method, request.target, step.proxy_authorization, self.now)
+            self.sent.append(step.authorization)
+            flow = self.verifier.verify(request.method, request.target, step.authorization, self.now)
             answer: Any = None
             try:
                 while True:
@@ -91,7 +100,7 @@ class FakeProxy:
             except StopIteration as stop:
                 result = stop.value
             if isinstance(result, Allow):
-                headers = (("Proxy-Authentication-Info", result.auth_info),) if result.auth_info else ()
+                headers = ((self.role.info_field, result.auth_info),) if result.auth_info else ()
                 return ProxyResponse(200, headers)
             return self.challenge_response(stale=result.stale)
         return send
@@ -151,7 +160,7 @@ def test_strongest_challenge_wins_and_unknown_schemes_are_skipped() -> None:
     odd = ("Proxy-Authenticate", 'Negotiate, NTLM, Digest realm="x", nonce="n", algorithm=SHA-1, qop="auth"')
     broken = ("Proxy-Authenticate", 'Digest realm="unterminated')
     attempt = step.send(ProxyResponse(407, (odd, broken, *real.headers)))
-    assert attempt.proxy_authorization is not None and "algorithm=SHA-512-256," in attempt.proxy_authorization
+    assert attempt.authorization is not None and "algorithm=SHA-512-256," in attempt.authorization
 
 
 def test_wrong_password_stops_with_words() -> None:
@@ -266,7 +275,7 @@ def test_rspauth_mismatch_is_an_error() -> None:
     flow = r.flow(GET)
     next(flow)
     attempt = flow.send(proxy.challenge_response())
-    creds = DigestCredentials.from_credentials(parse_credentials(attempt.proxy_authorization or ""))
+    creds = DigestCredentials.from_credentials(parse_credentials(attempt.authorization or ""))
     info = f'qop=auth, rspauth="{"0" * 64}", cnonce="{creds.cnonce}", nc={creds.nc}'
     with pytest.raises(ProxyAuthError, match="rspauth") as err:
         flow.send(ProxyResponse(200, (("Proxy-Authentication-Info", info),)))
@@ -329,3 +338,147 @@ def test_accept_restricts_the_challenges_answered() -> None:
     assert "algorithm=MD5," in (proxy.sent[-1] or "")
     only_basic = responder(accept=lambda c: c.scheme_key == "basic")
     assert run(proxy, only_basic, GET).status == 200 and (proxy.sent[-1] or "").startswith("Basic ")
+
+
+# --- the origin role: the same responder answers an origin's 401 ----------------------------------------------
+
+
+def origin_responder(**kw: Any) -> Responder:
+    return responder(role=ORIGIN, **kw)
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_origin_role_answers_a_401(alg: str) -> None:
+    origin = FakeProxy(ORIGIN, digest_algorithms=(alg,), qop=("auth",), schemes=("digest",))
+    r = origin_responder()
+    get = ProxyRequest("GET", "/private?x=1")
+    answer = run(origin, r, get)
+    assert answer.status == 200 and answer.get_all("Authentication-Info")  # its rspauth was checked
+    assert sent_algorithms(origin.sent) == [None, alg]
+    assert run(origin, r, get).status == 200  # the nonce is reused: one round trip
+    assert sent_algorithms(origin.sent)[2:] == [alg]
+
+
+def sent_algorithms(sent: list[str | None]) -> list[str | None]:
+    return [None if s is None else DigestCredentials.from_credentials(parse_credentials(s)).algorithm.name
+            for s in sent]
+
+
+def test_origin_role_reads_only_the_origins_fields() -> None:
+    r = origin_responder()
+    # A 401 whose only challenge is in a proxy's field has nothing an origin asked for.
+    flow = r.flow(ProxyRequest("GET", "/"))
+    next(flow)
+    with pytest.raises(ProxyAuthError, match="the origin answered 401 but it sent no WWW-Authenticate field") as info:
+        flow.send(ProxyResponse(401, (("Proxy-Authenticate", 'Basic realm="p"'),)))
+    assert info.value.hop == "origin"
+    # A 407 is not this role's challenge: it goes back to the caller unanswered.
+    flow = r.flow(ProxyRequest("GET", "/"))
+    next(flow)
+    with pytest.raises(StopIteration) as stop:
+        flow.send(ProxyResponse(407, (("Proxy-Authenticate", 'Basic realm="p"'),)))
+    assert stop.value.value.status == 407
+    # Wrong password, in the origin's words.
+    with pytest.raises(ProxyAuthError, match="the origin rejected the password for alice") as info:
+        run(FakeProxy(ORIGIN), origin_responder(password="nope"), ProxyRequest("GET", "/"))
+    assert info.value.status == 401 and info.value.hop == "origin"
+
+
+class _VerifyingOrigin(OriginHandler):
+    """An origin that asks for credentials: the in-memory origin-role decision, served over HTTP/1.1."""
+
+    server: _AuthOrigin
+
+    def _handle(self) -> None:
+        body = self._body()
+        self.server.seen.append({"method": self.command, "path": self.path, "headers": list(self.headers.items()),
+                                 "body": body})
+        decide = self.server.peer(ProxyRequest(self.command, self.path, body))
+        answer = decide(Send(self.headers.get("Authorization")))
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            self.send_header(name, value)
+        payload = answer.body or b"welcome\n"
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _handle
+
+
+class _AuthOrigin(OriginServer):
+    def __init__(self, peer: FakeProxy) -> None:
+        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), _VerifyingOrigin)
+        self.peer = peer
+        self.seen = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+
+class _ResponderAuth(httpx.Auth):
+    """httpx's auth flow hook driving the responder in the origin role (the test's own glue: RFC 9110 section
+    11.6 fields, the origin-form target as the Digest uri)."""
+
+    requires_request_body = True
+    requires_response_body = True
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        target = request.url.raw_path.decode("ascii")
+        flow = self.responder.flow(ProxyRequest(request.method, target, request.content))
+        step = next(flow)
+        while True:
+            if step.authorization is not None:
+                request.headers[ORIGIN.credentials_field] = step.authorization
+            response = yield request
+            try:
+                step = flow.send(ProxyResponse(response.status_code, tuple(response.headers.multi_items()),
+                                               response.content))
+            except StopIteration:
+                return
+
+
+@pytest.mark.parametrize("qop", ["auth", "auth-int"])
+def test_origin_role_over_sockets_with_httpx(qop: str) -> None:
+    """A Digest 401 from an origin on 127.0.0.1, answered by the responder in the origin role, rspauth checked."""
+    origin = _AuthOrigin(FakeProxy(ORIGIN, digest_algorithms=("SHA-256",), qop=(qop,), schemes=("digest",)))
+    try:
+        r = origin_responder(prefer_auth_int=True)
+        with httpx.Client(auth=_ResponderAuth(r), timeout=10) as client:
+            url = f"http://127.0.0.1:{origin.port}/private"
+            first = client.post(url, content=b"some body")
+            assert first.status_code == 200 and first.text == "welcome\n"
+            # RFC 7616 section 3.5: rspauth for qop=auth; for auth-int it would cover the response body.
+            assert ("rspauth=" in first.headers["Authentication-Info"]) == (qop == "auth")
+            assert client.get(url).status_code == 200
+        heads = [{k.lower(): v for k, v in entry["headers"]} for entry in origin.seen]
+        assert ["authorization" in h for h in heads] == [False, True, True]  # one 401, then preemptive reuse
+        assert f"qop={qop}," in heads[1]["authorization"] and "uri=\"/private\"" in heads[1]["authorization"]
+        assert not any("proxy-authorization" in h for h in heads)
+        # An origin whose Authentication-Info does not come from the password: refused, naming the field.
+        origin.peer = _Tampered(FakeProxy(ORIGIN, qop=("auth",)))
+        with httpx.Client(auth=_ResponderAuth(origin_responder()), timeout=10) as client, \
+                pytest.raises(ProxyAuthError, match=r"the origin's rspauth \(Authentication-Info\)") as info:
+            client.get(url)
+        assert info.value.hop == "origin" and info.value.reason == "rspauth-mismatch"
+    finally:
+        origin.stop()
+
+
+class _Tampered(FakeProxy):
+    """The same origin, but its rspauth is wrong (someone who does not know the password)."""
+
+    def __init__(self, inner: FakeProxy) -> None:
+        self.__dict__.update(inner.__dict__)
+
+    def __call__(self, request: ProxyRequest) -> Callable[[Send], ProxyResponse]:
+        send = super().__call__(request)
+
+        def tampered(step: Send) -> ProxyResponse:
+            answer = send(step)
+            wrong = f'rspauth="{"0" * 64}"'
+            headers = tuple((k, re.sub(r'rspauth="?[0-9a-f]+"?', wrong, v)) for k, v in answer.headers)
+            return ProxyResponse(answer.status, headers, answer.body)
+        return tampered

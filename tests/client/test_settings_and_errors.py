@@ -86,7 +86,7 @@ def test_any_answer_is_answered_or_refused_in_words(values: list[str], connect: 
         except ProxyAuthError as exc:
             assert str(exc)
             return
-        assert step.proxy_authorization is not None
+        assert step.authorization is not None
     pytest.fail("the flow did not stop within its rounds")
 
 

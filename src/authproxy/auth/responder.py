@@ -1,29 +1,35 @@
-"""The client's side of proxy authentication as a sans-IO generator flow (RFC 9110 sections 11.7 and 15.5.8,
-RFC 7616, RFC 7617).
+"""The client's side of HTTP authentication as a sans-IO generator flow (RFC 9110 section 11, RFC 7616,
+RFC 7617), for either role: a proxy's 407 (the default) or an origin's 401.
 
-The mirror of :mod:`authproxy.auth.verifier`. :meth:`Responder.flow` is a generator in the style of httpx's
-``Auth.auth_flow``: it yields :class:`Send` (the Proxy-Authorization value to put on the next attempt, or
-None), the caller sends the request to the proxy and sends back the :class:`ProxyResponse`; the generator
-either yields the next attempt or returns the response the caller should use. Failures raise
-:class:`ProxyAuthError`, which carries everything a person needs to understand the refusal.
+The mirror of :mod:`authproxy.auth.verifier`. A :class:`~authproxy.auth.roles.Role` names the status and the
+three fields of the exchange: ``PROXY`` (407, ``Proxy-Authenticate``, ``Proxy-Authorization``,
+``Proxy-Authentication-Info``; RFC 9110 sections 11.7.1-11.7.3) or ``ORIGIN`` (401, ``WWW-Authenticate``,
+``Authorization``, ``Authentication-Info``; sections 11.6.1-11.6.3). Below, "the peer" is whoever asks: the
+proxy or the origin, and "its challenge field" the role's. The rules are the same for both.
+
+:meth:`Responder.flow` is a generator in the style of httpx's ``Auth.auth_flow``: it yields :class:`Send`
+(the credentials field value to put on the next attempt, or None), the caller sends the request to the peer
+and sends back the :class:`ProxyResponse`; the generator either yields the next attempt or returns the response
+the caller should use. Failures raise :class:`ProxyAuthError`, which carries everything a person needs to
+understand the refusal (its ``hop`` is the role's name).
 
 What the flow does, and why:
 
-- Every challenge of every Proxy-Authenticate field is read (RFC 9110 section 11.7.1, several per field and
-  several fields); a field line that does not parse is skipped, not fatal, so one odd challenge cannot hide a
-  good one. Unknown schemes and algorithms are skipped (RFC 7616 section 3.3).
+- Every challenge of every challenge field is read (RFC 9110 sections 11.6.1 and 11.7.1, several per field
+  and several fields); a field line that does not parse is skipped, not fatal, so one odd challenge cannot hide
+  a good one. Unknown schemes and algorithms are skipped (RFC 7616 section 3.3).
 - The strongest answerable challenge wins: Digest SHA-512-256 > SHA-256 > MD5 (each with -sess), then Basic.
-  Among equals the proxy's order stands (section 11.7.1: it lists its preference first). Basic on a cleartext
-  connection to the proxy is used only when allowed, since it shows the password to every hop on the path.
+  Among equals the peer's order stands (it lists its preference first). Basic on a cleartext connection to the
+  peer is used only when allowed, since it shows the password to every hop on the path.
 - A known nonce is reused, with a fresh nc per request (RFC 7616 section 3.4), on later requests and
   connections, so a steady stream of requests costs no extra round trip. The nc counter is per nonce and taken
   under a lock: concurrent requests never send the same nc twice (httpx shares one counter and races).
-- ``stale=true`` (RFC 7616 section 3.3) after a right answer: retry once with the new nonce. A 407 without
-  ``stale`` after credentials answering this very exchange's challenge: the credentials are wrong; stop. A 407
-  after *cached* credentials only means the nonce went away (proxy restart): answer the new challenge once.
-- ``nextnonce`` and ``rspauth`` from Proxy-Authentication-Info (RFC 7616 section 3.5): the next nonce replaces
+- ``stale=true`` (RFC 7616 section 3.3) after a right answer: retry once with the new nonce. A challenge
+  without ``stale`` after credentials answering this very exchange's challenge: the credentials are wrong;
+  stop. A challenge after *cached* credentials only means the nonce went away (a restart): answer it once.
+- ``nextnonce`` and ``rspauth`` from the role's info field (RFC 7616 section 3.5): the next nonce replaces
   the cached one; an rspauth that does not match means the peer does not know the password: an error.
-- The rounds are capped; the flow never loops on 407.
+- The rounds are capped; the flow never loops on 407 (or 401).
 
 Randomness (the cnonce) comes from the caller, like the verifier's clock: this package does no IO.
 """
@@ -50,6 +56,7 @@ from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.errors import ProxyAuthError as ProxyAuthError  # re-exported: its import path before
 from authproxy.auth.errors import ProxyError as ProxyError  # re-exported: its import path before
 from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params, parse_challenges
+from authproxy.auth.roles import ORIGIN, PROXY, Role
 
 #: Rounds of one exchange: cached credentials, a fresh answer, one stale retry, and one spare.
 MAX_ROUNDS = 4
@@ -62,13 +69,14 @@ _KNOWN_QOP = ("auth", "auth-int")
 
 @dataclass(frozen=True)
 class ProxyRequest:
-    """One request to the proxy, as far as authentication cares.
+    """One request to the peer (the proxy, or an origin in the origin role), as far as authentication cares.
 
-    ``target`` is the request-target sent to the proxy and also the Digest ``uri`` (RFC 7616 section 3.4):
+    ``target`` is the request-target sent to the peer and also the Digest ``uri`` (RFC 7616 section 3.4):
     ``host:port`` for CONNECT (RFC 9110 section 9.3.6), the absolute URI for plain proxying (RFC 9112
-    section 3.2.2). ``body`` is the request body, or None when it is a stream that cannot be read twice (then
-    it can neither be hashed for auth-int nor sent again after a 407). ``secure`` tells whether the connection
-    to the proxy itself is TLS, which decides whether Basic would expose the password.
+    section 3.2.2), the origin-form path to an origin. ``body`` is the request body, or None when it is a
+    stream that cannot be read twice (then it can neither be hashed for auth-int nor sent again after a
+    challenge). ``secure`` tells whether the connection to the peer itself is TLS, which decides whether Basic
+    would expose the password.
     """
 
     method: str
@@ -79,9 +87,9 @@ class ProxyRequest:
 
 @dataclass(frozen=True)
 class ProxyResponse:
-    """The proxy's answer: status, header fields (name, value) in order, and the body when it was read.
+    """The peer's answer: status, header fields (name, value) in order, and the body when it was read.
 
-    The caller reads the body when :func:`wants_body` says so (a 407, or a refused CONNECT), otherwise it
+    The caller reads the body when :func:`wants_body` says so (a challenge, or a refused CONNECT), otherwise it
     leaves it on the wire for its own caller.
     """
 
@@ -100,18 +108,19 @@ class ProxyResponse:
 
 @dataclass(frozen=True)
 class Send:
-    """Send the request (again) with this Proxy-Authorization value; None: without one."""
+    """Send the request (again) with this value in the role's credentials field (``Proxy-Authorization`` or
+    ``Authorization``); None: without one."""
 
-    proxy_authorization: str | None
+    authorization: str | None
 
 
-def wants_body(method: str, status: int) -> bool:
+def wants_body(method: str, status: int, role: Role = PROXY) -> bool:
     """Whether the caller should read the body before handing the response to the flow.
 
-    A 407's body must be read to reuse the connection and to explain a refusal; a refused CONNECT has no
-    tunnel behind it, so its body is the proxy's explanation too.
+    A challenge's body (the role's status) must be read to reuse the connection and to explain a refusal; a
+    refused CONNECT has no tunnel behind it, so its body is the proxy's explanation too.
     """
-    return status == 407 or (method.upper() == "CONNECT" and not 200 <= status < 300)
+    return status == role.status or (method.upper() == "CONNECT" and not 200 <= status < 300)
 
 
 # --- describing challenges in words -----------------------------------------------------------------------
@@ -155,7 +164,7 @@ class _Option:
 
 @dataclass
 class _Judged:
-    """The challenges of one 407, sorted into what we can answer and why not the rest."""
+    """The challenges of one 407 (or 401), sorted into what we can answer and why not the rest."""
 
     challenges: list[Challenge] = field(default_factory=list)
     options: list[_Option] = field(default_factory=list)
@@ -192,14 +201,15 @@ class _Sent:
 
 
 class Responder:
-    """Answers a proxy's 407s for one user at one proxy; one instance is shared by every request and
-    connection to that proxy (it holds the nonce cache and its lock).
+    """Answers one peer's challenges for one user: a proxy's 407s (``role=PROXY``, the default) or an
+    origin's 401s (``role=ORIGIN``); one instance is shared by every request and connection to that peer (it
+    holds the nonce cache and its lock).
 
     ``random`` returns that many random bytes (pass ``secrets.token_bytes``): it makes the cnonces.
     ``warn`` receives one sentence when something works but deserves a person's attention (Basic over
-    cleartext). ``allow_basic_cleartext=False`` refuses to send Basic over a cleartext connection to the proxy.
+    cleartext). ``allow_basic_cleartext=False`` refuses to send Basic over a cleartext connection to the peer.
     ``prefer_auth_int`` picks qop=auth-int when both qop values are offered and the body can be hashed.
-    ``userhash`` sends H(user:realm) instead of the name when the proxy offers it (RFC 7616 section 3.4.4).
+    ``userhash`` sends H(user:realm) instead of the name when the peer offers it (RFC 7616 section 3.4.4).
     ``accept``, when given, restricts the challenges answered to those it returns True for (like curl's
     ``--proxy-digest``; ``authproxy diagnose`` uses it to try each challenge on its own).
     """
@@ -216,6 +226,7 @@ class Responder:
         userhash: bool = True,
         max_rounds: int = MAX_ROUNDS,
         accept: Callable[[Challenge], bool] | None = None,
+        role: Role = PROXY,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both a user name and a password, or neither")
@@ -228,9 +239,11 @@ class Responder:
         self.userhash = userhash
         self.max_rounds = max(2, max_rounds)
         self._accept = accept
+        self.role = role
+        self._peer = f"the {role.name}"  # "the proxy", "the origin": who is named in messages
         self._lock = threading.Lock()
         self._session: _Session | None = None
-        self._basic_realm: str | None = None  # set once Basic is known to be what the proxy wants
+        self._basic_realm: str | None = None  # set once Basic is known to be what the peer wants
         self._warned_basic = False
 
     @property
@@ -254,8 +267,8 @@ class Responder:
         while True:
             response = yield Send(sent.header if sent else None)
             rounds += 1
-            if response.status != 407:
-                if response.status == 401 and request.method.upper() == "CONNECT":
+            if response.status != self.role.status:
+                if self.role == PROXY and response.status == ORIGIN.status and request.method.upper() == "CONNECT":
                     raise self._answered_401(response)
                 if sent is not None:
                     self._check_auth_info(sent, response)
@@ -263,7 +276,7 @@ class Responder:
 
             judged = self._judge(response, request)
             if sent is not None and sent.from_cache:
-                # The cached nonce is gone (expired or the proxy restarted): forget it, answer afresh.
+                # The cached nonce is gone (expired or the peer restarted): forget it, answer afresh.
                 self._forget(sent)
             digest_stale = any(o.digest is not None and o.digest.stale for o in judged.options)
             if sent is not None and not sent.from_cache:
@@ -273,22 +286,23 @@ class Responder:
                 elif sent.scheme == "digest" and digest_stale:
                     raise self._error(
                         response, judged, "stale-loop",
-                        "the proxy called a fresh nonce stale twice in a row; its clock or its nonce store "
-                        "is likely broken",
+                        f"{self._peer} called a fresh nonce stale twice in a row; its clock or its nonce "
+                        "store is likely broken",
                     )
                 else:
                     raise self._wrong_credentials(response, judged, sent)
             if rounds >= self.max_rounds:
                 raise self._error(response, judged, "too-many-rounds",
-                                  f"the proxy still answered 407 after {rounds} attempts; giving up")
+                                  f"{self._peer} still answered {self.role.status} after {rounds} attempts; "
+                                  "giving up")
             if self.username is None or self._password is None:
                 raise self._error(response, judged, "no-credentials",
-                                  f"the proxy wants credentials ({_offered(judged.challenges)}) and none were "
-                                  "given")
+                                  f"{self._peer} wants credentials ({_offered(judged.challenges)}) and none "
+                                  "were given")
             if request.body is None and request.method.upper() != "CONNECT":
                 raise self._error(
                     response, judged, "body-not-replayable",
-                    "the proxy asked for credentials after the request body was sent, and the body is a "
+                    f"{self._peer} asked for credentials after the request body was sent, and the body is a "
                     "stream that cannot be sent again; pass it as bytes, or make one small request first "
                     "so that the nonce is known and later requests carry credentials from the start",
                 )
@@ -306,7 +320,7 @@ class Responder:
             if session is not None:
                 qop = self._choose_qop(session.challenge.qop, request)
                 if qop is None and session.challenge.qop:
-                    return None  # no usable qop for this body: go without and answer the 407
+                    return None  # no usable qop for this body: go without and answer the challenge
                 session.nc += 1
                 nc = session.nc
         if session is not None:
@@ -341,7 +355,7 @@ class Responder:
         return self._digest_credentials(dc, ha1, request, qop, 1, from_cache=False)
 
     def _choose_qop(self, offered: tuple[str, ...], request: ProxyRequest) -> str | None:
-        """auth, or auth-int when it is all the proxy takes (or preferred) and the body can be hashed."""
+        """auth, or auth-int when it is all the peer takes (or preferred) and the body can be hashed."""
         if not offered:
             return None
         can_hash = request.body is not None
@@ -377,13 +391,13 @@ class Responder:
 
     def _judge(self, response: ProxyResponse, request: ProxyRequest) -> _Judged:
         judged = _Judged()
-        for value in response.get_all("Proxy-Authenticate"):
+        for value in response.get_all(self.role.challenge_field):
             try:
                 judged.challenges.extend(parse_challenges([value]))
             except AuthHeaderError:
                 judged.unreadable += 1
         for position, challenge in enumerate(judged.challenges):
-            # Later in the list ranks lower among equals: the proxy lists its preference first.
+            # Later in the list ranks lower among equals: the peer lists its preference first.
             order = -position
             if self._accept is not None and not self._accept(challenge):
                 judged.skipped.append(f"{describe_challenge(challenge)} (excluded by the caller)")
@@ -413,7 +427,7 @@ class Responder:
                 if not self._basic_allowed(request):
                     judged.basic_refused = True
                     judged.skipped.append("Basic (refused: it would send the password in clear text to an "
-                                          "http:// proxy)")
+                                          f"http:// {self.role.name})")
                     continue
                 if self.username is not None and ":" in self.username:
                     judged.skipped.append("Basic (the user name contains ':', which Basic cannot carry)")
@@ -428,20 +442,22 @@ class Responder:
         if judged.options:
             return judged.options[0]
         if not judged.challenges:
-            what = ("its Proxy-Authenticate fields could not be parsed" if judged.unreadable
-                    else "it sent no Proxy-Authenticate field")
+            field_name = self.role.challenge_field
+            what = (f"its {field_name} fields could not be parsed" if judged.unreadable
+                    else f"it sent no {field_name} field")
             raise self._error(response, judged, "malformed-challenge",
-                              f"the proxy answered 407 but {what}, so there is nothing to answer")
+                              f"{self._peer} answered {self.role.status} but {what}, so there is nothing to answer")
         if judged.basic_refused and all(c.scheme_key == "basic" for c in judged.challenges):
             raise self._error(response, judged, "basic-refused",
-                              "the proxy offers only Basic, and sending the password in clear text to an http:// "
-                              "proxy was refused; use an https:// proxy URL or allow Basic over cleartext")
+                              f"{self._peer} offers only Basic, and sending the password in clear text to an "
+                              f"http:// {self.role.name} was refused; use an https:// {self.role.name} URL or "
+                              "allow Basic over cleartext")
         if judged.auth_int_declined:
             raise self._error(response, judged, "body-not-replayable",
-                              "the proxy accepts only Digest qop=auth-int, which covers the request body, and "
+                              f"{self._peer} accepts only Digest qop=auth-int, which covers the request body, and "
                               "this body is a stream that cannot be read twice; pass the body as bytes")
         raise self._error(response, judged, "no-usable-challenge",
-                          f"the proxy offers only {_offered(judged.challenges)}; this client answers Digest "
+                          f"{self._peer} offers only {_offered(judged.challenges)}; this client answers Digest "
                           "SHA-512-256, SHA-256 and MD5 (each also -sess) and Basic; skipped: "
                           + "; ".join(judged.skipped))
 
@@ -451,8 +467,10 @@ class Responder:
     def _warn_basic(self) -> None:
         if self._warn is not None and not self._warned_basic:
             self._warned_basic = True
-            self._warn("the proxy is answered with Basic over a cleartext connection: the password crosses the "
-                       "network readable by anyone on the path (use an https:// proxy URL, or a Digest proxy)")
+            name = self.role.name
+            self._warn(f"{self._peer} is answered with Basic over a cleartext connection: the password crosses "
+                       f"the network readable by anyone on the path (use an https:// {name} URL, or a Digest "
+                       f"{name})")
 
     def _forget(self, sent: _Sent) -> None:
         with self._lock:
@@ -467,7 +485,7 @@ class Responder:
         """RFC 7616 section 3.5: verify rspauth (qop=auth) and take nextnonce."""
         if sent.scheme != "digest":
             return
-        values = response.get_all("Proxy-Authentication-Info")
+        values = response.get_all(self.role.info_field)
         if not values:
             return
         try:
@@ -487,9 +505,10 @@ class Responder:
                 with self._lock:
                     self._session = None
                 raise ProxyAuthError(
-                    "the proxy's rspauth (Proxy-Authentication-Info) does not match: whoever answered does not "
-                    "know the password, so the response cannot be trusted to come from the real proxy",
+                    f"{self._peer}'s rspauth ({self.role.info_field}) does not match: whoever answered does not "
+                    f"know the password, so the response cannot be trusted to come from the real {self.role.name}",
                     status=response.status, headers=response.headers, reason="rspauth-mismatch",
+                    hop=self.role.name,
                 )
         nextnonce = params.get("nextnonce")
         if nextnonce:
@@ -505,7 +524,8 @@ class Responder:
 
     def _error(self, response: ProxyResponse, judged: _Judged, reason: str, message: str) -> ProxyAuthError:
         return ProxyAuthError(message, status=response.status, headers=response.headers,
-                              body_text=response.body_text, challenges=judged.challenges, reason=reason)
+                              body_text=response.body_text, challenges=judged.challenges, reason=reason,
+                              hop=self.role.name)
 
     def _wrong_credentials(self, response: ProxyResponse, judged: _Judged, sent: _Sent) -> ProxyAuthError:
         with self._lock:
@@ -515,14 +535,14 @@ class Responder:
         realm = f' in realm "{sent.realm}"' if sent.realm is not None else ""
         return self._error(
             response, judged, "wrong-credentials",
-            f"the proxy rejected the password for {self.username}{realm} ({how}): it answered with a new "
+            f"{self._peer} rejected the password for {self.username}{realm} ({how}): it answered with a new "
             "challenge, not a stale one; check the user name, the password and that the user exists in that "
             "realm",
         )
 
     def _answered_401(self, response: ProxyResponse) -> ProxyAuthError:
         challenges: list[Challenge] = []
-        for value in response.get_all("WWW-Authenticate"):
+        for value in response.get_all(ORIGIN.challenge_field):
             try:
                 challenges.extend(parse_challenges([value]))
             except AuthHeaderError:

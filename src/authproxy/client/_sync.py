@@ -48,6 +48,8 @@ class ProxyLink:
     ) -> httpcore.Response:
         """Send one request to the proxy, answering its 407s; the final response, body unread."""
         route = self.route
+        role = route.responder.role  # the proxy's (407, Proxy-Authenticate, Proxy-Authorization, ...)
+        credentials_field = role.credentials_field.encode("ascii")
         preq = ProxyRequest(method.decode("ascii"), target.decode("ascii"), auth_body,
                             route.endpoint.scheme == "https")
         flow = route.responder.flow(preq)
@@ -60,13 +62,13 @@ class ProxyLink:
                 self.conn.close()
                 self.conn = _new_connection(route)
             send_headers = list(headers)
-            if step.proxy_authorization is not None:
-                send_headers.append((b"Proxy-Authorization", step.proxy_authorization.encode("latin-1")))
+            if step.authorization is not None:
+                send_headers.append((credentials_field, step.authorization.encode("latin-1")))
             request = httpcore.Request(method, url, headers=send_headers, content=content, extensions=extensions)
             response = self.conn.handle_request(request)
             body = b""
             try:
-                if wants_body(preq.method, response.status):
+                if wants_body(preq.method, response.status, role):
                     try:
                         body = response.read()
                     finally:
