@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authproxy.auth.digest import compute_ha1
+from authproxy.auth.passwords import md5_crypt
 from authproxy.users._file import UserFile
 from authproxy.users.htdigest import HtdigestFile
 from authproxy.users.htpasswd import HtpasswdFile
 from authproxy.users.native import HEADER, NativeUserFile, format_record, make_entry
-from authproxy.users.passwords import md5_crypt
 
 REALM = "proxy realm"
 

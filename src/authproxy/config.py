@@ -12,14 +12,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.headers import is_token
+from authproxy.auth.verifier import AuthPolicy
 from authproxy.proxy.policy import DestinationPolicy
 from authproxy.users import open_user_store, usual_realm
+from authproxy.users.location import parse_store_location
 
-_SCHEMES = ("digest", "basic")
-_QOPS = ("auth", "auth-int")
 _LOG_FORMATS = ("squid", "json")
 
 
@@ -75,26 +74,24 @@ class Config:
 
     listen_address: tuple[str, int] = field(init=False, repr=False, compare=False)
     policy: DestinationPolicy = field(init=False, repr=False, compare=False)
+    #: What the 407 offers and what is accepted back, validated here once (realm, schemes, algorithms, qop,
+    #: userhash, nonce lifetime: the rules are AuthPolicy's, so the config and the verifier cannot disagree).
+    auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen_address", parse_hostport(self.listen))
         object.__setattr__(self, "policy", DestinationPolicy.from_config(
             self.allow_private, list(self.allow), self.connect_ports, list(self.rules)))
-        if not self.realm or '"' in self.realm or any(ord(c) < 32 for c in self.realm):
-            raise ConfigError(f"realm: must be non-empty, without quotes or control characters: {self.realm!r}")
+        object.__setattr__(self, "auth_policy", AuthPolicy(
+            realm=self.realm, schemes=self.schemes, digest_algorithms=self.digest_algorithms, qop=self.qop,
+            userhash=self.userhash, nonce_lifetime=self.nonce_lifetime))
+        parse_store_location(self.users)  # the kind of store goes by the value's form; a reserved form is refused
         if not is_token(self.via_pseudonym):
             # RFC 9110 section 7.6.3: received-by is a pseudonym, a token; a loop is found by comparing it.
             raise ConfigError(f"via_pseudonym: must be a token (letters, digits, -._~...): {self.via_pseudonym!r}")
-        _check_choices("schemes", self.schemes, _SCHEMES, allow_empty=False)
-        _check_choices("qop", self.qop, _QOPS, allow_empty="digest" not in self.schemes)
-        for name in self.digest_algorithms:
-            if get_algorithm(name) is None:
-                raise ConfigError(f"digest_algorithms: unknown algorithm {name!r}")
-        if "digest" in self.schemes and not self.digest_algorithms:
-            raise ConfigError("digest_algorithms: Digest is offered but no algorithm is configured")
         if self.access_log_format not in _LOG_FORMATS:
             raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
-        for key in ("nonce_lifetime", "connect_timeout", "read_timeout", "header_timeout", "idle_timeout"):
+        for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive")
         for key in ("max_header_size", "auth_int_max_body"):
@@ -117,14 +114,6 @@ class Config:
             for port in self.connect_ports:
                 if not 1 <= port <= 65535:
                     raise ConfigError(f"connect_ports: {port} is not a port")
-
-
-def _check_choices(key: str, values: tuple[str, ...], allowed: tuple[str, ...], *, allow_empty: bool) -> None:
-    if not values and not allow_empty:
-        raise ConfigError(f"{key}: must not be empty")
-    for value in values:
-        if value not in allowed:
-            raise ConfigError(f"{key}: unknown value {value!r} (expected one of {', '.join(allowed)})")
 
 
 def parse_connect_ports(value: Any, *, key: str = "connect_ports") -> tuple[int, ...] | None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authproxy.auth import driver
 from authproxy.auth.basic import encode_basic
 from authproxy.auth.digest import (
     ALGORITHMS,
@@ -22,16 +23,18 @@ from authproxy.auth.digest import (
     DigestCredentials,
     compute_ha1,
     compute_userhash,
-    get_algorithm,
     request_digest,
     response_auth,
 )
 from authproxy.auth.errors import AuthHeaderError, ConfigError
 from authproxy.auth.headers import build_credentials, parse_auth_params, parse_challenges
 from authproxy.auth.nonces import NonceIssuer, NonceStatus
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import (
     Allow,
     AuthPolicy,
+    Flow,
     NeedBodyHash,
     NeedNonceUse,
     NeedPasswordCheck,
@@ -42,7 +45,7 @@ from authproxy.auth.verifier import (
     uri_matches,
 )
 from authproxy.state import MemoryNonceCounterStore
-from authproxy.users.base import UserEntry, check_basic_password
+from authproxy.users.memory import MemoryUserStore
 
 REALM = "proxy@example.org"
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -81,11 +84,25 @@ def make_verifier(**policy: Any) -> Verifier:
     return Verifier(pol, NonceIssuer(KEY, pol.realm, pol.nonce_lifetime))
 
 
+def recorded(flow: Flow, needs: list[Any]) -> Flow:
+    """``flow``, with every need it yields appended to ``needs``."""
+    answer: Any = None
+    try:
+        while True:
+            need = flow.send(answer)
+            needs.append(need)
+            answer = yield need
+    except StopIteration as stop:
+        result: Allow | Reject = stop.value
+        return result
+
+
 class Driver:
-    """Answers the flow's needs from USERS and a MemoryNonceCounterStore, recording what was asked."""
+    """Answers the flow's needs with the one driver (authproxy.auth.driver) from USERS in a MemoryUserStore and
+    a MemoryNonceCounterStore, recording what was asked."""
 
     def __init__(self, users: dict[str, UserEntry] | None = None) -> None:
-        self.users = USERS if users is None else users
+        self.store = MemoryUserStore((USERS if users is None else users).values())
         self.counters = MemoryNonceCounterStore()
         self.needs: list[Any] = []
 
@@ -99,38 +116,8 @@ class Driver:
         body: bytes = b"",
     ) -> Allow | Reject:
         self.needs = []
-        flow = verifier.verify(method, target, auth, now)
-        answer: Any = None
-        try:
-            while True:
-                need = flow.send(answer)
-                self.needs.append(need)
-                if isinstance(need, NeedUser):
-                    answer = self.users.get(need.name)
-                elif isinstance(need, NeedUserByHash):
-                    alg = get_algorithm(need.algorithm)
-                    assert alg is not None and not alg.sess
-                    answer = next(
-                        (
-                            e
-                            for e in self.users.values()
-                            if compute_userhash(alg, e.name, need.realm) == need.hashed
-                        ),
-                        None,
-                    )
-                elif isinstance(need, NeedPasswordCheck):
-                    answer = check_basic_password(need.entry, need.password, REALM)
-                elif isinstance(need, NeedBodyHash):
-                    alg = get_algorithm(need.algorithm)
-                    assert alg is not None and not alg.sess
-                    answer = alg.hexdigest(body)
-                elif isinstance(need, NeedNonceUse):
-                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, now, need.user)
-                else:  # pragma: no cover
-                    raise AssertionError(need)
-        except StopIteration as stop:
-            result: Allow | Reject = stop.value
-            return result
+        flow = recorded(verifier.verify(method, target, auth, now), self.needs)
+        return driver.run(flow, self.store, self.counters, now, body)
 
     def asked(self, kind: type) -> bool:
         return any(isinstance(n, kind) for n in self.needs)
@@ -229,7 +216,7 @@ def test_challenges_stale_and_scheme_selection() -> None:
 def test_missing() -> None:
     d = Driver()
     assert d.run(make_verifier(), "GET", TARGET, None) == Reject(
-        "missing", None, False, "no Proxy-Authorization field"
+        Outcome.MISSING, None, False, "no Proxy-Authorization field"
     )
 
 
@@ -427,7 +414,7 @@ def test_stale_nonce_only_when_digest_right() -> None:
     good, _ = answer(ch, "Mufasa", "Circle of Life")
     d = Driver()
     assert d.run(v, "GET", TARGET, good, now=later) == Reject(
-        "stale-nonce", "Mufasa", True, "nonce expired; the digest was right"
+        Outcome.STALE_NONCE, "Mufasa", True, "nonce expired; the digest was right"
     )
     assert not d.asked(NeedNonceUse)
     bad, _ = answer(ch, "Mufasa", "wrong")
@@ -466,7 +453,7 @@ def test_forgotten_nonce_counts_are_stale_not_replay() -> None:
     assert d.counters.use("another-nonce", 1, use.expires_at + 1, T0, "Mufasa")
     again, _ = answer(ch, "Mufasa", "Circle of Life", nc=2)
     assert d.run(v, "GET", TARGET, again) == Reject(
-        "stale-nonce", "Mufasa", True, "nonce counts no longer known; the digest was right"
+        Outcome.STALE_NONCE, "Mufasa", True, "nonce counts no longer known; the digest was right"
     )
     replayed = d.run(v, "GET", TARGET, first)
     assert isinstance(replayed, Reject) and replayed.outcome == "stale-nonce" and replayed.stale
@@ -617,7 +604,7 @@ def test_basic(user: str, password: str, expected: str) -> None:
     result = d.run(make_verifier(), "GET", TARGET, "basic " + encode_basic(user, password))
     if expected == "allow":
         assert result == Allow(user, "basic", None)
-        assert NeedPasswordCheck(USERS[user], password) in d.needs
+        assert NeedPasswordCheck(USERS[user], password, REALM) in d.needs
     else:
         assert isinstance(result, Reject) and result.outcome == expected and not result.stale
 
@@ -665,7 +652,7 @@ def test_verifier_refuses_mismatched_issuer() -> None:
 
 def test_reject_outcome_is_checked() -> None:
     with pytest.raises(ValueError):
-        Reject("nope", None, False, "")
+        Reject("nope", None, False, "")  # type: ignore[arg-type]  # what the check is there for
 
 
 # --- the fuzz invariant -------------------------------------------------------------------------------------

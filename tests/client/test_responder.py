@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from authproxy.auth import driver
 from authproxy.auth.basic import basic_challenge
 from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1
 from authproxy.auth.headers import build_challenge, parse_credentials
@@ -29,18 +30,10 @@ from authproxy.auth.responder import (
     drive,
 )
 from authproxy.auth.roles import ORIGIN, PROXY, Role
-from authproxy.auth.verifier import (
-    Allow,
-    AuthPolicy,
-    NeedBodyHash,
-    NeedNonceUse,
-    NeedPasswordCheck,
-    NeedUser,
-    NeedUserByHash,
-    Verifier,
-)
+from authproxy.auth.store import UserEntry
+from authproxy.auth.verifier import Allow, AuthPolicy, Verifier
 from authproxy.state import MemoryNonceCounterStore
-from authproxy.users.base import UserEntry, check_basic_password
+from authproxy.users.memory import MemoryUserStore
 
 from helpers import OriginHandler, OriginServer
 
@@ -63,10 +56,10 @@ class FakeProxy:
         self.store = MemoryNonceCounterStore()
         self.now = 1_700_000_000.0
         self.sent: list[str | None] = []
-        self.entries = {
-            name: UserEntry(name, REALM, {a: compute_ha1(a, name, REALM, pw) for a in BASE_ALGORITHMS})
+        self.users = MemoryUserStore(
+            UserEntry(name, REALM, {a: compute_ha1(a, name, REALM, pw) for a in BASE_ALGORITHMS})
             for name, pw in USERS.items()
-        }
+        )
         self.lock = threading.Lock()
 
     def challenge_response(self, stale: bool = False) -> ProxyResponse:
@@ -77,40 +70,13 @@ class FakeProxy:
         def send(step: Send) -> ProxyResponse:
             self.sent.append(step.authorization)
             flow = self.verifier.verify(request.method, request.target, step.authorization, self.now)
-            answer: Any = None
-            try:
-                while True:
-                    need = flow.send(answer)
-                    if isinstance(need, NeedUser):
-                        answer = self.entries.get(need.name)
-                    elif isinstance(need, NeedUserByHash):
-                        wanted = need
-                        answer = next((e for e in self.entries.values()
-                                       if _uh(wanted.algorithm, e.name, wanted.realm) == wanted.hashed), None)
-                    elif isinstance(need, NeedPasswordCheck):
-                        answer = check_basic_password(need.entry, need.password, REALM)
-                    elif isinstance(need, NeedBodyHash):
-                        from authproxy.auth.digest import get_algorithm
-                        alg = get_algorithm(need.algorithm)
-                        assert alg is not None and request.body is not None
-                        answer = alg.hexdigest(request.body)
-                    elif isinstance(need, NeedNonceUse):
-                        with self.lock:
-                            answer = self.store.use(need.nonce, need.nc, need.expires_at, self.now)
-            except StopIteration as stop:
-                result = stop.value
+            with self.lock:  # the nonce counts are shared by the concurrent requests of some tests
+                result = driver.run(flow, self.users, self.store, self.now, request.body or b"")
             if isinstance(result, Allow):
                 headers = ((self.role.info_field, result.auth_info),) if result.auth_info else ()
                 return ProxyResponse(200, headers)
             return self.challenge_response(stale=result.stale)
         return send
-
-
-def _uh(algorithm: str, name: str, realm: str) -> str:
-    from authproxy.auth.digest import compute_userhash, get_algorithm
-    alg = get_algorithm(algorithm)
-    assert alg is not None
-    return compute_userhash(alg, name, realm)
 
 
 def responder(user: str = "alice", password: str | None = None, **kw: Any) -> Responder:

@@ -16,7 +16,7 @@ import bcrypt
 import pytest
 
 from authproxy.auth.digest import compute_ha1
-from authproxy.users.passwords import md5_crypt
+from authproxy.auth.passwords import md5_crypt
 
 from helpers import (
     REALM,
@@ -164,12 +164,14 @@ def test_htpasswd_file_serves_basic_and_says_why_digest_fails(tmp_path: Path, or
             for _ in range(5):
                 sock.sendall(get(origin, auth=basic_authorization("bc", "bcrypt:secret")))
                 assert status_of(read_response(sock)) == 200
-        # Digest for a user whose hash cannot answer it: refused, and the body says why.
+        # Digest for a user whose hash cannot answer it: refused in the words an unknown user gets (the client
+        # may not learn that the name exists: issue 9 item 9); the access log and the start-up lines above
+        # tell the operator why.
         challenge = challenges_of(raw_exchange(proxy.port, get(origin)))[0]
         auth = digest_authorization(challenge, "bc", "bcrypt:secret", "GET", f"http://127.0.0.1:{origin.port}/")
         response = raw_exchange(proxy.port, get(origin, auth=auth))
         assert status_of(response) == 407
-        assert b"cannot answer this Digest algorithm" in response
+        assert b"did not accept the user name or password" in response
         assert "auth=no-digest-secret" in proxy.access_log()
     finally:
         proxy.stop()

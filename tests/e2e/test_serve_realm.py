@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from authproxy.auth.digest import compute_ha1
-from authproxy.users.passwords import md5_crypt
+from authproxy.auth.passwords import md5_crypt
 
 from helpers import (
     OriginServer,

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from authproxy.auth.outcomes import Outcome
 from authproxy.observe.accesslog import (
     AccessRecord,
     escape,
@@ -29,7 +30,7 @@ HOSTILE = ["-", "", "%", "%2D", "a%b", "\u202eevil", "x\u2028y", "x\u2029y", "\u
            "\r\n1.2.3.4 x", "\x00", "\x7f", "é", "\ud800", "\udcff", "\U0001f600", "\u0085", "%E2%80%AE"]
 
 
-def record(user: str | None, target: str, *, client: str = "192.0.2.7", outcome: str = "ok",
+def record(user: str | None, target: str, *, client: str = "192.0.2.7", outcome: Outcome = Outcome.OK,
            status: int = 200) -> AccessRecord:
     return AccessRecord(started=1_700_000_000.5, duration=0.012, client=client, user=user, method="GET",
                         target=target, status=status, sent_bytes=321, outcome=outcome, peer="198.51.100.1:80")

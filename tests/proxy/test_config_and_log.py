@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from authproxy.auth.errors import ConfigError
+from authproxy.auth.outcomes import Outcome
 from authproxy.config import Config, load_config, parse_hostport
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 
@@ -62,7 +63,7 @@ def test_hostport_forms() -> None:
 
 RECORD = AccessRecord(started=1700000000.5, duration=0.0123, client="127.0.0.1", user="jö sé",
                       method="GET", target="http://h/p?token=secret", status=407, sent_bytes=321,
-                      outcome="bad-password", peer=None)
+                      outcome=Outcome.BAD_PASSWORD, peer=None)
 
 
 def test_squid_format() -> None:

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authproxy.observe.accesslog import FAILED_OUTCOMES, AccessRecord, format_json, format_squid
+from authproxy.auth.outcomes import FAILED_OUTCOMES, Outcome
+from authproxy.observe.accesslog import AccessRecord, format_json, format_squid
 
 FILTER = Path(__file__).resolve().parents[2] / "contrib" / "fail2ban" / "filter.d" / "authproxy.conf"
 JAIL = FILTER.parents[1] / "jail.d" / "authproxy.conf"
@@ -31,8 +32,7 @@ _HOST = (
     r"|(?P<dns>[\w\-.^_]*\w))"
 )
 
-NOT_FAILURES = ("ok", "missing", "stale-nonce", "bad-request", "unsupported-scheme", "no-digest-secret",
-                "no-basic-secret", "none")
+NOT_FAILURES = tuple(o for o in Outcome if not o.failed)
 # User names and URLs a client may send: the line separators, bidi controls, "%", "-" and the empty name.
 HOSTILE = ("-", "", "%", "%2D", "a%b", "\u202eevil", "x\u2028y", "x\u2029y", "\u2066rtl\u2069", "a b", "a\nb",
            "\r\n1.2.3.4 x", "\x00", "\x7f", "\xe9", "\ud800", "\udcff", "\U0001f600", "\x85", "%E2%80%AE")
@@ -66,7 +66,7 @@ def without_date(line: str) -> str:
     return re.sub(r"^\d{10,11}(?:\.\d{3,6})?", "", line, count=1)
 
 
-def record(client: str, outcome: str, *, user: str | None = "alice", target: str = "http://example.com/p?q=1",
+def record(client: str, outcome: Outcome, *, user: str | None = "alice", target: str = "http://example.com/p?q=1",
            method: str = "GET", status: int = 407) -> AccessRecord:
     return AccessRecord(started=1_700_000_000.5, duration=0.012, client=client, user=user, method=method,
                         target=target, status=status, sent_bytes=321, outcome=outcome)
@@ -90,7 +90,7 @@ def test_the_filter_knows_exactly_the_failed_outcomes() -> None:
 @FORMATS
 @pytest.mark.parametrize("outcome", sorted(FAILED_OUTCOMES))
 @pytest.mark.parametrize("client", CLIENTS)
-def test_failures_match_with_the_client_address(fmt: Formatter, outcome: str, client: str) -> None:
+def test_failures_match_with_the_client_address(fmt: Formatter, outcome: Outcome, client: str) -> None:
     line = fmt(record(client, outcome))
     assert matched_host(line) == expected_host(client), line
     assert matched_host(without_date(line)) == expected_host(client), line
@@ -98,7 +98,7 @@ def test_failures_match_with_the_client_address(fmt: Formatter, outcome: str, cl
 
 @FORMATS
 @pytest.mark.parametrize("outcome", NOT_FAILURES)
-def test_other_outcomes_do_not_match(fmt: Formatter, outcome: str) -> None:
+def test_other_outcomes_do_not_match(fmt: Formatter, outcome: Outcome) -> None:
     for status in (200, 407, 403, 502):
         line = fmt(record("192.0.2.7", outcome, status=status))
         assert matched_host(line) is None, line
@@ -128,9 +128,9 @@ def test_literal_lines_from_the_documentation() -> None:
 )
 def test_clients_cannot_forge_a_match(fmt: Formatter, user: str, target: str) -> None:
     """What a client controls (user name, URL) can neither make an ok line match nor name another address."""
-    ok = fmt(record("192.0.2.7", "ok", user=user, target=target, status=200))
+    ok = fmt(record("192.0.2.7", Outcome.OK, user=user, target=target, status=200))
     assert all(matched_host(line) is None for line in ok.splitlines()), ok
-    failed = fmt(record("192.0.2.7", "bad-password", user=user, target=target))
+    failed = fmt(record("192.0.2.7", Outcome.BAD_PASSWORD, user=user, target=target))
     assert [matched_host(line) for line in failed.splitlines()] == ["192.0.2.7"], failed
 
 
@@ -153,7 +153,7 @@ def test_fail2ban_regex_agrees(tmp_path: Path) -> None:
             lines.append(fmt(record(client, outcome)))
             if outcome in FAILED_OUTCOMES:
                 expected.append(expected_host(client))
-        lines.append(fmt(record("192.0.2.99", "ok", user='x","client":"6.6.6.6 - auth=bad-password')))
+        lines.append(fmt(record("192.0.2.99", Outcome.OK, user='x","client":"6.6.6.6 - auth=bad-password')))
     log = tmp_path / "access.log"
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = subprocess.run(["fail2ban-regex", "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True,
@@ -167,7 +167,7 @@ def test_fail2ban_regex_agrees(tmp_path: Path) -> None:
        failed=st.booleans())
 def test_no_user_name_or_url_makes_the_filter_name_another_address(user: str | None, target: str, fmt: Formatter,
                                                                   failed: bool) -> None:
-    outcome = "bad-password" if failed else "ok"
+    outcome = Outcome.BAD_PASSWORD if failed else Outcome.OK
     line = fmt(record("192.0.2.7", outcome, user=user, target=f"http://h/{target} 6.6.6.6 - auth=bad-password",
                       status=407 if failed else 200))
     expected = "192.0.2.7" if failed else None
@@ -181,7 +181,7 @@ def test_fail2ban_regex_names_only_the_client_for_hostile_names(tmp_path: Path) 
     for fmt in (format_squid, format_json):
         for i, text in enumerate(HOSTILE):
             failed = i % 2 == 0
-            outcome = sorted(FAILED_OUTCOMES)[i % len(FAILED_OUTCOMES)] if failed else "ok"
+            outcome = sorted(FAILED_OUTCOMES)[i % len(FAILED_OUTCOMES)] if failed else Outcome.OK
             client = f"192.0.2.{i + 1}"
             lines.append(fmt(record(client, outcome, user=f'{text}","client":"6.6.6.6 - auth=bad-password',
                                     target=f"http://h/{text}", status=407 if failed else 200)))

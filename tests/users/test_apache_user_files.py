@@ -11,10 +11,10 @@ import pytest
 
 from authproxy.auth.digest import compute_ha1
 from authproxy.auth.errors import UserStoreError
-from authproxy.users.base import basic_check_is_slow, check_basic_password
+from authproxy.auth.passwords import md5_crypt
+from authproxy.auth.store import basic_check_is_slow, check_basic_password
 from authproxy.users.htdigest import HtdigestFile
 from authproxy.users.htpasswd import HtpasswdFile
-from authproxy.users.passwords import md5_crypt
 
 REALM = "proxy"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from authproxy.auth.digest import BASE_ALGORITHMS, compute_ha1
 from authproxy.auth.errors import UserStoreError
-from authproxy.users.base import UserEntry, check_basic_password
+from authproxy.auth.store import UserEntry, check_basic_password
 from authproxy.users.native import (
     HEADER,
     NativeUserFile,

@@ -8,6 +8,7 @@ import pytest
 
 from authproxy.auth.digest import BASE_ALGORITHMS
 from authproxy.auth.errors import UserStoreError
+from authproxy.auth.store import UserEntry
 from authproxy.users import (
     HtdigestFile,
     HtpasswdFile,
@@ -16,7 +17,6 @@ from authproxy.users import (
     detect_format,
     open_user_store,
 )
-from authproxy.users.base import UserEntry
 from authproxy.users.native import make_entry
 
 from user_files import REALM, USERS, htdigest_text, htpasswd_text, native_text

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import authproxy.users._file as file_module
 from authproxy.auth.digest import BASE_ALGORITHMS, get_algorithm
 from authproxy.auth.errors import UserStoreError
+from authproxy.auth.store import UserStore, check_basic_password
 from authproxy.users import open_user_store
 from authproxy.users._file import UserFile
-from authproxy.users.base import UserStore, check_basic_password
 
 from user_files import REALM, STORE_KINDS, USERS, FakeClock, StoreKind, write_atomically
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.users.base import check_basic_password
+from authproxy.auth.store import check_basic_password
 from authproxy.users.commands import add_users_parser, run_users_command
 from authproxy.users.native import NativeUserFile, list_users
 

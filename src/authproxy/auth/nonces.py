@@ -162,3 +162,16 @@ class NonceIssuer:
     def expires_at(self, nonce: str) -> float:
         """When an authentic nonce stops being VALID."""
         return self.issued_at(nonce) + self.lifetime
+
+
+class NonceUse(enum.Enum):
+    """What a nonce-count store (:mod:`authproxy.state`) knows of one ``(nonce, nc)``: the answer to the
+    verifier's ``NeedNonceUse``. A bounded store that forgot a nonce answers UNKNOWN, never REPLAY."""
+
+    FRESH = "fresh"  # first time seen: accept
+    REPLAY = "replay"  # seen before (or a count that can never be valid, nc < 1): refuse as a replay
+    UNKNOWN = "unknown"  # the store cannot vouch for this nonce's counts (forgotten, expired): answer stale
+
+    def __bool__(self) -> bool:
+        # "Was it accepted?": lets a caller (or a test) that only asks that read the answer as the old bool.
+        return self is NonceUse.FRESH

@@ -44,12 +44,12 @@ from authproxy.auth.digest import (
 )
 from authproxy.auth.errors import AuthHeaderError, ConfigError
 from authproxy.auth.headers import Credentials, build_challenge, parse_credentials, quote_string
-from authproxy.auth.nonces import NonceIssuer, NonceStatus
-from authproxy.state.base import NonceUse
-from authproxy.users.base import UserEntry
+from authproxy.auth.nonces import NonceIssuer, NonceStatus, NonceUse
+from authproxy.auth.outcomes import REJECT_OUTCOMES, Outcome
+from authproxy.auth.store import UserEntry
+from authproxy.auth.text import realm_problem
 
 SCHEMES: tuple[str, ...] = ("digest", "basic")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _equal(a: str, b: str) -> bool:
@@ -70,8 +70,9 @@ class AuthPolicy:
     nonce_lifetime: float = 300.0
 
     def __post_init__(self) -> None:
-        if not self.realm or _CONTROL_RE.search(self.realm):
-            raise ConfigError("realm: must be non-empty and free of control characters")
+        problem = realm_problem(self.realm)
+        if problem is not None:
+            raise ConfigError(f"realm: {problem}: {self.realm!r}")
         schemes = tuple(s.lower() for s in self.schemes)
         if not schemes:
             raise ConfigError("schemes: at least one scheme must be offered")
@@ -131,10 +132,16 @@ class NeedUserByHash:
 
 @dataclass(frozen=True)
 class NeedPasswordCheck:
-    """Send back whether ``password`` is ``entry``'s (``check_basic_password``; run bcrypt off the loop)."""
+    """Send back ``UserStore.check_password(entry, password, realm)``: whether ``password`` is ``entry``'s.
 
-    entry: UserEntry
+    ``entry`` None stands for a user who is not there (or has no secret that checks Basic): the store spends
+    what a real check costs and answers False, so that a refusal takes as long whether the name exists or not
+    (issue 9 item 9). Run the check off the event loop when ``UserStore.password_check_is_slow`` says so.
+    """
+
+    entry: UserEntry | None
     password: str
+    realm: str
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,7 @@ class NeedBodyHash:
 @dataclass(frozen=True)
 class NeedNonceUse:
     """Send back ``NonceCounterStore.use(nonce, nc, expires_at, now, owner=user)``, a
-    :class:`~authproxy.state.base.NonceUse`: FRESH is accepted, UNKNOWN answered stale, REPLAY refused."""
+    :class:`~authproxy.auth.nonces.NonceUse`: FRESH is accepted, UNKNOWN answered stale, REPLAY refused."""
 
     nonce: str
     nc: int
@@ -170,23 +177,6 @@ class Allow:
     auth_info: str | None
 
 
-#: Every ``Reject.outcome``.
-REJECT_OUTCOMES: frozenset[str] = frozenset(
-    {
-        "missing",
-        "unknown-user",
-        "bad-password",
-        "stale-nonce",
-        "replay",
-        "bad-nonce",
-        "wrong-realm",
-        "unsupported-scheme",
-        "no-digest-secret",
-        "no-basic-secret",
-    }
-)
-
-
 @dataclass(frozen=True)
 class Reject:
     """Not authenticated: answer 407 with fresh challenges (``stale`` goes into the Digest ones).
@@ -194,7 +184,7 @@ class Reject:
     ``detail`` is for the log; it never holds a password.
     """
 
-    outcome: str
+    outcome: Outcome
     user: str | None
     stale: bool
     detail: str
@@ -290,13 +280,13 @@ class Verifier:
         """The flow for one request. ``target`` is the request-target as received (absolute URI, or
         ``host:port`` for CONNECT); ``authorization`` the Proxy-Authorization value (None when absent)."""
         if authorization is None:
-            return Reject("missing", None, False, "no Proxy-Authorization field")
+            return Reject(Outcome.MISSING, None, False, "no Proxy-Authorization field")
         if authorization[:7].lower() == "digest " and "digest" in self.policy.schemes:
             return (yield from self._digest(method, target, self._digest_credentials(authorization), now))
         creds = parse_credentials(authorization)
         scheme = creds.scheme_key
         if scheme not in self.policy.schemes:
-            return Reject("unsupported-scheme", None, False, f"scheme {creds.scheme!r} is not offered")
+            return Reject(Outcome.UNSUPPORTED_SCHEME, None, False, f"scheme {creds.scheme!r} is not offered")
         if scheme == "basic":
             return (yield from self._basic(creds))
         return (yield from self._digest(method, target, DigestCredentials.from_credentials(creds), now))
@@ -340,37 +330,41 @@ class Verifier:
         if creds.token68 is None:
             raise AuthHeaderError("Basic credentials must be a token68")
         name, password = decode_basic(creds.token68)
+        realm = self.policy.realm
         entry = yield NeedUser(name)
-        if entry is None:
-            return Reject("unknown-user", name, False, "no such user")
-        if not entry.can_basic(self.policy.realm):
-            return Reject("no-basic-secret", entry.name, False, "the store holds no secret that checks Basic")
-        ok = yield NeedPasswordCheck(entry, password)
+        if entry is None or not entry.can_basic(realm):
+            # Checked all the same, against the store's stand-in, so the refusal costs what a wrong password
+            # costs: a quick answer would tell a guesser that the name does not exist (issue 9 item 9).
+            yield NeedPasswordCheck(None, password, realm)
+            if entry is None:
+                return Reject(Outcome.UNKNOWN_USER, name, False, "no such user")
+            return Reject(Outcome.NO_BASIC_SECRET, entry.name, False, "the store holds no secret that checks Basic")
+        ok = yield NeedPasswordCheck(entry, password, realm)
         if not ok:
-            return Reject("bad-password", entry.name, False, "wrong password")
+            return Reject(Outcome.BAD_PASSWORD, entry.name, False, "wrong password")
         return Allow(entry.name, "basic", None)
 
     def _digest(self, method: str, target: str, dc: DigestCredentials, now: float) -> Flow:
         policy = self.policy
         shown = None if dc.userhash else dc.username
         if dc.realm != policy.realm:
-            return Reject("wrong-realm", shown, False, "credentials for another realm")
+            return Reject(Outcome.WRONG_REALM, shown, False, "credentials for another realm")
         if not uri_matches(method, target, dc.uri):
             raise AuthHeaderError("Digest uri does not match the request-target")
         alg = dc.algorithm
         if alg.name not in policy.digest_algorithms:
-            return Reject("unsupported-scheme", shown, False, f"algorithm {alg.name} is not offered")
+            return Reject(Outcome.UNSUPPORTED_SCHEME, shown, False, f"algorithm {alg.name} is not offered")
         if dc.qop is None:
-            return Reject("unsupported-scheme", shown, False, "Digest without qop (RFC 2069) is not accepted")
+            return Reject(Outcome.UNSUPPORTED_SCHEME, shown, False, "Digest without qop (RFC 2069) is not accepted")
         if dc.qop not in policy.qop:
-            return Reject("unsupported-scheme", shown, False, f"qop={dc.qop} is not offered")
+            return Reject(Outcome.UNSUPPORTED_SCHEME, shown, False, f"qop={dc.qop} is not offered")
         if dc.userhash and not policy.userhash:
-            return Reject("unsupported-scheme", None, False, "userhash is not offered")
+            return Reject(Outcome.UNSUPPORTED_SCHEME, None, False, "userhash is not offered")
         if dc.opaque is None or not _equal(dc.opaque, self.issuer.opaque):
-            return Reject("bad-nonce", shown, False, "opaque missing or not ours")
+            return Reject(Outcome.BAD_NONCE, shown, False, "opaque missing or not ours")
         status = self.issuer.check(dc.nonce, now)
         if status is NonceStatus.INVALID:
-            return Reject("bad-nonce", shown, False, "nonce not issued here")
+            return Reject(Outcome.BAD_NONCE, shown, False, "nonce not issued here")
 
         if dc.userhash:
             entry = yield NeedUserByHash(alg.base, policy.realm, dc.username)
@@ -380,9 +374,9 @@ class Verifier:
         else:
             entry = yield NeedUser(dc.username)
         if entry is None:
-            return Reject("unknown-user", shown, False, "no such user")
+            return Reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
         if alg.base not in entry.digest_algorithms(policy.realm):
-            return Reject("no-digest-secret", entry.name, False, f"no {alg.base} HA1 for this realm")
+            return Reject(Outcome.NO_DIGEST_SECRET, entry.name, False, f"no {alg.base} HA1 for this realm")
         ha1 = entry.ha1[alg.base].lower()
 
         body_hash: str | None = None
@@ -400,18 +394,18 @@ class Verifier:
             body_hash=body_hash,
         )
         if not _equal(expected, dc.response):
-            return Reject("bad-password", entry.name, False, "wrong digest response")
+            return Reject(Outcome.BAD_PASSWORD, entry.name, False, "wrong digest response")
         if status is NonceStatus.EXPIRED:
-            return Reject("stale-nonce", entry.name, True, "nonce expired; the digest was right")
+            return Reject(Outcome.STALE_NONCE, entry.name, True, "nonce expired; the digest was right")
         nc = dc.nc_value
         assert nc is not None  # from_credentials guarantees nc with qop
         use = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce), entry.name)
         if use is NonceUse.UNKNOWN:
             # The store forgot this nonce's counts (a bounded table under pressure): fail safe with a new
             # challenge, which the client answers silently, rather than call it a replay and count a failure.
-            return Reject("stale-nonce", entry.name, True, "nonce counts no longer known; the digest was right")
+            return Reject(Outcome.STALE_NONCE, entry.name, True, "nonce counts no longer known; the digest was right")
         if not use:  # NonceUse.REPLAY (or False from a store that answers a bool)
-            return Reject("replay", entry.name, False, f"nonce count {dc.nc} already used")
+            return Reject(Outcome.REPLAY, entry.name, False, f"nonce count {dc.nc} already used")
         return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now))
 
     def _auth_info(self, alg: DigestAlgorithm, dc: DigestCredentials, ha1: str, now: float) -> str:

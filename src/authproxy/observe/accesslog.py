@@ -1,7 +1,7 @@
 """The access log: one line per request, Squid-native or JSON.
 
 Fields: time, duration, client, user, method, target, status, bytes, the origin reached and the auth outcome
-(``ok``, ``missing``, ``unknown-user``, ``bad-password``, ``stale-nonce``, ``replay``, ``bad-request``...).
+(:class:`authproxy.auth.outcomes.Outcome`: ``ok``, ``missing``, ``unknown-user``, ``bad-password``...).
 A credential never reaches this module: the proxy passes a user *name* and an outcome, nothing else. Query
 strings are left out of logged URLs by default (Squid's ``strip_query_terms on``): they often carry tokens.
 """
@@ -15,8 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import NamedTuple, TextIO
 
-#: Outcomes that mean "someone presented credentials and they were refused": the fail2ban filter keys on them.
-FAILED_OUTCOMES = frozenset({"unknown-user", "bad-password", "replay", "bad-nonce", "wrong-realm"})
+from authproxy.auth.outcomes import Outcome
 
 
 @dataclass(slots=True)
@@ -31,7 +30,7 @@ class AccessRecord:
     target: str
     status: int
     sent_bytes: int
-    outcome: str
+    outcome: Outcome
     peer: str | None = None  # host:port of the origin reached, if any
     tunnel: bool = False
 
@@ -137,7 +136,7 @@ def format_json(record: AccessRecord) -> str:
             "bytes": record.sent_bytes,
             "peer": record.peer,
             "auth": record.outcome,
-            "auth_failed": record.outcome in FAILED_OUTCOMES,
+            "auth_failed": record.outcome.failed,
         },
         ensure_ascii=True,
         separators=(",", ":"),

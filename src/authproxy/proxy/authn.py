@@ -14,47 +14,33 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from authproxy.auth.digest import get_algorithm
+from authproxy.auth.driver import Suspended, advance, body_hash, check_password
 from authproxy.auth.errors import UserStoreError
 from authproxy.auth.nonces import NonceIssuer
-from authproxy.auth.verifier import (
-    Allow,
-    AuthPolicy,
-    NeedBodyHash,
-    NeedNonceUse,
-    NeedPasswordCheck,
-    NeedUser,
-    NeedUserByHash,
-    Reject,
-    Verifier,
-)
+from authproxy.auth.roles import PROXY
+from authproxy.auth.store import UserEntry, UserStore
+from authproxy.auth.verifier import Allow, Flow, NeedBodyHash, NeedPasswordCheck, Reject, Verifier
 from authproxy.config import Config
 from authproxy.state.base import NonceCounterStore
-from authproxy.users.base import UserEntry, UserStore, basic_check_is_slow, check_basic_password
 
 Outcome = Allow | Reject
-Flow = Generator[Any, Any, Outcome]
 
 
 @dataclass(slots=True)
 class PendingBody:
-    """The flow is waiting for the whole request body (qop=auth-int) hashed under ``algorithm``."""
+    """The flow is waiting for the whole request body (qop=auth-int)."""
 
-    flow: Flow
-    algorithm: str
+    suspended: Suspended
 
 
 @dataclass(slots=True)
 class PendingPassword:
     """The flow is waiting for a slow password check (bcrypt), run in a thread."""
 
-    flow: Flow
-    entry: UserEntry
-    password: str
+    suspended: Suspended
     authorization: str | None
 
 
@@ -67,17 +53,11 @@ class Authenticator:
     def __init__(self, config: Config, store: UserStore, counters: NonceCounterStore,
                  nonce_key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
         self.realm = config.realm
+        self.role = PROXY
         self.store = store
         self.counters = counters
         self.clock = clock
-        policy = AuthPolicy(
-            realm=config.realm,
-            schemes=config.schemes,
-            digest_algorithms=config.digest_algorithms,
-            qop=config.qop,
-            userhash=config.userhash,
-            nonce_lifetime=config.nonce_lifetime,
-        )
+        policy = config.auth_policy
         # Kept so a reload (SIGHUP) can build a new Authenticator that still accepts the nonces in flight.
         self.nonce_key = nonce_key or secrets.token_bytes(32)
         issuer = NonceIssuer(self.nonce_key, config.realm, config.nonce_lifetime)
@@ -91,7 +71,7 @@ class Authenticator:
     def challenge_fields(self, stale: bool = False) -> list[tuple[str, str]]:
         """The Proxy-Authenticate fields of a 407, strongest scheme first (RFC 9110 section 11.7.1)."""
         values = self.verifier.challenges(self.clock(), os.urandom(16), stale=stale)
-        return [("Proxy-Authenticate", v) for v in values]
+        return [(self.role.challenge_field, v) for v in values]
 
     # -- running a flow -------------------------------------------------------------------------------------
     def start(self, method: str, target: str, authorization: str | None) -> Step:
@@ -109,39 +89,26 @@ class Authenticator:
         return self._settle(authorization, self._run(flow, None, authorization))
 
     def resume_body(self, pending: PendingBody, body: bytes) -> Step:
-        algorithm = get_algorithm(pending.algorithm)
-        assert algorithm is not None  # the verifier only asks for algorithms it accepted
-        return self._run(pending.flow, algorithm.hexdigest(body))
+        need = pending.suspended.need
+        assert isinstance(need, NeedBodyHash)
+        return self._run(pending.suspended.flow, body_hash(need, body))
 
     def check_slow_password(self, pending: PendingPassword) -> bool:
-        """Run in a worker thread: the bcrypt (or similar) check itself."""
-        return check_basic_password(pending.entry, pending.password, self.realm)
+        """Run in a worker thread: the bcrypt (or similar) check itself, or its stand-in for an unknown user."""
+        need = pending.suspended.need
+        assert isinstance(need, NeedPasswordCheck)
+        return check_password(self.store, need)
 
     def resume_password(self, pending: PendingPassword, ok: bool) -> Step:
-        return self._settle(pending.authorization, self._run(pending.flow, ok, pending.authorization))
+        return self._settle(pending.authorization, self._run(pending.suspended.flow, ok, pending.authorization))
 
-    def _run(self, flow: Flow, answer: Any, authorization: str | None = None) -> Step:
-        try:
-            need = flow.send(answer)
-            while True:
-                if isinstance(need, NeedUser):
-                    answer = self.store.lookup(need.name)
-                elif isinstance(need, NeedUserByHash):
-                    answer = self.store.lookup_userhash(need.algorithm, need.realm, need.hashed)
-                elif isinstance(need, NeedNonceUse):
-                    answer = self.counters.use(need.nonce, need.nc, need.expires_at, self.clock(), need.user)
-                elif isinstance(need, NeedPasswordCheck):
-                    if basic_check_is_slow(need.entry, self.realm):
-                        return PendingPassword(flow, need.entry, need.password, authorization)
-                    answer = check_basic_password(need.entry, need.password, self.realm)
-                elif isinstance(need, NeedBodyHash):
-                    return PendingBody(flow, need.algorithm)
-                else:  # pragma: no cover - a need this driver does not know is a programming error
-                    raise TypeError(f"unknown verifier need {need!r}")
-                need = flow.send(answer)
-        except StopIteration as stop:
-            result: Outcome = stop.value
-            return result
+    def _run(self, flow: Flow, answer: object, authorization: str | None = None) -> Step:
+        step = advance(flow, answer, self.store, self.counters, self.clock())
+        if isinstance(step, Suspended):
+            if isinstance(step.need, NeedBodyHash):
+                return PendingBody(step)
+            return PendingPassword(step, authorization)
+        return step
 
     # -- the Basic cache ------------------------------------------------------------------------------------
     # A keep-alive client sends the same Basic field on every request. Once verified, the field (by its salted

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from authproxy.auth.errors import ProtocolError
+from authproxy.auth.outcomes import Outcome
 from authproxy.proxy import forward
 from authproxy.proxy.exchange import Exchange
 from authproxy.proxy.responses import made_up_response
@@ -315,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
         elif not active.done and not active.head_sent and self.receiving is active:
             # The body of the request in progress is malformed: the origin has at most an incomplete
             # request, on a connection that is now cut; the client learns why.
-            active.outcome = "bad-request"
+            active.outcome = Outcome.BAD_REQUEST
             active.refuse(status, detail, error="http_request_error", close=True)
         self.close()
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from authproxy.auth.errors import AuthProxyError, ProtocolError
+from authproxy.auth.outcomes import Outcome
 from authproxy.auth.verifier import Allow, Reject
-from authproxy.observe.accesslog import FAILED_OUTCOMES, AccessRecord
+from authproxy.observe.accesslog import AccessRecord
 from authproxy.proxy import forward
 from authproxy.proxy.authn import PendingBody, PendingPassword, Step
 from authproxy.proxy.policy import Decision, Refused
@@ -26,20 +27,6 @@ from authproxy.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from authproxy.proxy.connection import ClientConnection
-
-#: What a 407 tells the user, by the verifier's outcome. Never echoes what the client sent.
-_REJECT_DETAIL = {
-    "missing": "this proxy requires credentials (Proxy-Authorization) and none were sent",
-    "unknown-user": "the proxy did not accept the user name or password",
-    "bad-password": "the proxy did not accept the user name or password",
-    "stale-nonce": "the Digest nonce has expired; answer the new challenge (stale=true)",
-    "replay": "this Digest nonce count (nc) was already used; a replayed request is refused",
-    "bad-nonce": "the Digest nonce or opaque value was not issued by this proxy",
-    "wrong-realm": "the credentials are for another realm",
-    "unsupported-scheme": "the credentials use a scheme or algorithm this proxy does not offer here",
-    "no-digest-secret": "this user's password is stored in a form that cannot answer this Digest algorithm",
-    "no-basic-secret": "this user's password is stored in a form that cannot check Basic credentials",
-}
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _DISCARD_LIMIT = 1 << 20  # body bytes of a refused request we read and drop to keep the connection alive
@@ -115,7 +102,7 @@ class Exchange:
         self.forwarding = False
         # Authentication.
         self.user: str | None = None
-        self.outcome = "none"
+        self.outcome = Outcome.NONE
         self.auth_info: str | None = None
         self.pending_body: PendingBody | None = None
         # Routing and response.
@@ -147,7 +134,7 @@ class Exchange:
             return
         limit = self.server.config.max_body_size
         if limit and (self.content_length or 0) > limit:
-            self.outcome = "bad-request"
+            self.outcome = Outcome.BAD_REQUEST
             self.refuse(413, f"the request body is larger than this proxy accepts ({limit} bytes)",
                         error="http_request_denied", close=True)
             return
@@ -165,7 +152,7 @@ class Exchange:
             authorization = self._proxy_authorization()
             step = self.server.auth.start(self.method.decode("ascii"), self.target_text, authorization)
         except AuthProxyError as exc:
-            self.outcome = "bad-request"
+            self.outcome = Outcome.BAD_REQUEST
             self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
             return
         self.on_auth_step(step)
@@ -187,7 +174,7 @@ class Exchange:
         if isinstance(step, Allow | Reject) and self._throttled(step):
             return
         if isinstance(step, Allow):
-            self.user, self.outcome, self.auth_info = step.user, "ok", step.auth_info
+            self.user, self.outcome, self.auth_info = step.user, Outcome.OK, step.auth_info
             self.route()
         elif isinstance(step, Reject):
             self.user, self.outcome = step.user, step.outcome
@@ -196,7 +183,7 @@ class Exchange:
             self.pending_body = step
             limit = self.server.config.auth_int_max_body
             if self.buffered > limit or (self.content_length or 0) > limit:
-                self.outcome = "bad-request"
+                self.outcome = Outcome.BAD_REQUEST
                 self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
                             error="http_request_denied", close=True)
             elif self.body_complete:
@@ -224,12 +211,12 @@ class Exchange:
             return True
         if isinstance(step, Allow):
             throttle.record_success(self.conn.client, step.user, now)
-        elif step.outcome in FAILED_OUTCOMES:
+        elif step.outcome.failed:
             throttle.record_failure(self.conn.client, step.user, now)
         return False
 
     def _locked_out(self, wait: float, why: str) -> None:
-        self.outcome = "throttled"
+        self.outcome = Outcome.THROTTLED
         self.refuse(429, f"{why}; try again in {retry_after(wait)} s", error="http_request_denied",
                     extra=[("Retry-After", retry_after(wait))])
 
@@ -253,13 +240,12 @@ class Exchange:
         try:
             action()
         except AuthProxyError as exc:
-            self.outcome = "bad-request"
+            self.outcome = Outcome.BAD_REQUEST
             self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
 
     def challenge(self, stale: bool) -> None:
         """407 with a fresh challenge (RFC 9110 section 15.5.8: at least one Proxy-Authenticate)."""
-        detail = _REJECT_DETAIL.get(self.outcome, "the proxy did not accept the credentials")
-        detail = f"{detail} (realm {self.server.auth.realm!r})"
+        detail = f"{self.outcome.client_text(self.server.auth.role)} (realm {self.server.auth.realm!r})"
         self.refuse(407, detail, extra=self.server.auth.challenge_fields(stale))
 
     # == made-up responses ====================================================================================
@@ -305,7 +291,7 @@ class Exchange:
                 try:
                     hop_limit = forward.max_forwards(self.headers)
                 except ProtocolError as exc:
-                    self.outcome = "bad-request"
+                    self.outcome = Outcome.BAD_REQUEST
                     self.refuse(400, exc.message, error="http_request_error", close=True)
                     return
                 if hop_limit == 0:
@@ -428,7 +414,7 @@ class Exchange:
         self.received += len(data)
         limit = self.server.config.max_body_size
         if limit and self.received > limit and not self.discarding:
-            self.outcome = self.outcome if self.outcome != "none" else "bad-request"
+            self.outcome = self.outcome if self.outcome is not Outcome.NONE else Outcome.BAD_REQUEST
             if self.done:
                 self.conn.close()
             else:
@@ -448,7 +434,7 @@ class Exchange:
         if self.pending_body is not None:
             limit = self.server.config.auth_int_max_body
             if self.buffered > limit:
-                self.outcome = "bad-request"
+                self.outcome = Outcome.BAD_REQUEST
                 self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
                             error="http_request_denied", close=True)
                 return

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import AuthProxyError, ConfigError
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.store import UserStore
 from authproxy.config import Config, replace
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 from authproxy.proxy.authn import Authenticator
@@ -29,7 +31,6 @@ from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import describe_capabilities, open_user_store, realm_mismatch
-from authproxy.users.base import UserStore
 
 
 class ProxyServer:
@@ -150,7 +151,7 @@ class ProxyServer:
         """A request refused before it could be parsed: logged with what little is known."""
         self.access_log.write(AccessRecord(started=time.time(), duration=0.0, client=conn.client, user=None,
                                            method="-", target="-", status=status, sent_bytes=sent,
-                                           outcome="bad-request"))
+                                           outcome=Outcome.BAD_REQUEST))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for up to ``grace`` seconds, then close the rest."""

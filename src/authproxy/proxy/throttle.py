@@ -5,11 +5,11 @@ password guessing (spec-checklist, "Classes of attack": credential guessing; CWE
 spread over many, without handing an attacker a way to lock a victim out for good (CWE-645).
 
 What counts as a failure is the caller's business: call ``record_failure`` for the refused-credentials outcomes
-(``authproxy.observe.accesslog.FAILED_OUTCOMES``: unknown-user, bad-password, replay, bad-nonce, wrong-realm)
-and NEVER for ``missing``. A request that carries no credentials at all is the normal first step of the 407
-exchange (RFC 9110 section 11.7.1): every browser sends one per connection, and counting them bans
-legitimate users (the fail2ban "ban on every 407" mistake). A stale nonce is not a failure either: the client
-proved it knew the password.
+(``authproxy.auth.outcomes.Outcome.failed``: unknown-user, bad-password, replay, bad-nonce, wrong-realm,
+no-digest-secret, no-basic-secret) and NEVER for ``missing``. A request that carries no credentials at all is
+the normal first step of the 407 exchange (RFC 9110 section 11.7.1): every browser sends one per connection,
+and counting them bans legitimate users (the fail2ban "ban on every 407" mistake). A stale nonce is not a
+failure either: the client proved it knew the password.
 
 How it works, per key:
 

@@ -13,20 +13,12 @@ flood that fills the table can cost a victim one extra round trip, never a refus
 
 from __future__ import annotations
 
-import enum
 from typing import Protocol
 
+# The answer's type belongs to the auth core (the verifier reads it); the stores here give it.
+from authproxy.auth.nonces import NonceUse
 
-class NonceUse(enum.Enum):
-    """What a store knows of one ``(nonce, nc)``."""
-
-    FRESH = "fresh"  # first time seen: accept
-    REPLAY = "replay"  # seen before (or a count that can never be valid, nc < 1): refuse as a replay
-    UNKNOWN = "unknown"  # the store cannot vouch for this nonce's counts (forgotten, expired): answer stale
-
-    def __bool__(self) -> bool:
-        # "Was it accepted?": lets a caller (or a test) that only asks that read the answer as the old bool.
-        return self is NonceUse.FRESH
+__all__ = ["NonceCounterStore", "NonceUse"]
 
 
 class NonceCounterStore(Protocol):

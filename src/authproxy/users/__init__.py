@@ -1,8 +1,9 @@
 """User stores: where the proxy finds a user's secrets (authproxy's own file, htpasswd, htdigest; more later).
 
-:func:`open_user_store` picks the store for a file by its content, so ``--users`` takes any of the three
-formats; :func:`describe_capabilities` says in one sentence what a user can sign in with, for
-``authproxy users list`` and the startup log.
+:func:`open_user_store` picks the kind of store by the form of the configured value (a path today;
+``ldap://`` and ``helper:`` are reserved, see :mod:`authproxy.users.location`), and for a path the file's
+format by its content, so ``--users`` takes any of the three formats. :func:`describe_capabilities` says in
+one sentence what a user can sign in with, for ``authproxy users list`` and the startup log.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Literal
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import UserStoreError
+from authproxy.auth.passwords import describe_hash
+from authproxy.auth.store import UserEntry, UserStore
 from authproxy.users._file import decoded_lines
-from authproxy.users.base import UserEntry, UserStore
 from authproxy.users.htdigest import HtdigestFile
 from authproxy.users.htpasswd import HtpasswdFile
+from authproxy.users.location import parse_store_location
 from authproxy.users.native import DEFAULT_PATH, HEADER_PREFIX, NativeUserFile
-from authproxy.users.passwords import describe_hash
 
 __all__ = [
     "HtdigestFile",
@@ -71,12 +73,14 @@ def detect_format(path: str | os.PathLike[str]) -> FileFormat:
     return "native"
 
 
-def open_user_store(path: str | os.PathLike[str], realm: str) -> UserStore:
-    """The store for the users file at ``path``, in whichever format it is, serving ``realm``.
+def open_user_store(value: str | os.PathLike[str], realm: str) -> UserStore:
+    """The store ``value`` names (the ``users`` option), serving ``realm``.
 
-    A missing file is an error: creating the default native file (``native.ensure_default_user``) is the
-    caller's decision, made before calling this.
+    The kind of store goes by the value's form (:func:`~authproxy.users.location.parse_store_location`); a
+    path is a users file in whichever format it is. A missing file is an error: creating the default native
+    file (``native.ensure_default_user``) is the caller's decision, made before calling this.
     """
+    path = parse_store_location(os.fspath(value)).path
     kind = detect_format(path)
     if kind == "native":
         return NativeUserFile(path)

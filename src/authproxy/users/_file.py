@@ -1,7 +1,8 @@
-"""What the three file-backed user stores share: reading a file into memory, the userhash index, and reload.
+"""What the three file-backed user stores share: reading a file into memory, and reload.
 
 Each store parses its own line format (:meth:`UserFile._parse`); this module reads the bytes, decodes them
-line by line so an error can name its line, and swaps the parsed users in as one snapshot. ``refresh`` costs
+line by line so an error can name its line, and swaps the parsed users in as one snapshot
+(:class:`~authproxy.users.memory.MemoryUserStore` answers the lookups). ``refresh`` costs
 at most one ``stat`` per ``min_stat_interval`` and re-reads only when (st_mtime_ns, st_size, st_ino)
 changed, so the proxy may call it on every request.
 """
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
-from authproxy.auth.digest import BASE_ALGORITHMS, get_algorithm
 from authproxy.auth.errors import UserStoreError
-from authproxy.users.base import UserEntry
+from authproxy.auth.store import UserEntry
+from authproxy.users.memory import MemoryUserStore
 
 #: (st_mtime_ns, st_size, st_ino) of a file version; None when the file is missing.
 FileSignature = tuple[int, int, int]
@@ -40,11 +40,6 @@ def decoded_lines(data: bytes, source: str) -> Iterator[tuple[int, str]]:
         yield number, text.removesuffix("\r")
 
 
-def has_control_char(text: str) -> bool:
-    """Whether ``text`` holds a CTL (RFC 5234 appendix B.1: %x00-1F / %x7F) or a C1 control character."""
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
-
-
 def read_signed(path: str) -> tuple[bytes, FileSignature]:
     """The contents of ``path`` and the signature of the very version read (fstat of the open file, so a
     concurrent ``os.replace`` cannot pair old bytes with a new signature)."""
@@ -54,31 +49,7 @@ def read_signed(path: str) -> tuple[bytes, FileSignature]:
     return data, (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """One parsed version of the file; replaced whole, so a lookup in another thread never sees a mix."""
-
-    entries: dict[str, UserEntry] = field(default_factory=dict)
-    # (base algorithm, realm) -> H(name:realm) -> entry, RFC 7616 section 3.4.4.
-    userhash: dict[tuple[str, str], dict[str, UserEntry]] = field(default_factory=dict)
-
-
-def _build_snapshot(entries: Iterable[UserEntry]) -> _Snapshot:
-    by_name: dict[str, UserEntry] = {}
-    userhash: dict[tuple[str, str], dict[str, UserEntry]] = {}
-    for entry in entries:
-        by_name[entry.name] = entry
-        if entry.realm is None or not entry.ha1:
-            continue  # no Digest without an HA1, so no userhash either
-        for base in BASE_ALGORITHMS:
-            algorithm = get_algorithm(base)
-            assert algorithm is not None
-            hashed = algorithm.h(f"{entry.name}:{entry.realm}")
-            userhash.setdefault((base, entry.realm), {})[hashed] = entry
-    return _Snapshot(by_name, userhash)
-
-
-class UserFile:
+class UserFile(MemoryUserStore):
     """Base of the file-backed stores; subclasses set ``kind`` and implement ``_parse``."""
 
     #: Names the format in ``description``, e.g. "htpasswd file".
@@ -95,7 +66,6 @@ class UserFile:
         self.description = f"{self.kind} {self.path}"
         self._clock = clock
         self._min_stat_interval = min_stat_interval
-        self._snapshot = _Snapshot()
         self._signature: FileSignature | None = None
         try:
             data, signature = read_signed(self.path)
@@ -114,22 +84,7 @@ class UserFile:
         # Record the signature first: a version that fails to parse is reported once, not on every refresh.
         self._signature = signature
         entries = self._parse(decoded_lines(data, self.path))
-        self._snapshot = _build_snapshot(entries)
-
-    def lookup(self, name: str) -> UserEntry | None:
-        return self._snapshot.entries.get(name)
-
-    def lookup_userhash(self, algorithm: str, realm: str, hashed: str) -> UserEntry | None:
-        alg = get_algorithm(algorithm)
-        if alg is None:
-            return None
-        return self._snapshot.userhash.get((alg.base, realm), {}).get(hashed.lower())
-
-    def __iter__(self) -> Iterator[UserEntry]:
-        return iter(list(self._snapshot.entries.values()))
-
-    def __len__(self) -> int:
-        return len(self._snapshot.entries)
+        self.replace(entries)
 
     def refresh(self) -> None:
         """Reload if the file changed since the last load; at most one ``stat`` per ``min_stat_interval``.

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from authproxy.auth.errors import UserStoreError
-from authproxy.users._file import DEFAULT_MIN_STAT_INTERVAL, UserFile, has_control_char
-from authproxy.users.base import UserEntry
+from authproxy.auth.store import UserEntry
+from authproxy.auth.text import has_control
+from authproxy.users._file import DEFAULT_MIN_STAT_INTERVAL, UserFile
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -58,7 +59,7 @@ class HtdigestFile(UserFile):
             name, realm, ha1 = fields
             if not name:
                 raise UserStoreError(f"{where}: empty user name")
-            if has_control_char(name) or has_control_char(realm):
+            if has_control(name) or has_control(realm):
                 raise UserStoreError(f"{where}: user name or realm contains a control character")
             if not _MD5_HEX.fullmatch(ha1):
                 raise UserStoreError(f"{where}: user {name!r}: the third field is not 32 hex digits")

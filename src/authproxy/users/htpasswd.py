@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from authproxy.auth.errors import UserStoreError
-from authproxy.users._file import UserFile, has_control_char
-from authproxy.users.base import UserEntry
-from authproxy.users.passwords import describe_hash, is_supported_hash
+from authproxy.auth.passwords import describe_hash, is_supported_hash
+from authproxy.auth.store import UserEntry
+from authproxy.auth.text import has_control
+from authproxy.users._file import UserFile
 
 
 class HtpasswdFile(UserFile):
@@ -37,7 +38,7 @@ class HtpasswdFile(UserFile):
                 raise UserStoreError(f"{where}: expected 'name:hash', found no ':'")
             if not name:
                 raise UserStoreError(f"{where}: empty user name")
-            if has_control_char(name):
+            if has_control(name):
                 raise UserStoreError(f"{where}: user name contains a control character")
             if not password_hash:
                 raise UserStoreError(f"{where}: user {name!r} has an empty hash")

@@ -42,8 +42,9 @@ from typing import TypeVar
 
 from authproxy.auth.digest import BASE_ALGORITHMS, compute_ha1
 from authproxy.auth.errors import UserStoreError
-from authproxy.users._file import UserFile, decoded_lines, has_control_char
-from authproxy.users.base import UserEntry
+from authproxy.auth.store import UserEntry
+from authproxy.auth.text import has_control, realm_problem
+from authproxy.users._file import UserFile, decoded_lines
 
 #: The first line of a version 1 file.
 HEADER = "# authproxy users v1"
@@ -77,7 +78,7 @@ class NoSuchUserError(UserStoreError):
 
 
 def _needs_escape(ch: str) -> bool:
-    return ch in "%:#" or ch.isspace() or has_control_char(ch)
+    return ch in "%:#" or ch.isspace() or has_control(ch)
 
 
 def encode_field(text: str) -> str:
@@ -184,17 +185,8 @@ def name_problem(name: str) -> str | None:
         return "empty user name"
     if ":" in name:
         return "a user name cannot contain ':' (RFC 7617 section 2)"
-    if has_control_char(name):
+    if has_control(name):
         return "a user name cannot contain control characters (RFC 7617 section 2)"
-    return None
-
-
-def realm_problem(realm: str) -> str | None:
-    """Why ``realm`` cannot be a realm, or None."""
-    if not realm:
-        return "empty realm"
-    if has_control_char(realm):
-        return "a realm cannot contain control characters"
     return None
 
 
@@ -202,7 +194,7 @@ def password_problem(password: str) -> str | None:
     """Why ``password`` cannot be a password, or None. RFC 7617 section 2 forbids control characters."""
     if not password:
         return "empty password"
-    if has_control_char(password):
+    if has_control(password):
         return "a password cannot contain control characters (RFC 7617 section 2)"
     return None
 

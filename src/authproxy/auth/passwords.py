@@ -1,4 +1,4 @@
-"""Checking a Basic password (RFC 7617) against an htpasswd-style hash.
+"""Checking a Basic password (RFC 7617) against an htpasswd-style hash: CPU work, no IO.
 
 Formats Apache's ``htpasswd`` writes and authproxy can check: bcrypt (``$2y$``, ``$2b$``, ``$2a$``), Apache
 MD5-crypt (``$apr1$``, and the identical BSD ``$1$`` that glibc's crypt makes) and ``{SHA}`` (base64 SHA-1,
@@ -79,6 +79,36 @@ def verify_password_hash(password: str, stored: str) -> bool:
         # {SHA} is what htpasswd -s writes; SHA-1 here is for compatibility, not a choice.
         return hmac.compare_digest(hashlib.sha1(secret, usedforsecurity=False).digest(), expected)
     return False
+
+
+def hash_shape(stored: str) -> str:
+    """What checking ``stored`` costs, as a key: ``$2y$12$`` for bcrypt (variant and cost), else its format."""
+    kind = describe_hash(stored)
+    if kind == "bcrypt":
+        return stored[:7]
+    return "unsupported" if kind.startswith("unsupported") else kind
+
+
+# bcrypt's base64 alphabet; the bit order is standard base64's.
+_BCRYPT64 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+)
+
+
+def dummy_hash_like(shape: str, rand: bytes) -> str:
+    """A hash of ``shape`` (see :func:`hash_shape`) that costs as much to check and that no password matches
+    but by a collision of the hash function: the salt comes from ``rand`` (at least 20 bytes), the stored
+    checksum is a constant no real computation is expected to give."""
+    if shape.startswith("$2"):
+        salt = base64.b64encode(rand[:16]).translate(_BCRYPT64).decode("ascii")[:22]
+        return f"{shape}{salt}{'.' * 31}"
+    if shape in ("apr1-md5", "md5-crypt"):
+        salt = _crypt64(int.from_bytes(rand[:6], "big"), 8)
+        return f"{'$apr1$' if shape == 'apr1-md5' else '$1$'}{salt}${'.' * 22}"
+    if shape == "sha1":
+        return "{SHA}" + base64.b64encode(rand[:20]).decode("ascii")
+    return "!"  # an unsupported hash: checking it costs nothing, as for the real ones
 
 
 def md5_crypt(password: bytes, salt: bytes, *, magic: bytes = b"$apr1$") -> str:

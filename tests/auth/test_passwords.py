@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authproxy.users.passwords import (
+from authproxy.auth.passwords import (
     describe_hash,
     is_slow_hash,
     is_supported_hash,
