@@ -31,7 +31,8 @@ def _serve_parser(subparsers: Any) -> None:
                        help=f"default: the realm of the users file's users, else {DEFAULT_CONFIG.realm!r}")
     serve.add_argument("--schemes", metavar="LIST", help="offered schemes, strongest first (digest,basic)")
     serve.add_argument("--digest-algorithms", metavar="LIST",
-                       help="offered Digest algorithms, strongest first (default SHA-256,MD5)")
+                       help="offered Digest algorithms, most preferred first (default SHA-256,MD5; MD5,SHA-256 "
+                            "for clients that read only the first challenge, such as Python's urllib)")
     serve.add_argument("--connect-ports", metavar="LIST|any", help="ports CONNECT may reach (default 443)")
     serve.add_argument("--allow-private", action="store_true", default=None,
                        help="let requests reach loopback, private and link-local addresses (refused by default)")

@@ -187,13 +187,17 @@ def answer(
 # --- the 407 ------------------------------------------------------------------------------------------------
 
 
-def test_challenges_strongest_first_then_basic() -> None:
+def test_challenges_in_the_configured_order_then_basic() -> None:
+    """The configured order is the operator's preference (RFC 7616 section 3.7: most preferred first): the
+    default puts SHA-256 first; MD5 first is for clients that read only the first challenge (urllib)."""
+    default = [DigestChallenge.from_challenge(c) for c in parse_challenges(make_verifier().challenges(T0, RAND))[:-1]]
+    assert [d.algorithm for d in default if d] == ["SHA-256", "MD5"]
     v = make_verifier(digest_algorithms=("MD5", "SHA-256-sess", "SHA-512-256", "sha-256"))
     values = v.challenges(T0, RAND)
     parsed = parse_challenges(values)
     assert [c.scheme for c in parsed] == ["Digest"] * 4 + ["Basic"]
     digests = [DigestChallenge.from_challenge(c) for c in parsed[:4]]
-    assert [d.algorithm for d in digests if d] == ["SHA-512-256", "SHA-256-sess", "SHA-256", "MD5"]
+    assert [d.algorithm for d in digests if d] == ["MD5", "SHA-256-sess", "SHA-512-256", "SHA-256"]
     for d in digests:
         assert d is not None
         assert d.realm == REALM and d.qop == ("auth", "auth-int") and d.userhash and d.charset_utf8

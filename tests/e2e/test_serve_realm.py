@@ -46,16 +46,16 @@ def add(cwd: Path, name: str, password: str, *args: str) -> None:
 def serving(cwd: Path, *args: str) -> Iterator[ProxyProcess]:
     """`authproxy serve` in ``cwd`` on a free port, with ``args`` only (no --realm unless given)."""
     proc = subprocess.Popen([sys.executable, "-m", "authproxy", "serve", "--listen", "127.0.0.1:0",
-                             "--allow-private", *args], cwd=cwd, stderr=subprocess.PIPE, text=True)
+                             "--allow-private", *args], cwd=cwd, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     lines: list[str] = []
     try:
         while not lines or "listening on" not in lines[-1]:
-            line = proc.stderr.readline()
+            line = proc.stderr.readline().decode()
             assert line, "authproxy did not start:\n" + "".join(lines)
             lines.append(line)
         port = int(re.search(r"listening on 127.0.0.1:(\d+)", lines[-1]).group(1))  # type: ignore[union-attr]
-        yield ProxyProcess(proc, port, cwd / "unused.log", lines)  # type: ignore[arg-type]
+        yield ProxyProcess(proc, port, cwd / "unused.log", lines)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -65,7 +65,7 @@ def stderr_until(proxy: ProxyProcess, text: str) -> str:
     """The proxy's stderr lines, read on until one holds ``text`` (the proxy's words come in order)."""
     assert proxy.proc.stderr is not None
     while not any(text in line for line in proxy.stderr_lines):
-        line = proxy.proc.stderr.readline()
+        line = proxy.proc.stderr.readline().decode()
         assert line, "".join(proxy.stderr_lines)
         proxy.stderr_lines.append(line)
     return "".join(proxy.stderr_lines)

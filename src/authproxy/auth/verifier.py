@@ -250,15 +250,16 @@ class Verifier:
     # -- the 407 --------------------------------------------------------------------------------------------
 
     def challenges(self, now: float, rand: bytes, stale: bool = False) -> list[str]:
-        """The Proxy-Authenticate field values, strongest first (RFC 9110 section 11.7.1; RFC 7616 section
-        3.7: one Digest challenge per algorithm, preferred first), then Basic."""
+        """The Proxy-Authenticate field values: one Digest challenge per algorithm in the configured order, which
+        is the operator's preference (RFC 7616 section 3.7: most preferred first; the default puts SHA-256
+        first, and MD5 first suits clients that read only the first challenge, such as urllib), then Basic."""
         policy = self.policy
         values: list[str] = []
         if "digest" in policy.schemes:
             nonce = self.issuer.issue(now, rand)
-            algorithms = [get_algorithm(name) for name in policy.digest_algorithms]
-            # sorted() is stable: among equal strengths (X and X-sess) the configured order stands.
-            for alg in sorted((a for a in algorithms if a is not None), key=lambda a: -a.strength):
+            for alg in (get_algorithm(name) for name in policy.digest_algorithms):
+                if alg is None:
+                    continue
                 challenge = DigestChallenge(
                     realm=policy.realm,
                     nonce=nonce,
