@@ -54,7 +54,11 @@ def head(status: str, *fields: str, body: bytes = b"", framing: str = "length") 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload, framing == "close"
 
 
-def scripted(framing: str, *, rspauth: str | None = None) -> Callable[[Seen], tuple[bytes, bool, bool]]:
+def scripted(framing: str, *, rspauth: str | None = None,
+             info_lines: Callable[[str], list[str]] | None = None) -> Callable[[Seen], tuple[bytes, bool, bool]]:
+    """A proxy offering CHALLENGES; ``rspauth`` (a value) or ``info_lines`` (the right field value in, the
+    Proxy-Authentication-Info values to send out) for its answer to right credentials."""
+
     def respond(seen: Seen) -> tuple[bytes, bool, bool]:
         creds = check_digest(seen)
         if creds is None:
@@ -67,6 +71,9 @@ def scripted(framing: str, *, rspauth: str | None = None) -> Callable[[Seen], tu
         if rspauth is not None:
             info = [f'Proxy-Authentication-Info: qop=auth, rspauth="{rspauth}", cnonce="{creds.cnonce}", '
                     f"nc={creds.nc}"]
+        if info_lines is not None:
+            good = f'qop=auth, rspauth="{right_rspauth(creds)}", cnonce="{creds.cnonce}", nc={creds.nc}'
+            info = [f"Proxy-Authentication-Info: {value}" for value in info_lines(good)]
         if seen.method == "CONNECT":
             return ("HTTP/1.1 200 Connection established\r\n" + "".join(f"{i}\r\n" for i in info)
                     + "\r\n").encode(), False, True
@@ -116,6 +123,27 @@ def test_rspauth_checked(kind: str, fake_proxy: MakeFake, origin: OriginServer) 
     with pytest.raises(ProxyAuthError, match="rspauth") as info:
         fetch(kind, wrong.url, [("GET", plain, None)], auth=(USER, PASSWORD))
     assert info.value.reason == "rspauth-mismatch"
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("variant", ["repeated rspauth", "repeated nextnonce", "two fields", "unparsable"])
+def test_untrusted_proxy_authentication_info(kind: str, variant: str, fake_proxy: MakeFake, origin: OriginServer,
+                                             tls_origin: tuple[OriginServer, Path]) -> None:
+    """A Proxy-Authentication-Info that cannot be trusted fails the request, on plain HTTP and on CONNECT,
+    the same way for every malformed form (it used to be skipped in silence)."""
+    variants: dict[str, Callable[[str], list[str]]] = {
+        "repeated rspauth": lambda good: [good + ', rspauth="' + "0" * 64 + '"'],
+        "repeated nextnonce": lambda good: [good + ', nextnonce="a", nextnonce="b"'],
+        "two fields": lambda good: [good, good],
+        "unparsable": lambda good: [good + ', rspauth="unterminated'],
+    }
+    fake = fake_proxy(scripted("length", info_lines=variants[variant]))
+    for url in urls(origin, tls_origin, "/info"):
+        with pytest.raises(ProxyAuthError, match="the proxy's Proxy-Authentication-Info field cannot be trusted") \
+                as info:
+            fetch(kind, fake.url, [("GET", url, None)], auth=(USER, PASSWORD), ca=tls_origin[1])
+        assert info.value.reason == "untrusted-auth-info" and info.value.hop == "proxy"
+    assert not any(entry["path"] == "/info" for entry in tls_origin[0].seen)
 
 
 @pytest.mark.parametrize("kind", CLIENTS)

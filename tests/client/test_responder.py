@@ -18,7 +18,7 @@ import pytest
 from authproxy.auth import driver
 from authproxy.auth.basic import basic_challenge
 from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1
-from authproxy.auth.headers import build_challenge, parse_credentials
+from authproxy.auth.headers import build_challenge, parse_auth_params, parse_credentials
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.responder import (
     ProxyAuthError,
@@ -448,3 +448,56 @@ class _Tampered(FakeProxy):
             headers = tuple((k, re.sub(r'rspauth="?[0-9a-f]+"?', wrong, v)) for k, v in answer.headers)
             return ProxyResponse(answer.status, headers, answer.body)
         return tampered
+
+
+# --- an info field that cannot be trusted is a failure (issue 9) ----------------------------------------------
+
+UNTRUSTED: dict[str, Callable[[str], list[str]]] = {
+    "repeated rspauth": lambda good: [good + ', rspauth="' + "0" * 64 + '"'],
+    "repeated rspauth, same value": lambda good: [good + ", " + good.split(", ")[1]],
+    "repeated nextnonce": lambda good: [good + ', nextnonce="a", nextnonce="b"'],
+    "two fields": lambda good: [good, good],
+    "two fields, different parameters": lambda good: [good, 'nextnonce="n2"'],
+    "unparsable": lambda good: [good + ', rspauth="unterminated'],
+    "not an auth-param list": lambda good: ["=garbage"],
+}
+
+
+@pytest.mark.parametrize("role", [PROXY, ORIGIN], ids=["proxy", "origin"])
+@pytest.mark.parametrize("variant", UNTRUSTED)
+def test_an_untrusted_info_field_fails_the_same_way(variant: str, role: Role) -> None:
+    peer = FakeProxy(role, qop=("auth",), nonce_lifetime=100)
+    r = responder(role=role)
+    request = ProxyRequest("GET", "/p" if role == ORIGIN else "http://origin.test/p")
+    flow = r.flow(request)
+    next(flow)
+    attempt = flow.send(peer.challenge_response())
+    peer.now += 60  # past half the nonce's life: the genuine field carries a nextnonce too
+    genuine = peer(request)(attempt)
+    (good,) = genuine.get_all(role.info_field)
+    assert "rspauth=" in good and "nextnonce=" in good
+    fields = tuple((role.info_field, value) for value in UNTRUSTED[variant](good))
+    with pytest.raises(ProxyAuthError) as info:
+        flow.send(ProxyResponse(200, fields))
+    err = info.value
+    assert err.reason == "untrusted-auth-info" and err.hop == role.name and err.status == 200
+    assert str(err).startswith(f"the {role.name}'s {role.info_field} field cannot be trusted: ")
+    assert r.in_use is None  # the nonce is forgotten: the next request starts afresh
+
+
+def test_a_genuine_info_field_with_nextnonce_is_taken() -> None:
+    """The control for the test above: the same exchange with the field untouched succeeds."""
+    peer = FakeProxy(qop=("auth",), nonce_lifetime=100)
+    r = responder()
+    flow = r.flow(GET)
+    next(flow)
+    attempt = flow.send(peer.challenge_response())
+    peer.now += 60
+    genuine = peer(GET)(attempt)
+    with pytest.raises(StopIteration) as stop:
+        flow.send(genuine)
+    assert stop.value.value.status == 200
+    nextnonce = dict(parse_auth_params(genuine.get_all("Proxy-Authentication-Info")[0]))["nextnonce"]
+    assert run(peer, r, GET).status == 200  # preemptive, with the next nonce
+    sent = DigestCredentials.from_credentials(parse_credentials(peer.sent[-1] or ""))
+    assert sent.nonce == nextnonce and sent.nc == "00000001" and len(peer.sent) == 2  # no challenge between

@@ -80,7 +80,8 @@ class ProxyAuthError(ProxyError):
     """The proxy did not accept us: wrong credentials, nothing we can answer, or a broken exchange.
 
     ``reason`` is one of ``wrong-credentials``, ``no-credentials``, ``no-usable-challenge``,
-    ``basic-refused``, ``body-not-replayable``, ``stale-loop``, ``rspauth-mismatch``, ``answered-401``,
+    ``basic-refused``, ``body-not-replayable``, ``stale-loop``, ``rspauth-mismatch``, ``untrusted-auth-info``
+    (a (Proxy-)Authentication-Info field repeated, with a parameter twice, or unparsable), ``answered-401``,
     ``malformed-challenge``, ``too-many-rounds``.
     """
 

@@ -348,7 +348,7 @@ def parse_auth_params(value: str) -> tuple[tuple[str, str], ...]:
             break
         name, pvalue = cur.auth_param()
         if name in seen:
-            raise AuthHeaderError("an auth-param name occurs twice")
+            raise AuthHeaderError(f"the auth-param {name} occurs twice")  # a token: safe to show
         seen.add(name)
         params.append((name, pvalue))
         cur.end_element()

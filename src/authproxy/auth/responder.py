@@ -482,16 +482,25 @@ class Responder:
     # -- after success ----------------------------------------------------------------------------------------
 
     def _check_auth_info(self, sent: _Sent, response: ProxyResponse) -> None:
-        """RFC 7616 section 3.5: verify rspauth (qop=auth) and take nextnonce."""
+        """RFC 7616 section 3.5: verify rspauth (qop=auth) and take nextnonce from the role's info field.
+
+        A field that cannot be trusted is a failure, never skipped: more than one field line, a value that does
+        not parse, or a parameter named twice (RFC 9110 section 11.2's rule for auth-params; which of two
+        rspauth or nextnonce values would be the peer's?). Skipping it would let whoever added the second
+        field line (another hop relaying an origin's field, RFC 9110 section 11.7.3) go unchecked.
+        """
         if sent.scheme != "digest":
             return
         values = response.get_all(self.role.info_field)
         if not values:
             return
+        if len(values) > 1:
+            raise self._untrusted_info(response, f"it came as {len(values)} field lines, where {self._peer} sends "
+                                                 "one (a second is most likely another hop's)")
         try:
-            params = dict(parse_auth_params(", ".join(values)))
-        except AuthHeaderError:
-            return  # unreadable: nothing to verify against, and the request did succeed
+            params = dict(parse_auth_params(values[0]))
+        except AuthHeaderError as exc:
+            raise self._untrusted_info(response, f"it does not parse: {exc.message}") from exc
         assert sent.alg is not None and sent.ha1 is not None and sent.nonce is not None
         rspauth = params.get("rspauth")
         # For auth-int, rspauth covers the response body, which the caller has not read yet: not checked here.
@@ -521,6 +530,16 @@ class Responder:
                     self._session = _Session(fresh, session.ha1, nc=0)
 
     # -- errors -----------------------------------------------------------------------------------------------
+
+    def _untrusted_info(self, response: ProxyResponse, why: str) -> ProxyAuthError:
+        with self._lock:
+            self._session = None  # what the field said about the nonce is in doubt: start afresh next time
+        field_name = self.role.info_field
+        return ProxyAuthError(
+            f"{self._peer}'s {field_name} field cannot be trusted: {why}; neither its rspauth nor its nextnonce "
+            f"can be checked, so the response cannot be trusted to come from the real {self.role.name}",
+            status=response.status, headers=response.headers, reason="untrusted-auth-info", hop=self.role.name,
+        )
 
     def _error(self, response: ProxyResponse, judged: _Judged, reason: str, message: str) -> ProxyAuthError:
         return ProxyAuthError(message, status=response.status, headers=response.headers,

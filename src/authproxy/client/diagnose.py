@@ -195,6 +195,7 @@ _SHORT = {
     "wrong-credentials": "password rejected",
     "stale-loop": "the proxy keeps calling the nonce stale",
     "rspauth-mismatch": "the proxy's rspauth does not match",
+    "untrusted-auth-info": "the proxy's Proxy-Authentication-Info cannot be trusted",
     "answered-401": "the proxy answered 401",
     "too-many-rounds": "still 407 after several rounds",
 }
