@@ -159,6 +159,18 @@ def make_tls(tmp: Path) -> tuple[ssl.SSLContext, Path]:
     return ctx, ca_path
 
 
+def write_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, its key and the CA that trusts it, as PEM files for
+    ``--tls-cert``, ``--tls-key`` and a client's CA bundle."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp / "cert.pem", tmp / "key.pem", tmp / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    key_path.write_bytes(cert.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_path))
+    return cert_path, key_path, ca_path
+
+
 def make_users_file(path: Path, realm: str = REALM) -> Path:
     for name, password in USERS.items():
         add_user(path, name, password, realm)

@@ -60,6 +60,7 @@ class Config:
     drain_grace: float = 10.0  # seconds SIGTERM waits for in-flight requests
     tls_cert: str = ""  # PEM files: with both set, clients speak TLS to the proxy
     tls_key: str = ""
+    tls_handshake_timeout: float = 10.0  # seconds from accept for a TLS client to finish its handshake
     auth_int_max_body: int = 1 << 20
     connect_ports: tuple[int, ...] | None = (443,)  # None: any port
     allow_private: bool = False  # reach loopback, private, link-local... addresses (tests, one-machine set-ups)
@@ -91,7 +92,7 @@ class Config:
             raise ConfigError(f"via_pseudonym: must be a token (letters, digits, -._~...): {self.via_pseudonym!r}")
         if self.access_log_format not in _LOG_FORMATS:
             raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
-        for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout"):
+        for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout", "tls_handshake_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive")
         for key in ("max_header_size", "auth_int_max_body"):

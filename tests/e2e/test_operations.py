@@ -11,8 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import trustme
-
 from helpers import (
     REALM,
     OriginServer,
@@ -22,6 +20,7 @@ from helpers import (
     read_response,
     start_proxy,
     status_of,
+    write_tls_files,
 )
 
 ALICE = basic_authorization("alice", "wonderland")
@@ -35,12 +34,7 @@ def get(port: int, path: str = "/", auth: str | None = ALICE, extra: str = "") -
 
 
 def test_tls_listener_with_curl(tmp_path: Path, users_file: Path, origin: OriginServer) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    key_path.write_bytes(cert.private_key_pem.bytes())
-    ca.cert_pem.write_to_path(str(ca_path))
+    cert_path, key_path, ca_path = write_tls_files(tmp_path)
     proxy = start_proxy(tmp_path, users_file, "--tls-cert", str(cert_path), "--tls-key", str(key_path))
     try:
         curl = shutil.which("curl")

@@ -65,13 +65,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "-"
-        refusal = self.server.admit(self)
-        if refusal is not None:
-            # Over a connection limit: say so in one response rather than a silent reset.
-            self.closed = True
-            self.transport.write(made_up_response(503, refusal, proxy_name=self.server.config.via_pseudonym,
-                                             keep_alive=False, extra_headers=[("Retry-After", "1")]))
-            transport.close()
+        self.server.accepted(self)  # counted from accept, before any TLS handshake; or refused and closed
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

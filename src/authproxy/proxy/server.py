@@ -26,7 +26,9 @@ from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
 from authproxy.proxy.policy import Decision, OwnSockets, Refused, resolve_and_check
-from authproxy.proxy.throttle import FailureThrottle
+from authproxy.proxy.responses import made_up_response
+from authproxy.proxy.throttle import FailureThrottle, client_key
+from authproxy.proxy.tls import start_handshake, tls_context
 from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
@@ -50,15 +52,18 @@ class ProxyServer:
         self.throttle = _throttle(config)
         self.own_sockets = OwnSockets()  # where this proxy listens: a destination there is a loop
         self._server: asyncio.base_events.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
 
     async def start(self, reuse_port: bool = False) -> None:
         host, port = self.config.listen_address
         loop = asyncio.get_running_loop()
         _raise_fd_limit()
+        # No ssl= here even for TLS: see accepted() and authproxy.proxy.tls.
+        self._tls = tls_context(self.config)
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None,
-            backlog=1024, ssl=tls_context(self.config),
+            backlog=1024,
         )
         self.own_sockets = OwnSockets.of(self._server.sockets)
         self._housekeeping = loop.call_later(1.0, self._tick)
@@ -127,31 +132,61 @@ class ProxyServer:
             self._remember_decision((user, host, port, is_connect), decision, time.monotonic())
         return decision
 
+    def accepted(self, conn: ClientConnection) -> None:
+        """A connection was just accepted: count it in, or refuse it at once; on the TLS listener, start its
+        handshake. Counting here, before any handshake, is what keeps connections that never finish one
+        inside ``max_connections`` and ``max_connections_per_client``."""
+        refusal = self.admit(conn)
+        if refusal is not None:
+            conn.closed = True
+            if self._tls is None:
+                # Over a connection limit: say so in one response rather than a silent reset.
+                sent = made_up_response(503, refusal, proxy_name=self.config.via_pseudonym, keep_alive=False,
+                                        extra_headers=[("Retry-After", "1")])
+                conn.transport.write(sent)
+            else:
+                # Nothing can be said on the TLS listener: before a handshake a TLS client cannot read a
+                # plaintext 503 (to it that is a protocol error), and finishing a handshake for a client already
+                # over its limit would spend the CPU and time the limit is there to save. Close; the log says why.
+                sent = b""
+            self.log_refusal(conn, 503, len(sent), outcome=Outcome.OVER_LIMIT)
+            conn.transport.close()
+            return
+        if self._tls is not None:
+            start_handshake(conn, self._tls, self.config.tls_handshake_timeout)
+
     def admit(self, conn: ClientConnection) -> str | None:
-        """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503)."""
+        """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503).
+
+        Per client, IPv6 addresses count by their /64 (as the sign-in throttle does): one subscriber holds a
+        whole /64 and could otherwise open ``max_connections_per_client`` from each of its addresses.
+        """
         config = self.config
         if len(self.connections) >= config.max_connections:
             return f"this proxy is at its limit of {config.max_connections} connections; retry shortly"
-        count = self.per_client.get(conn.client, 0)
+        key = client_key(conn.client)
+        count = self.per_client.get(key, 0)
         if config.max_connections_per_client and count >= config.max_connections_per_client:
             return (f"this proxy allows {config.max_connections_per_client} concurrent connections per client "
                     "address, and yours has that many open")
-        self.per_client[conn.client] = count + 1
+        self.per_client[key] = count + 1
         self.connections.add(conn)
         return None
 
     def release(self, conn: ClientConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            count = self.per_client.pop(conn.client, 1) - 1
+            key = client_key(conn.client)
+            count = self.per_client.pop(key, 1) - 1
             if count > 0:
-                self.per_client[conn.client] = count
+                self.per_client[key] = count
 
-    def log_refusal(self, conn: ClientConnection, status: int, sent: int) -> None:
-        """A request refused before it could be parsed: logged with what little is known."""
+    def log_refusal(self, conn: ClientConnection, status: int, sent: int,
+                    outcome: Outcome = Outcome.BAD_REQUEST) -> None:
+        """A request or connection refused before a request could be parsed: logged with what little is known."""
         self.access_log.write(AccessRecord(started=time.time(), duration=0.0, client=conn.client, user=None,
                                            method="-", target="-", status=status, sent_bytes=sent,
-                                           outcome=Outcome.BAD_REQUEST))
+                                           outcome=outcome))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for up to ``grace`` seconds, then close the rest."""
@@ -209,18 +244,6 @@ def _throttle(config: Config) -> FailureThrottle | None:
         return None
     return FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
                            config.throttle_max_user_lockout)
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The listener's TLS context, so Basic credentials need not cross the network in clear."""
-    if not config.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls_cert: cannot load {config.tls_cert} / {config.tls_key}: {exc}") from None
-    return context
 
 
 def _raise_fd_limit() -> None:
