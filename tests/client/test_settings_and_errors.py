@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from authproxy.auth.responder import ProxyAuthError, ProxyRequest, ProxyResponse, Responder, Send
 from authproxy.client.errors import connect_failure, judge_failure, parse_proxy_status
-from authproxy.client.settings import ProxySelector, ProxyURLError, no_proxy_matches, parse_proxy_url
+from authproxy.client.settings import ProxyOptions, ProxyURLError, no_proxy_matches, parse_proxy_url
 
 
 def test_userinfo_is_decoded_exactly_once() -> None:
@@ -43,8 +43,8 @@ def test_no_proxy() -> None:
     assert no_proxy_matches("10.0.0.1:8080", "10.0.0.1", 8080)
     assert not no_proxy_matches("10.0.0.1:8080", "10.0.0.1", 80)
     assert no_proxy_matches("*", "anything", 1)
-    with pytest.raises(ProxyURLError):
-        ProxySelector(None, None, trust_env=False)
+    with pytest.raises(ProxyURLError, match="give a proxy URL, or trust_env=True"):
+        ProxyOptions(None)
 
 
 def test_hop_from_proxy_status() -> None:

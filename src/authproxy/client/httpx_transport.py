@@ -103,7 +103,7 @@ class _Common(ConfiguredByOptions):
 
     def _setup(self, options: ProxyOptions) -> None:
         self.options = options
-        self._selector = ProxySelector(options.proxy_url, options.auth, options.trust_env)
+        self._selector = ProxySelector(options)
         self._origin_ssl = make_ssl_context(options.verify, options.cert)
         self._proxy_ssl = make_ssl_context(options.proxy_verify)
 

@@ -127,7 +127,7 @@ class ProxyAdapter(ConfiguredByOptions, requests.adapters.HTTPAdapter):
                              "and session.cert (proxy_verify is the adapter's own, for an https:// proxy)")
         super().__init__()
         self.options = options
-        self._selector = ProxySelector(options.proxy_url, options.auth, options.trust_env)
+        self._selector = ProxySelector(options)
         self._proxy_ssl = make_ssl_context(options.proxy_verify)
         # One responder per proxy, whatever the TLS settings of the origin: the nonce cache is the proxy's.
         self._responders: dict[ProxyEndpoint, Any] = {}

@@ -233,20 +233,18 @@ def netrc_credentials(host: str) -> tuple[str, str] | None:
 
 
 class ProxySelector:
-    """Which proxy (or none) a target goes through, and with which credentials.
+    """Which proxy (or none) a target goes through, and with which credentials, as ``options`` say.
 
     ``proxy_url`` given: every target goes through it (except ``NO_PROXY`` hosts when ``trust_env``). Not
-    given: the environment decides (``trust_env`` must then be true). ``auth`` wins over the URL's userinfo,
-    which wins over netrc.
+    given: the environment decides (:class:`ProxyOptions` made sure ``trust_env`` is then true). ``auth`` wins
+    over the URL's userinfo, which wins over netrc.
     """
 
-    def __init__(self, proxy_url: str | None, auth: tuple[str, str] | None, trust_env: bool) -> None:
-        if proxy_url is None and not trust_env:
-            raise ProxyURLError("give a proxy URL, or trust_env=True to take it from HTTP(S)_PROXY")
-        self._explicit = None if proxy_url is None else parse_proxy_url(proxy_url)
-        self._auth = auth
-        self._trust_env = trust_env
-        self._env = urllib.request.getproxies_environment() if trust_env else {}
+    def __init__(self, options: ProxyOptions) -> None:
+        self._explicit = None if options.proxy_url is None else parse_proxy_url(options.proxy_url)
+        self._auth = options.auth
+        self._trust_env = options.trust_env
+        self._env = urllib.request.getproxies_environment() if options.trust_env else {}
         self._cache: dict[str, ProxyEndpoint] = {}
 
     def select(self, scheme: str, host: str, port: int) -> ProxyEndpoint | None:
