@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 
 from authproxy.auth.passwords import (
     describe_hash,
+    dummy_hash_like,
+    hash_shape,
     is_slow_hash,
     is_supported_hash,
     md5_crypt,
     verify_password_hash,
 )
+from authproxy.auth.store import UserEntry, basic_check_is_slow, check_basic_password, dummy_entry
 
 # Computed once with `openssl passwd -apr1 -salt SALT PASSWORD` (OpenSSL 3.0), so these run without openssl.
 APR1_KNOWN = [
@@ -141,3 +144,36 @@ CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 def test_md5_crypt_round_trip(password: str, salt: str) -> None:
     stored = md5_crypt(password.encode("utf-8", "surrogatepass"), salt.encode())
     assert verify_password_hash(password, stored)
+
+
+@pytest.mark.parametrize("stored", [
+    bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode(),
+    bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=5)).decode().replace("$2b$", "$2y$", 1),
+    md5_crypt(b"pw", b"saltsalt"),
+    md5_crypt(b"pw", b"abc", magic=b"$1$"),
+    "{SHA}" + base64.b64encode(hashlib.sha1(b"pw").digest()).decode(),
+    "rqXexS6ZhobKA",
+])
+def test_a_stand_in_hash_costs_what_the_real_one_costs_and_matches_nothing(stored: str) -> None:
+    """Issue 9 item 9: the hash checked for an unknown user has the real one's format and cost factor."""
+    shape = hash_shape(stored)
+    dummy = dummy_hash_like(shape, bytes(range(32)))
+    assert describe_hash(dummy) == describe_hash(stored) or describe_hash(stored).startswith("unsupported")
+    assert hash_shape(dummy) == shape
+    assert dummy != dummy_hash_like(shape, bytes(range(1, 33))) or shape == "unsupported"  # salted from rand
+    for password in ("pw", "", "x" * 80):
+        assert not verify_password_hash(password, dummy)
+
+
+def test_the_stand_in_user_is_of_the_usual_kind() -> None:
+    bc = [UserEntry(f"u{i}", password_hash=bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode())
+          for i in range(3)]
+    apr = UserEntry("apr", password_hash=md5_crypt(b"pw", b"salt"))
+    dummy = dummy_entry([*bc, apr], bytes(32))
+    assert dummy.password_hash is not None and dummy.password_hash.startswith("$2b$04$")
+    assert basic_check_is_slow(dummy, "r") and not check_basic_password(dummy, "pw", "r")
+    ha1 = [UserEntry("a", "r", {"MD5": "0" * 32, "SHA-256": "0" * 64}), apr]
+    dummy = dummy_entry([*ha1, UserEntry("b", "r", {"MD5": "1" * 32, "SHA-256": "1" * 64})], bytes(range(32)))
+    assert dummy.realm == "r" and sorted(dummy.ha1) == ["MD5", "SHA-256"] and dummy.can_basic("r")
+    assert not basic_check_is_slow(dummy, "r")
+    assert dummy_entry([], bytes(32)) == UserEntry("")

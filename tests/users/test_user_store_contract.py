@@ -196,3 +196,15 @@ def test_any_file_loads_or_raises_user_store_error(data: bytes) -> None:
                 list(kind.open(path, FakeClock()))
         with contextlib.suppress(UserStoreError):
             list(open_user_store(path, REALM))
+
+
+def test_passwords_are_checked_through_the_store(kind: StoreKind, tmp_path: Path, clock: FakeClock) -> None:
+    """check_password answers for a known user, and for nobody (None) it answers False after a check of the
+    store's usual kind (issue 9 item 9), the same way fast or slow as a known user's."""
+    store = open_store(kind, tmp_path, clock)
+    for name, password in USERS.items():
+        entry = store.lookup(name)
+        assert store.check_password(entry, password, REALM)
+        assert not store.check_password(entry, password + "!", REALM)
+        assert not store.check_password(None, password, REALM)
+        assert store.password_check_is_slow(None, REALM) == store.password_check_is_slow(entry, REALM)

@@ -14,17 +14,16 @@ import re
 
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import Challenge
+from authproxy.auth.text import has_control
 
 #: Longest token68 accepted. 4 KiB of base64 is a 3 KiB user:password, far beyond any real credential.
 MAX_TOKEN68_LENGTH = 4096
 
-# C0 controls and DEL (RFC 5234 CTL), plus the C1 controls, which are just as unprintable once decoded.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def _check_part(what: str, text: str) -> None:
-    if _CONTROL_RE.search(text):
+    if has_control(text):
         raise AuthHeaderError(f"control character in the Basic {what}")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import Challenge, Credentials, is_token
+from authproxy.auth.text import has_control
 
 
 def _sha512_256(data: bytes) -> str:
@@ -205,7 +206,6 @@ def encode_ext_value(s: str) -> str:
 # --- challenge and credentials as values, RFC 7616 sections 3.3 and 3.4 -----------------------------------
 
 QOP_VALUES: tuple[str, ...] = ("auth", "auth-int")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NC_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
@@ -358,7 +358,7 @@ class DigestCredentials:
             username = plain
         else:
             raise AuthHeaderError("Digest username is missing")
-        if _CONTROL_RE.search(username):
+        if has_control(username):
             raise AuthHeaderError("control character in the Digest username")
         realm = _required(c, "realm")
         nonce = _required(c, "nonce")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from authproxy.auth.errors import AuthHeaderError
+from authproxy.auth.text import has_control
 
 #: Longest field value we parse. Real challenges and credentials are a few hundred bytes; the cap keeps a
 #: hostile peer from making the parser (and everything downstream) chew on megabytes.
@@ -36,8 +37,6 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 section 11.2: token68.
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _WS = " \t"
-# CTL = %x00-1F / %x7F (RFC 5234); HTAB is allowed as whitespace and inside quoted-string.
-_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 #: Parameters whose values are sent as a bare token when they are one (RFC 7616 section 3.3/3.4 examples).
 #: ``qop`` is a token in credentials (one value) but a quoted list in a challenge.
@@ -55,7 +54,7 @@ def is_token(value: str) -> bool:
 def _check_field(value: str) -> None:
     if len(value) > MAX_FIELD_LENGTH:
         raise AuthHeaderError(f"authentication field longer than {MAX_FIELD_LENGTH} characters")
-    if _CTL_RE.search(value):
+    if has_control(value, field_value=True):
         # RFC 9110 section 5.5: CR, LF and NUL are never valid in a field value; other CTLs are not
         # valid in any production of section 11 either.
         raise AuthHeaderError("control character in authentication field")
@@ -63,7 +62,7 @@ def _check_field(value: str) -> None:
 
 def quote_string(value: str) -> str:
     """``value`` as an RFC 9110 section 5.6.4 quoted-string (backslash before ``"`` and ``\\``)."""
-    if _CTL_RE.search(value):
+    if has_control(value, field_value=True):
         raise AuthHeaderError("control character in a parameter value")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -95,7 +94,7 @@ class _AuthItem:
                 # one would let two parties read different values from the same field (Squid-style bugs).
                 raise AuthHeaderError("an auth-param name occurs twice")
             seen.add(name)
-            if _CTL_RE.search(value):
+            if has_control(value, field_value=True):
                 raise AuthHeaderError("control character in an auth-param value")
         if normalised != self.params:
             object.__setattr__(self, "params", normalised)
@@ -313,7 +312,7 @@ def parse_credentials(value: str) -> Credentials:
     """The one credentials item of a (Proxy-)Authorization field value (RFC 9110 section 11.4)."""
     if isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH:
         fast = _FAST_CREDENTIALS_RE.fullmatch(value)
-        if fast is not None and not _CTL_RE.search(value):
+        if fast is not None and not has_control(value, field_value=True):
             params = tuple((name.lower(), token or quoted)
                            for name, token, quoted in _FAST_PARAM_RE.findall(fast.group(2)))
             if len({name for name, _ in params}) == len(params):

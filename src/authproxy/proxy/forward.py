@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httptools
 
 from authproxy.auth.errors import ProtocolError
+from authproxy.auth.text import has_control
 
 #: Fields that describe one connection, never the message (RFC 9110 section 7.6.1, RFC 9112 section 9.6).
 #: Proxy-Authorization is here because this proxy consumes it.
@@ -154,7 +155,7 @@ def parse_authority(target: bytes) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise ProtocolError("an IPv6 CONNECT target must be bracketed: [addr]:port")
-    if "@" in host or "/" in host or not host.isprintable():
+    if "@" in host or "/" in host or has_control(host):
         raise ProtocolError("CONNECT target is not a host:port")
     return host.lower(), port
 
