@@ -300,6 +300,13 @@ def test_wrong_uri_is_400() -> None:
         ("GET", "http://h", "/", True),
         ("GET", "http://h?q", "/?q", True),
         ("GET", "http://h:80/p", "http://h/p", False),  # no normalisation
+        ("GET", "http://h/p?q", "http://other/p?q", False),  # an absolute uri is tied to the target's host,
+        ("GET", "http://h/p?q", "https://h/p?q", False),  # scheme,
+        ("GET", "http://h/p?q", "http://h:8080/p?q", False),  # port,
+        ("GET", "http://h/p?q", "http://h/p?r", False),  # and query
+        ("GET", "http://other/p?q", "/p?q", True),  # origin-form: path and query only (curl sends it)
+        ("GET", "http://h/p?q", "p?q", False),
+        ("GET", "http://h/p?q", "//h/p?q", False),
         ("GET", "http://h/%7Ep", "/~p", False),
         ("CONNECT", "h:443", "h:443", True),
         ("CONNECT", "h:443", "/", False),

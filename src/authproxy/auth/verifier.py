@@ -213,11 +213,20 @@ def _origin_form(target: str) -> str | None:
 
 
 def uri_matches(method: str, target: str, uri: str) -> bool:
-    """Whether the Digest ``uri`` names the request-target (RFC 7616 section 3.4, checklist item 17).
+    """Whether the Digest ``uri`` names the request-target (RFC 7616 section 3.4.6: the uri is what the
+    digest covers, so it must be the request-target, or the credentials are for another request).
 
-    CONNECT: the authority ``host:port``, exactly. Otherwise the absolute URI exactly, or its origin-form
-    (some clients send the path even to a proxy). Nothing is normalised: the digest covers the bytes the
-    client sent, and normalising would let a digest for one URI pass for another.
+    - CONNECT: the authority ``host:port``, exactly.
+    - An absolute-form uri: the target exactly, so scheme, host, port, path and query all match. Nothing is
+      normalised: the digest covers the bytes the client sent, and normalising would let a digest made for
+      one URI pass for another.
+    - An origin-form uri (path and query) for an absolute-form target: accepted when it is exactly the
+      target's path and query, because clients send it: curl (7.88) answers a proxy's Digest challenge for
+      ``GET http://h/p?q`` with ``uri="/p?q"``, as it would answer an origin, and Apache and Squid accept the
+      same. Such a digest does not cover the host; what binds it to this request is the rest of the digest
+      (method, path, query, a nonce of ours, an nc used once). Refusing it would lock curl users out of
+      Digest through the proxy; a client that sends the absolute URI (authproxy.client, browsers, urllib)
+      gets the host covered too.
     """
     if uri == target:
         return True
