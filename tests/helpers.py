@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -146,6 +147,57 @@ class OriginServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+class ScriptedOrigin:
+    """A raw TCP origin on 127.0.0.1 that answers each request head it reads with ``answer(conn, path)``, which
+    writes whatever bytes it likes (a hostile origin) and returns False to close the connection. It counts
+    connections, so a test can tell whether the proxy reused one, and records how each one ended."""
+
+    def __init__(self, answer: Callable[[socket.socket, str], bool]) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port: int = self.sock.getsockname()[1]
+        self.connections = 0
+        self.errors: list[BaseException] = []  # what a write to the proxy raised (the proxy cut the connection)
+        self.done = threading.Event()  # set each time an answer ends
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1].decode("latin-1")
+                    try:
+                        if not self.answer(conn, path):
+                            return
+                    finally:
+                        self.done.set()
+            except OSError as exc:
+                self.errors.append(exc)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def make_tls(tmp: Path) -> tuple[ssl.SSLContext, Path]:

@@ -464,40 +464,82 @@ class Exchange:
     # == the response (upstream.ResponseSink) ==================================================================
     def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                       keep_alive: bool) -> None:
+        """Relay a response head, repairing or refusing framing RFC 9112 section 6 forbids (issue 9).
+
+        Squid either repairs or refuses; so does this, by what the client can still be told truthfully:
+        - a 1xx ends with its head (RFC 9110 section 15.2). With Content-Length or Transfer-Encoding llhttp
+          reads a body for some 1xx codes, so origin and proxy would disagree on where the next response
+          starts: refused (502), the origin connection closed;
+        - a 204 or 304 has no body (RFC 9112 section 6.3 rule 1): Content-Length and Transfer-Encoding are
+          not relayed (a client trusting them would wait for bytes that never come), and when they were sent
+          (a 204 must not, RFC 9110 section 8.6) the origin connection is closed: whatever the origin believes
+          follows must not become the next request's response;
+        - Transfer-Encoding with Content-Length (rule 3): the coding wins, the length is dropped, and the origin
+          connection is closed after (the pair is the shape of a smuggling attempt);
+        - chunked applied twice, or before another coding (RFC 9112 section 6.1): no end we can trust, 502;
+        - a final coding other than chunked (rule 4): the body ends when the origin closes. An HTTP/1.1 client
+          gets it re-chunked with the origin's codings named before chunked; an HTTP/1.0 client, which cannot
+          be sent Transfer-Encoding, gets a body that ends at close when the coding is identity, and 502 for a
+          coding it could not know was applied;
+        - several Content-Length fields, or one holding a list: llhttp refuses them (502), identical or not
+          (RFC 9110 section 8.6 allows either rejecting or repairing; rejecting is the one that cannot be
+          wrong).
+        """
+        fields, content_length, codings = forward.response_fields(headers)
         if 100 <= status < 200:
             if status == 101:
                 self.upstream_error("the origin switched protocols, which this proxy does not relay")
+            elif content_length or codings is not None:
+                self.upstream_error(f"the origin {self.peer} sent an interim {status} response with content, "
+                                    "which a 1xx cannot have (RFC 9110 section 15.2)")
             elif self.version == "1.1":
                 self._out.append(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
             return
-        tokens = forward.connection_tokens(headers)
-        content_length: int | None = None
-        chunked = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                content_length = int(value)  # llhttp has checked it is one valid number
-            elif lower == b"transfer-encoding":
-                chunked = True
-        out_headers = forward.end_to_end(headers, tokens)
+        reuse = keep_alive
+        chunked = False  # the origin's body arrives chunked (httptools takes the chunking off)
+        if codings is not None:
+            if content_length is not None:
+                content_length, reuse = None, False
+            chunked = bool(codings) and codings[-1] == b"chunked"
+            if codings.count(b"chunked") > chunked:
+                self.upstream_error(f"the origin {self.peer} applied the chunked coding other than once and last "
+                                    "(RFC 9112 section 6.1)")
+                return
+            others = [c for c in codings[:-1] if c != b"identity"] if chunked else \
+                [c for c in codings if c != b"identity"]
+            if others:
+                if self.version != "1.1":
+                    self.upstream_error(f"the origin {self.peer} sent a body in the transfer coding "
+                                        f"{b', '.join(others).decode('latin-1')!r}, which an HTTP/1.0 client "
+                                        "cannot be told about (RFC 9112 section 6.1)")
+                    return
+                fields.append((b"Transfer-Encoding", b", ".join(others)))  # chunked follows: our framing
         if self.auth_info is not None:
-            out_headers.append((b"Proxy-Authentication-Info", self.auth_info.encode("latin-1")))
+            fields.append((b"Proxy-Authentication-Info", self.auth_info.encode("latin-1")))
         keep = self.keep_alive and not self.conn.draining
-        bodiless = self.method == b"HEAD" or status in _NO_BODY_STATUS
         send_length: int | None = None
-        if bodiless or (content_length is not None and not chunked):
-            send_length = content_length
-        elif self.version == "1.1":
-            self.chunked_out = True
+        if status in _NO_BODY_STATUS:
+            if content_length or codings is not None:
+                reuse = False
+            bodiless = True
+        elif self.method == b"HEAD":
+            send_length = content_length  # the length a GET would have had (RFC 9110 section 9.3.2)
+            bodiless = True
         else:
-            keep = False  # an HTTP/1.0 client learns where the body ends when the connection closes
+            bodiless = False
+            if content_length is not None:
+                send_length = content_length
+            elif self.version == "1.1":
+                self.chunked_out = True
+            else:
+                keep = False  # an HTTP/1.0 client learns where the body ends when the connection closes
         self.close_delimited = not bodiless and content_length is None and not chunked
-        self.upstream_keep_alive = keep_alive and not self.close_delimited
+        self.upstream_keep_alive = reuse and not self.close_delimited
         self.keep_alive = keep
         self.status = status
         self.head_sent = True
         head = forward.build_response_head(
-            status, reason, out_headers, via=self.server.via("1.1"), content_length=send_length,
+            status, reason, fields, via=self.server.via("1.1"), content_length=send_length,
             chunked=self.chunked_out, keep_alive=keep,
         )
         self.sent_bytes += len(head)
@@ -554,12 +596,12 @@ class Exchange:
             return
         self.finish(reusable=False, keep_client=False, abort=True)
 
-    def upstream_error(self, message: str) -> None:
+    def upstream_error(self, message: str, *, status: int = 502, error: str = "http_protocol_error") -> None:
         self.upstream_flush()
         if self.head_sent:
             self.finish(reusable=False, keep_client=False, abort=True)
         else:
-            self.refuse(502, message, error="http_protocol_error")
+            self.refuse(status, message, error=error)
 
     def upstream_pause_writing(self) -> None:
         self.conn.pause_reading("upstream")

@@ -4,6 +4,8 @@ Pure functions over bytes: the server feeds them what httptools parsed and write
 - hop-by-hop fields and every field ``Connection`` names are removed (RFC 9110 section 7.6.1);
 - ``Proxy-Authorization`` is consumed here and never forwarded (section 11.7.2; CVE-2011-1498);
   ``Authorization`` and ``WWW-Authenticate`` pass untouched;
+- what an origin sends in this hop's own fields (``Proxy-Authenticate``, ``Proxy-Authentication-Info``,
+  ``Proxy-Status``) is removed from its response (section 11.7, RFC 9209 section 2);
 - Host is regenerated from the absolute URI, whatever the client sent (RFC 9112 section 3.2.2);
 - ``Via`` is added (section 7.6.3), and a request whose ``Via`` already lists this proxy has looped;
   ``Max-Forwards`` is honoured for TRACE and OPTIONS (section 7.6.2).
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import httptools
 
 from authproxy.auth.errors import ProtocolError
+from authproxy.auth.roles import PROXY
 from authproxy.auth.text import has_control
 
 #: Fields that describe one connection, never the message (RFC 9110 section 7.6.1, RFC 9112 section 9.6).
@@ -34,6 +37,15 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+
+#: Fields an origin's response never carries past this proxy: the hop-by-hop ones, and this hop's own. A proxy's
+#: authentication fields (RFC 9110 section 11.7) are between a client and the proxy that sends them, and
+#: Proxy-Status (RFC 9209 section 2) is written by intermediaries: an origin's words in them would be taken for
+#: this proxy's (a fake nextnonce, a challenge a client would answer with its proxy password).
+RESPONSE_DROPPED = HOP_BY_HOP | frozenset(f.encode("ascii") for f in PROXY.fields) | {b"proxy-status"}
+
+#: The response fields the first pass of ``response_fields`` reads.
+_RESPONSE_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
 #: Fields a TRACE echo leaves out (RFC 9110 section 9.3.8: the recipient should exclude sensitive data).
 _TRACE_HIDDEN = frozenset({b"proxy-authorization", b"authorization", b"cookie"})
@@ -172,6 +184,26 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
 def end_to_end(headers: Headers, tokens: frozenset[bytes]) -> Headers:
     """``headers`` without hop-by-hop fields and without the fields ``Connection`` named."""
     return [(n, v) for n, v in headers if (lower := n.lower()) not in HOP_BY_HOP and lower not in tokens]
+
+
+def response_fields(headers: Headers) -> tuple[Headers, int | None, list[bytes] | None]:
+    """An origin's response fields as relayed, its Content-Length, and its transfer codings (lower-cased, in
+    order; None without Transfer-Encoding). Two passes: framing and Connection first, then the filter, since a
+    Connection field may name a field that came before it (RFC 9110 section 7.6.1)."""
+    dropped = RESPONSE_DROPPED
+    content_length: int | None = None
+    codings: list[bytes] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _RESPONSE_FRAMING:
+            if lower == b"content-length":
+                content_length = int(value)  # llhttp has checked it is one valid number, and the only one
+            elif lower == b"transfer-encoding":
+                found = [c.strip().lower() for c in value.split(b",")]
+                codings = (codings or []) + [c for c in found if c]
+            else:
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+    return [(n, v) for n, v in headers if n.lower() not in dropped], content_length, codings
 
 
 def max_forwards(headers: Headers) -> int | None:

@@ -24,6 +24,8 @@ PROXY_STATUS_ERRORS = frozenset(
         "connection_timeout",
         "connection_terminated",
         "http_response_incomplete",
+        "http_response_header_section_size",
+        "http_response_header_size",
         "http_response_timeout",
         "http_protocol_error",
         "proxy_internal_error",

@@ -29,7 +29,7 @@ from authproxy.proxy.policy import Decision, OwnSockets, Refused, resolve_and_ch
 from authproxy.proxy.responses import made_up_response
 from authproxy.proxy.throttle import FailureThrottle, client_key
 from authproxy.proxy.tls import start_handshake, tls_context
-from authproxy.proxy.upstream import Pool
+from authproxy.proxy.upstream import HeadLimits, Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import describe_capabilities, open_user_store, realm_mismatch
@@ -42,7 +42,7 @@ class ProxyServer:
         self.config = config
         self.auth = auth
         self.access_log = access_log
-        self.pool = Pool(config.pool_size)
+        self.pool = Pool(config.pool_size, limits=_head_limits(config))
         self._via = _via_entries(config)
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
@@ -229,8 +229,14 @@ class ProxyServer:
         self._via = _via_entries(config)
         self._decisions = {}  # decided under the old policy
         self.pool.size = config.pool_size
+        self.pool.limits = _head_limits(config)
         old_log.flush()
         old_log.close()
+
+
+def _head_limits(config: Config) -> HeadLimits:
+    """An origin's response head gets the limits of a request head (issue 9 item 2)."""
+    return HeadLimits(config.max_header_size, config.max_header_count, config.header_timeout)
 
 
 def _via_entries(config: Config) -> dict[str, bytes]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
 
 import httptools
 
@@ -29,21 +30,60 @@ class ResponseSink(Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None: ...
 
-    def upstream_error(self, message: str) -> None: ...
+    def upstream_error(self, message: str, *, status: int = 502, error: str = "http_protocol_error") -> None: ...
 
     def upstream_pause_writing(self) -> None: ...
 
     def upstream_resume_writing(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """What an origin's response head may cost: the request head's limits, applied to responses.
+
+    ``max_size`` bounds the whole head (status line and fields, and any interim 1xx heads before it), and so
+    any one line of it: past it, the 502 says ``http_response_header_size`` when one line holds more than half
+    the head, ``http_response_header_section_size`` otherwise (RFC 9209 section 2.3). ``max_fields`` bounds the
+    number of fields; ``timeout`` the seconds from the head's first byte to its end. The same byte bound
+    covers what a chunked body carries between two chunks of data (chunk extensions, the trailer section),
+    which llhttp and httptools would otherwise take without end.
+    """
+
+    max_size: int = 65536
+    max_fields: int = 100
+    timeout: float = 30.0
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to an origin, reused across requests while the origin keeps it open."""
+    """One connection to an origin, reused across requests while the origin keeps it open.
+
+    Memory an origin can make it hold is bounded (issue 9 item 2): a head's bytes are counted as they arrive,
+    in ``data_received`` for a head that spans reads (httptools gathers a field whole before it calls
+    ``on_header``, so a field without end is only seen there) and in ``on_status``/``on_header`` for one that
+    arrives in a single read. A read that ends inside a head costs one ``rfind`` to know the current line's
+    length; a head that arrives in one read, the usual case, costs one addition per field.
+
+    Time is bounded too: the server's read_timeout closes an origin silent for that long, but restarts on every
+    byte, so a head trickled one byte a second would hold the exchange forever. A head must therefore end within
+    ``HeadLimits.timeout`` (header_timeout, as for a request head) of its first byte: 504. The timer is armed
+    only when a head spans reads. A body may trickle: streaming responses are legitimate, and the client sees
+    every byte of progress.
+    """
 
     __slots__ = (
+        "_body_bytes",
+        "_head_bytes",
         "_head_only",
+        "_head_size",
+        "_head_timer",
         "_headers",
+        "_in_head",
+        "_line",
+        "_max_fields",
+        "_max_head",
         "_pool",
         "_reason",
+        "_stall",
         "closed",
         "key",
         "last_activity",
@@ -65,6 +105,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.received_any = False
         self.last_activity = 0.0
+        self._in_head = False
+        self._head_bytes = 0  # bytes received while a head was incomplete (may include a body's first bytes)
+        self._head_size = 0  # bytes of the status lines and fields parsed so far
+        self._line = 0  # length of the head's last, unfinished line (only tracked when a head spans reads)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0
+        self._stall = 0  # bytes since the last body byte: chunk framing, extensions, trailers
+        self._max_head = pool.limits.max_size
+        self._max_fields = pool.limits.max_fields
+
+    @property
+    def where(self) -> str:
+        host, port = self.key
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,28 +129,71 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         self.received_any = True
-        if self.owner is None or self.parser is None:
+        owner, parser = self.owner, self.parser
+        if owner is None or parser is None:
             # An idle origin sent something unasked: the connection is no longer in a known state.
             self.close()
             return
-        owner = self.owner
+        in_head = self._in_head
+        if in_head:
+            self._head_bytes += len(data)
+        body_before = self._body_bytes
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # 101 Switching Protocols: upstream_head has already refused it (we never ask for an upgrade).
             self._fail("the origin switched protocols, which this proxy does not relay")
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadDone):
-                self._fail(f"the origin's response could not be relayed ({exc})")
+            if not isinstance(exc.__context__, _Stop):
+                self._fail(f"the origin {self.where} sent a response that could not be relayed ({exc})")
         except httptools.HttpParserError as exc:
-            self._fail(f"the origin sent a malformed response ({exc})")
+            self._fail(f"the origin {self.where} sent a malformed response ({exc})")
+        else:
+            if in_head:
+                if self._in_head:
+                    self._head_continues(data)
+            elif self._body_bytes == body_before and self.owner is not None:
+                # Nothing of the body in this read: chunk sizes, extensions or trailers, which llhttp skips or
+                # httptools gathers without a bound of their own.
+                self._stall += len(data)
+                if self._stall > self._max_head:
+                    self._fail(f"the origin {self.where} sent more than {self._max_head} bytes of chunk "
+                               "extensions or trailer fields", error="http_response_header_section_size")
+            else:
+                self._stall = 0
         owner.upstream_flush()
+
+    def _head_continues(self, data: bytes) -> None:
+        """A read ended inside a response head: bound the line in progress, the head, and its duration."""
+        newline = data.rfind(b"\n")
+        self._line = self._line + len(data) if newline < 0 else len(data) - newline - 1
+        limit = self._max_head
+        if self._head_bytes > limit:
+            if self._line > limit // 2:
+                # One line holds most of the head: name it. httptools hands the reason phrase over piece by
+                # piece and a field only when whole, so a reason as long as the line means the status line.
+                what = "its status line" if len(self._reason) + 32 >= self._line else "a header field"
+                self._fail(f"the origin {self.where} sent a response head larger than {limit} bytes, most of it "
+                           f"{what}", error="http_response_header_size")
+            else:
+                self._fail(f"the origin {self.where} sent a response head larger than {limit} bytes",
+                           error="http_response_header_section_size")
+        elif self._head_timer is None:
+            timeout = self._pool.limits.timeout
+            self._head_timer = asyncio.get_running_loop().call_later(timeout, self._head_too_slow, timeout)
+
+    def _head_too_slow(self, timeout: float) -> None:
+        self._head_timer = None
+        if self._in_head and self.owner is not None:
+            self._fail(f"the origin {self.where} did not finish its response head within {timeout:g} s",
+                       status=504, error="http_response_timeout")
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_head_timer()
         self._pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:
@@ -112,20 +209,48 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.owner is None:
+            # A message after the one asked for ended, in the same read: nobody asked for it (we never
+            # pipeline to origins). Stop; the connection is closed by whoever released it.
+            raise _Stop
         self._headers = []
         self._reason = b""
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._head_size += len(status)
+        if self._head_size > self._max_head:
+            self._refuse_head(f"a status line past the head's limit of {self._max_head} bytes",
+                              "http_response_header_size")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value.strip(b" \t")))
+        if not self._in_head:
+            # A trailer field (httptools reports them with the same callback): never merged into the head that
+            # was relayed already (RFC 9110 section 6.5.1), and not passed on, since the proxy re-chunks the
+            # body and may do so for a client that did not ask for trailers (RFC 9110 section 6.5.2).
+            return
+        headers = self._headers
+        headers.append((name, value.strip(b" \t")))
+        field = len(name) + len(value)
+        self._head_size += field + 4
+        if self._head_size > self._max_head:
+            if field > self._max_head // 2:  # one field holds most of the head: name it
+                shown = name[:64].decode("latin-1")
+                self._refuse_head(f"a header field ({shown}) of {field} bytes, past the head's limit of "
+                                  f"{self._max_head}", "http_response_header_size")
+            else:
+                self._refuse_head(f"a head larger than {self._max_head} bytes", "http_response_header_section_size")
+        elif len(headers) > self._max_fields:
+            self._refuse_head(f"more than {self._max_fields} header fields", "http_response_header_section_size")
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None and self.owner is not None
         status = self.parser.get_status_code()
-        keep_alive = self.parser.should_keep_alive()
-        self.owner.upstream_head(status, self._reason, self._headers, keep_alive)
+        if status >= 200:  # a 1xx is followed by another head, within the same limits (RFC 9110 section 15.2)
+            self._in_head = False
+            if self._head_timer is not None:
+                self._stop_head_timer()
+        self.owner.upstream_head(status, self._reason, self._headers, self.parser.should_keep_alive())
         if self._head_only and status >= 200 and self.owner is not None:
             # A response to HEAD has no body whatever its Content-Length says (RFC 9110 section 9.3.2);
             # httptools cannot be told so, so the message ends here and the parser is dropped.
@@ -135,6 +260,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         if self.owner is not None:
             self.owner.upstream_body(body)
 
@@ -142,14 +268,25 @@ class UpstreamConnection(asyncio.Protocol):
         if self.owner is not None and self.parser is not None and self.parser.get_status_code() >= 200:
             self.owner.upstream_complete()
 
+    def _refuse_head(self, what: str, error: str) -> NoReturn:
+        self._fail(f"the origin {self.where} sent a response head with {what}", error=error)
+        raise _Stop
+
     # -- used by the exchange -----------------------------------------------------------------------------
     def start(self, owner: ResponseSink, head_only: bool) -> None:
         """Serve ``owner``: the next response on this connection is theirs."""
         self.owner = owner
         self._head_only = head_only
         self.received_any = False
+        self._in_head = True
+        self._head_bytes = self._head_size = self._line = self._stall = 0
+        limits = self._pool.limits
+        self._max_head, self._max_fields = limits.max_size, limits.max_fields
         if self.parser is None:  # llhttp resets itself after each complete message; reuse it
             self.parser = httptools.HttpResponseParser(self)
+            # RFC 9112 section 6.3 rule 3: Transfer-Encoding overrides Content-Length. llhttp refuses the
+            # pair unless told to take it; the exchange then drops the length and closes this connection after.
+            self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -165,6 +302,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.owner = None
+        self._stop_head_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -172,28 +310,40 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.owner = None
+        self._stop_head_timer()
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
         self._pool.forget(self)
 
-    def _fail(self, message: str) -> None:
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _fail(self, message: str, *, status: int = 502, error: str = "http_protocol_error") -> None:
+        """The origin broke the protocol or a limit: it is cut (never pooled) and the exchange told why."""
         owner, self.owner = self.owner, None
         self.abort()
         if owner is not None:
-            owner.upstream_error(message)
+            owner.upstream_error(message, status=status, error=error)
 
 
-class _HeadDone(Exception):
+class _Stop(Exception):
+    """Raised out of a parser callback to stop parsing this connection's input."""
+
+
+class _HeadDone(_Stop):
     """Raised out of the parser to stop reading a response to HEAD at the end of its head."""
 
 
 class Pool:
     """Idle keep-alive connections to origins, at most ``size`` per host:port, closed after ``idle_timeout``."""
 
-    def __init__(self, size: int, idle_timeout: float = 30.0) -> None:
+    def __init__(self, size: int, idle_timeout: float = 30.0, limits: HeadLimits | None = None) -> None:
         self.size = size
         self.idle_timeout = idle_timeout
+        self.limits = limits or HeadLimits()
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
 
     def get(self, key: tuple[str, int]) -> UpstreamConnection | None:
