@@ -74,3 +74,15 @@ def test_json_line_round_trips(user: str | None, target: str) -> None:
     assert line.isascii() and len(line.splitlines()) == 1
     back = json.loads(line)
     assert (back["user"], back["target"], back["client"]) == (user, target, "192.0.2.7")
+
+
+def test_a_refusal_before_any_request_line_logs_bare_dashes() -> None:
+    """A connection refused at a limit (or a head that never parsed) has no method or target: Squid's "-",
+    never "%2D", which would read back as a method literally named "-"."""
+    refused = AccessRecord(started=1_700_000_000.5, duration=0.0, client="192.0.2.7", user=None, method=None,
+                           target=None, status=503, sent_bytes=0, outcome=Outcome.OVER_LIMIT)
+    line = format_squid(refused)
+    assert " NONE_NONE/503 0 - - - HIER_NONE/- - auth=over-limit" in line
+    fields = parse_squid(line)
+    assert fields.method is None and fields.target is None and fields.user is None
+    assert json.loads(format_json(refused))["method"] is None

@@ -26,8 +26,8 @@ class AccessRecord:
     duration: float  # seconds
     client: str
     user: str | None
-    method: str
-    target: str
+    method: str | None  # None: refused before a request line could be read (logged as "-")
+    target: str | None
     status: int
     sent_bytes: int
     outcome: Outcome
@@ -35,7 +35,9 @@ class AccessRecord:
     tunnel: bool = False
 
 
-def _strip_query(target: str) -> str:
+def _strip_query(target: str | None) -> str | None:
+    if target is None:
+        return None
     cut = target.find("?")
     return target if cut < 0 else target[:cut] + "?"
 
@@ -94,7 +96,7 @@ class SquidFields(NamedTuple):
 
     client: str
     status: int
-    method: str
+    method: str | None
     target: str | None
     user: str | None
     peer: str | None
@@ -105,7 +107,7 @@ def parse_squid(line: str) -> SquidFields:
     """Read back a line ``format_squid`` wrote (what an auditing script or a test does)."""
     _time, _ms, client, action, _sent, method, target, user, hier, _type, auth = line.split()
     peer = hier.partition("/")[2]
-    return SquidFields(client, int(action.rpartition("/")[2]), unescape(method) or "", unescape(target),
+    return SquidFields(client, int(action.rpartition("/")[2]), unescape(method), unescape(target),
                        unescape(user), unescape(peer), auth.removeprefix("auth="))
 
 

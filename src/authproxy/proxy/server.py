@@ -185,7 +185,7 @@ class ProxyServer:
                     outcome: Outcome = Outcome.BAD_REQUEST) -> None:
         """A request or connection refused before a request could be parsed: logged with what little is known."""
         self.access_log.write(AccessRecord(started=time.time(), duration=0.0, client=conn.client, user=None,
-                                           method="-", target="-", status=status, sent_bytes=sent,
+                                           method=None, target=None, status=status, sent_bytes=sent,
                                            outcome=outcome))
 
     async def stop(self, grace: float = 10.0) -> None:
