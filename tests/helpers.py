@@ -287,6 +287,15 @@ def _drain(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
         lines.append(raw.decode("utf-8", "replace"))
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (Linux), for memory claims measured on a real proxy."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = False) -> bytes:
     """Send bytes to the proxy and read one response head and body (or everything, until close)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -70,6 +70,7 @@ class Config:
     throttle_window: float = 60.0
     throttle_lockout: float = 300.0
     throttle_max_user_lockout: float = 300.0  # the longest a user name is locked out from a new address
+    throttle_max_entries: int = 100_000  # addresses, and user names, the throttle tracks (memory bound)
     via_pseudonym: str = "authproxy"
     pool_size: int = 256  # idle origin connections kept per host:port
 
@@ -109,6 +110,8 @@ class Config:
         if self.throttle_max_failures < 0 or self.throttle_window <= 0 or self.throttle_lockout < 0 \
                 or self.throttle_max_user_lockout < 0:
             raise ConfigError("throttle_*: max_failures and lockouts must not be negative, the window positive")
+        if self.throttle_max_entries < 1:
+            raise ConfigError("throttle_max_entries: must be at least 1")
         if self.basic_cache_ttl < 0 or self.pool_size < 0:
             raise ConfigError("basic_cache_ttl and pool_size must not be negative")
         if self.connect_ports is not None:

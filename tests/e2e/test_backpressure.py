@@ -13,18 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import ProxyProcess, basic_authorization, read_response, status_of
+from helpers import ProxyProcess, basic_authorization, read_response, rss_bytes, status_of
 
 ALICE = basic_authorization("alice", "wonderland")
 LIMIT = 64 << 20  # far below what 2 s of unbounded buffering at loopback speed would reach
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_backpressure import rss_bytes
 
 from authproxy.client import ProxyTransport
 
@@ -32,6 +31,7 @@ from helpers import (
     digest_authorization,
     header_of,
     read_response,
+    rss_bytes,
     start_proxy,
     status_of,
 )

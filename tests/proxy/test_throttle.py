@@ -189,18 +189,100 @@ def test_memory_is_bounded() -> None:
     for i in range(10_000):
         t.record_failure(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", f"user{i}", float(i))
         t.record_success(f"10.200.{i // 256 % 256}.{i % 256}", f"ok{i}", float(i))
-    assert len(t) <= 200  # at most max_entries client keys and max_entries user names
+    # At most max_entries client keys, max_entries user names with failures, max_entries signed-in user names.
+    assert len(t) <= 300
 
 
-def test_eviction_drops_the_oldest_first() -> None:
+def test_a_full_table_never_gives_up_a_lockout() -> None:
     t = FailureThrottle(max_failures=2, lockout=1000, max_entries=3, max_user_lockout=0)
     fail(t, A, None, 0, 2)  # A locked until 1000
     for i, client in enumerate(("10.0.0.1", "10.0.0.2")):
         t.record_failure(client, None, 10 + i)
-    assert t.check(A, None, 20) is not None  # three entries: nothing evicted yet
-    t.record_failure("10.0.0.3", None, 30)
-    assert t.check(A, None, 30) is None  # the entry with the oldest activity went first
+    t.record_failure("10.0.0.3", None, 30)  # the table is full: the least recently failing one-failure entry goes
+    assert t.check(A, None, 30) == pytest.approx(970)
     assert len(t) == 3
+    t.record_failure("10.0.0.3", None, 31)  # 10.0.0.3 was tracked: this locks it
+    assert t.check("10.0.0.3", None, 31) is not None
+    for i in range(100):  # a flood of new addresses: two lockouts and one slot to churn, never a lockout lost
+        t.record_failure(f"10.1.0.{i}", None, 40 + i)
+    assert t.check(A, None, 140) == pytest.approx(860)
+    assert t.check("10.0.0.3", None, 140) is not None
+    assert len(t) == 3
+
+
+def test_a_full_table_drops_the_fewest_failures_first() -> None:
+    t = FailureThrottle(max_failures=5, window=60, lockout=300, max_entries=3, max_user_lockout=0)
+    fail(t, A, None, 0, 4)  # one short of a lockout
+    fail(t, B, None, 1, 2)
+    for i in range(50):  # one-failure junk from many addresses churns among itself
+        t.record_failure(f"10.2.0.{i}", None, 2)
+    t.record_failure(A, None, 3)  # A's count was kept: its fifth failure locks it
+    assert t.check(A, None, 3) == pytest.approx(300)
+    t.record_failure(B, None, 3)
+    assert t.check(B, None, 3) is None  # three failures, not locked, but counted
+    fail(t, B, None, 4, 2)
+    assert t.check(B, None, 5) is not None
+
+
+def test_every_entry_locked_means_a_newcomer_is_not_tracked() -> None:
+    t = FailureThrottle(max_failures=1, lockout=100, max_entries=2, max_user_lockout=100)
+    t.record_failure(A, "u1", 0)
+    t.record_failure(B, "u2", 0)
+    t.record_failure(C, "u3", 1)  # no room: C is not tracked (not counted), the lockouts stay
+    assert t.check(C, None, 1) is None
+    assert t.check(A, None, 1) is not None and t.check(B, None, 1) is not None
+    assert t.check(C, "u1", 1) is not None and t.check(C, "u3", 1) is None
+    assert len(t) == 4
+
+
+def test_junk_names_do_not_push_out_a_users_known_addresses_or_lockout() -> None:
+    t = FailureThrottle(max_failures=3, window=60, lockout=300, max_user_lockout=300, max_entries=50)
+    t.record_success(B, "alice", 0)  # alice's familiar address
+    fail(t, "10.3.0.1", "bob", 1, 1)
+    for i in range(3):
+        t.record_failure(f"10.3.1.{i}", "bob", 2)  # bob's name locked by failures elsewhere
+    assert t.check(C, "bob", 2) == pytest.approx(300)
+    for i in range(10_000):  # 10,000 junk names from 1,000 addresses
+        t.record_failure(f"10.4.{i // 2560}.{i // 10 % 256}", f"junk{i}", 3 + i / 1000)
+    for i in range(3):
+        t.record_failure(f"10.5.0.{i}", "alice", 14)  # now alice's name is attacked too
+    assert t.check(C, "alice", 14) == pytest.approx(300)
+    assert t.check(B, "alice", 14) is None  # her familiar address stays open
+    assert t.check(C, "bob", 14) == pytest.approx(288)  # bob's lockout was not pushed out
+    assert len(t) <= 3 * 50
+
+
+def test_a_prefix_past_its_share_is_counted_as_one_client() -> None:
+    t = FailureThrottle(max_failures=3, window=60, lockout=300, max_entries=1000, max_per_prefix=4,
+                        max_user_lockout=0)
+    for i in range(4):
+        t.record_failure(f"2001:db8:7:{i:x}::1", f"u{i}", 0)  # four /64s of one /48: entries of their own
+    for i in range(4, 7):  # more /64s of the same /48 share one entry: three failures lock them all...
+        assert t.check(f"2001:db8:7:{i:x}::1", None, 1) is None
+        t.record_failure(f"2001:db8:7:{i:x}::1", f"u{i}", 1)
+    assert t.check("2001:db8:7:ffff::1", None, 1) == pytest.approx(300)
+    assert t.check("2001:db8:7:0::1", None, 1) is None  # ...but not those with entries of their own
+    assert t.check("2001:db8:8::1", None, 1) is None  # nor the next /48
+    assert len(t._clients) == 5
+    # IPv4: a /24 has 256 addresses, as many as the default share: never grouped.
+    t = FailureThrottle(max_failures=2, max_entries=1000, max_user_lockout=0)
+    for i in range(256):
+        t.record_failure(f"192.0.2.{i}", None, 0)
+    assert all(t.check(f"192.0.2.{i}", None, 0) is None for i in range(256))
+
+
+def test_purge_drops_exactly_what_is_idle() -> None:
+    """Purge walks the tables in the order entries go idle (no scan): it drops each entry once it is idle."""
+    t = FailureThrottle(max_failures=3, window=60, lockout=300, max_entries=100_000)
+    for i in range(50_000):
+        t.record_failure(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", f"junk{i}", i / 1000)
+    fail(t, "10.9.9.9", "x", 0, 3)  # one lockout, until 300
+    assert t.purge(50.0) == 0
+    assert t.purge(70.0) == 2 * 10_001  # failures at 0..10 s: their window ended; clients and names alike
+    assert t.purge(200.0) == 2 * 39_999
+    assert len(t) == 2  # the lockouts of 10.9.9.9 and of x
+    assert t.purge(300.0) == 2
+    assert len(t) == 0
 
 
 def test_purge() -> None:
@@ -238,4 +320,39 @@ def test_check_never_exceeds_the_configured_lockouts(events: list[tuple[str, str
         assert wait is None or 0 < wait <= 50 + 1e-9
         if wait is not None and t.check(client, None, now) is None:
             assert wait <= 20 + 1e-9  # a wait that comes from the user name alone is capped
-    assert len(t) <= 6
+    assert len(t) <= 9  # three tables of max_entries
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["f", "f", "f", "s", "junk"]), st.integers(0, 11),
+                          st.sampled_from(["alice", "bob", "carol"]), st.floats(0, 3)), max_size=120))
+def test_floods_never_lift_a_lockout_nor_lock_a_familiar_address(
+        events: list[tuple[str, int, str, float]]) -> None:
+    """Whatever the mix of failures, junk names and successes in tiny tables: a lockout seen holds until it
+    ends, a user's familiar address is never locked by the name's lockout, and memory stays bounded."""
+    t = FailureThrottle(max_failures=2, window=10, lockout=50, max_user_lockout=30, max_entries=4,
+                        max_per_prefix=2)
+    addresses = [f"10.0.{i // 4}.{i % 4}" for i in range(12)]
+    locked: dict[str, float] = {}  # address -> when its lockout seen by check ends
+    familiar: set[tuple[str, str]] = set()
+    now = 0.0
+    for n, (kind, index, user, step) in enumerate(events):
+        now += step
+        client = addresses[index]
+        if kind == "f":
+            t.record_failure(client, user, now)
+        elif kind == "junk":
+            t.record_failure(client, f"junk{n}", now)
+        elif t.check(client, user, now) is None:
+            t.record_success(client, user, now)
+            familiar.add((client, user))
+        wait = t.check(client, None, now)
+        if wait is not None:
+            locked[client] = max(locked.get(client, 0.0), now + wait)
+        t.purge(now)
+        for address, until in locked.items():
+            if until - now > 1e-6:
+                assert t.check(address, None, now) is not None, (address, until, now)
+        for address, name in familiar:
+            assert t.check(address, name, now) == t.check(address, None, now)
+        assert len(t) <= 12

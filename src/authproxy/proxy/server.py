@@ -220,10 +220,7 @@ class ProxyServer:
         auth = Authenticator(config, store, self.auth.counters, nonce_key=self.auth.nonce_key)
         log = AccessLog.open(config.access_log, config.access_log_format)
         old_log = self.access_log
-        if (config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
-                config.throttle_max_user_lockout) != (self.config.throttle_max_failures, self.config.throttle_window,
-                                                      self.config.throttle_lockout,
-                                                      self.config.throttle_max_user_lockout):
+        if _throttle_settings(config) != _throttle_settings(self.config):
             self.throttle = _throttle(config)
         self.config, self.auth, self.access_log = config, auth, log
         self._via = _via_entries(config)
@@ -245,11 +242,16 @@ def _via_entries(config: Config) -> dict[str, bytes]:
     return {"1.1": b"1.1 " + pseudonym, "1.0": b"1.0 " + pseudonym, "name": pseudonym.lower()}
 
 
+def _throttle_settings(config: Config) -> tuple[float, ...]:
+    return (config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+            config.throttle_max_user_lockout, config.throttle_max_entries)
+
+
 def _throttle(config: Config) -> FailureThrottle | None:
     if not config.throttle_max_failures:
         return None
     return FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
-                           config.throttle_max_user_lockout)
+                           config.throttle_max_user_lockout, max_entries=config.throttle_max_entries)
 
 
 def _raise_fd_limit() -> None:

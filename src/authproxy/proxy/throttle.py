@@ -33,11 +33,26 @@ Caveat: clients behind one NAT share an address; a success by the victim there f
 against the victim's name from that address, which an attacker sharing the NAT could exploit at the pace of the
 victim's sign-ins.
 
-Memory: at most ``max_entries`` client keys and ``max_entries`` user keys, each holding at most ``max_failures``
-events and ``_MAX_TRUSTED`` known addresses. When full, the entry with the oldest last activity (failure, or for a
-user name also success) is dropped: for a locked entry that is the one whose lockout ends first, so an attacker must
-create ``max_entries`` fresh keys within one lockout period to free a locked entry early. ``purge`` drops entries
-with nothing left to remember.
+Memory and floods. An attacker controls the keys (junk user names, many addresses), so the tables are bounded,
+and what they drop is chosen so that no flood can buy back a lockout or a victim's safety:
+
+* at most ``max_entries`` client keys and ``max_entries`` user names with failures or a lockout, each holding at
+  most ``max_failures`` events; and at most ``max_entries`` signed-in user names with their known addresses
+  (``_MAX_TRUSTED`` each). Known addresses live in a table of their own that only a successful sign-in writes,
+  so no amount of failures, junk names included, pushes a user's known addresses out;
+* an active lockout is never dropped to make room. When a table is full, the entry dropped is an unlocked one
+  with the fewest failures, the least recently failing first: the one-failure junk a flood brings, not the
+  count an attacker has run up against a victim (to drop that, the whole table must first hold entries with
+  as many failures). When every entry is locked, a new key is simply not tracked (a junk name is not counted;
+  its address's own lockout still holds);
+* client keys are grouped by prefix (IPv4 /24, IPv6 /48, a subscriber's allocation): at most
+  ``max_per_prefix`` keys of one prefix get their own entry. Past that, the prefix's other addresses share one
+  entry, counted and locked like a single client, so rotating through the /64s of a /48 neither fills the
+  table nor escapes the count. The default (256) never groups IPv4 addresses (a /24 has 256).
+
+Every operation is O(1) amortised, ``purge`` included: locks expire in the order they were set (one lockout
+length per table) and unlocked entries sit in least-recently-failing order per failure count, so a purge only
+looks at entries it drops, plus one per failure count.
 """
 
 from __future__ import annotations
@@ -48,7 +63,6 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 _MAX_TRUSTED = 8  # known addresses remembered per user name
 _REFRESH = 60.0  # a known address's trust is refreshed at most this often by successes
@@ -81,20 +95,140 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-@dataclass
-class _ClientState:
-    failures: deque[tuple[float, str | None]]  # (time, user key)
-    locked_until: float = 0.0
+@functools.lru_cache(maxsize=4096)
+def prefix_key(ckey: str) -> str | None:
+    """The prefix a client key is grouped under (IPv4 /24, IPv6 /48), None for a key that is not an address
+    or is itself a prefix's shared entry."""
+    try:
+        if ckey.endswith("/64"):
+            net = ipaddress.IPv6Network(ckey)
+            return str(net.supernet(new_prefix=48))
+        return str(ipaddress.IPv4Network((int(ipaddress.IPv4Address(ckey)) >> 8 << 8, 24)))
+    except ValueError:
+        return None
 
 
-@dataclass
-class _UserState:
-    failures: deque[tuple[float, str | None]]  # (time, client key)
-    locked_until: float = 0.0
-    trusted: dict[str, float] = field(default_factory=dict)  # client key -> time of the last success
+# One failure, packed in one int to keep a flood's cost down (a tuple of a float and a string costs three times as
+# much): the time in microseconds above 32 bits of the hash of the other key of the pair (the user name for a
+# client entry, the client key for a user entry), which is all ``record_success`` needs to forgive that pair's
+# failures. str hashes are salted per process (PYTHONHASHSEED), so a collision cannot be aimed.
+Event = int
 
 
-_S = TypeVar("_S", _ClientState, _UserState)
+def _event(now: float, other: str | None) -> Event:
+    return (int(now * 1_000_000) << 32) | (hash(other) & 0xFFFFFFFF)
+
+
+def _when(event: Event) -> float:
+    return (event >> 32) / 1_000_000
+
+
+def _pair(other: str | None) -> int:
+    return hash(other) & 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class _Entry:
+    failures: list[Event] = field(default_factory=list)  # at most max_failures, oldest first
+    locked_until: float = 0.0  # 0.0: not locked (nor waiting to be purged from the lock queue)
+
+
+class _Table:
+    """Failure counts for one kind of key, bounded, with O(1) eviction and purge (see the module docstring).
+
+    Unlocked entries are in ``levels[len(failures)]``, least recently failing first; locked ones are in
+    ``locks`` in the order their lockouts end (one lockout length per table, so the order they were set).
+    """
+
+    def __init__(self, max_failures: int, window: float, lockout: float, max_entries: int,
+                 on_drop: Callable[[str], None] | None = None) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self.max_entries = max_entries
+        self.on_drop = on_drop
+        self.entries: dict[str, _Entry] = {}
+        self.levels: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(max_failures + 1)]
+        self.locks: deque[tuple[float, str]] = deque()
+
+    def locked(self, key: str, now: float) -> float:
+        """Seconds ``key`` is still locked out for, 0.0 if it is not."""
+        entry = self.entries.get(key)
+        return 0.0 if entry is None or entry.locked_until <= now else entry.locked_until - now
+
+    def fail(self, key: str, event: Event, now: float) -> bool | None:
+        """Count a failure for ``key`` (not locked now); True if it locks ``key``, None if it cannot be tracked."""
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.max_entries and not self._evict():
+                return None  # every entry is an active lockout: those are never given up for a newcomer
+            entry = self.entries[key] = _Entry()
+        elif entry.locked_until:
+            entry.locked_until = 0.0  # a lockout that ended (its failures were cleared when it was set)
+        else:
+            del self.levels[len(entry.failures)][key]
+        failures = entry.failures
+        failures.append(event)
+        if len(failures) > self.max_failures:
+            del failures[0]
+        if len(failures) >= self.max_failures and now - _when(failures[0]) < self.window:
+            failures.clear()
+            entry.locked_until = now + self.lockout
+            self.locks.append((entry.locked_until, key))
+            return True
+        self.levels[len(failures)][key] = None
+        return False
+
+    def forgive(self, key: str, other: str) -> bool:
+        """Forget ``key``'s failures paired with ``other``; False if ``key`` has no failures at all."""
+        entry = self.entries.get(key)
+        if entry is None or not entry.failures:
+            return False
+        pair = _pair(other)
+        kept = [event for event in entry.failures if event & 0xFFFFFFFF != pair]
+        if len(kept) != len(entry.failures):
+            del self.levels[len(entry.failures)][key]
+            entry.failures = kept
+            if kept:
+                self.levels[len(kept)][key] = None
+            else:
+                self._drop(key)
+        return True
+
+    def _evict(self) -> bool:
+        for level in self.levels[1:]:
+            if level:
+                key, _ = level.popitem(last=False)
+                self._drop(key)
+                return True
+        return False
+
+    def _drop(self, key: str) -> None:
+        del self.entries[key]
+        if self.on_drop is not None:
+            self.on_drop(key)
+
+    def purge(self, now: float) -> int:
+        dropped = 0
+        locks = self.locks
+        while locks and locks[0][0] <= now:
+            until, key = locks.popleft()
+            entry = self.entries.get(key)
+            if entry is not None and entry.locked_until == until:  # else it failed again since, or re-locked
+                self._drop(key)
+                dropped += 1
+        for level in self.levels[1:]:
+            while level:
+                key = next(iter(level))
+                if now - _when(self.entries[key].failures[-1]) < self.window:
+                    break
+                del level[key]
+                self._drop(key)
+                dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class FailureThrottle:
@@ -107,47 +241,59 @@ class FailureThrottle:
 
     def __init__(self, max_failures: int = 10, window: float = 60.0, lockout: float = 300.0,
                  max_user_lockout: float = 300.0, max_entries: int = 100_000,
-                 trust_period: float = 30 * 86400.0) -> None:
+                 trust_period: float = 30 * 86400.0, max_per_prefix: int = 256) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be at least 1")
         if window <= 0 or lockout < 0 or max_user_lockout < 0 or trust_period < 0:
             raise ValueError("window must be positive; lockout, max_user_lockout and trust_period not negative")
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+        if max_entries < 1 or max_per_prefix < 1:
+            raise ValueError("max_entries and max_per_prefix must be at least 1")
         self.max_failures = max_failures
         self.window = window
         self.lockout = lockout
         self.user_lockout = min(lockout, max_user_lockout)
         self.max_entries = max_entries
+        self.max_per_prefix = max_per_prefix
         self.trust_period = trust_period
-        # Ordered by last activity (a failure; for users also a success), oldest first: the eviction order.
-        self._clients: OrderedDict[str, _ClientState] = OrderedDict()
-        self._users: OrderedDict[str, _UserState] = OrderedDict()
+        self._clients = _Table(max_failures, window, lockout, max_entries, self._client_dropped)
+        self._users = _Table(max_failures, window, self.user_lockout, max_entries)
+        self._per_prefix: dict[str, int] = {}  # client keys with an entry of their own, per prefix
+        # User key -> {client key: time of the last success there}, least recently signed-in user first.
+        self._trusted: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._clients) + len(self._users)
+        return len(self._clients) + len(self._users) + len(self._trusted)
 
     # == asking ========================================================================================================
     def check(self, client: str, user: str | None, now: float) -> float | None:
         """None if ``client`` may try ``user``'s credentials now, else the seconds until it may."""
-        wait = 0.0
-        state = self._clients.get(client_key(client))
-        if state is not None and state.locked_until > now:
-            wait = state.locked_until - now
+        ckey = client_key(client)
+        wait = self._clients.locked(self._client_entry(ckey), now)
         if user is not None:
-            wait = max(wait, self._user_wait(client_key(client), user_key(user), now))
+            wait = max(wait, self._user_wait(ckey, user_key(user), now))
         return wait if wait > 0 else None
 
-    def _user_wait(self, ckey: str, ukey: str, now: float) -> float:
-        state = self._users.get(ukey)
-        if state is None or state.locked_until <= now:
-            return 0.0
-        if self._is_trusted(state, ckey, now):
-            return 0.0
-        return state.locked_until - now
+    def _client_entry(self, ckey: str) -> str:
+        """The key of the entry that counts ``ckey``: its own, or its prefix's shared one once the prefix has
+        ``max_per_prefix`` entries of its own (module docstring), and as long as that shared one lasts (so that
+        an entry of the prefix dropped later cannot lift the shared lockout)."""
+        entries = self._clients.entries
+        if ckey in entries:
+            return ckey
+        prefix = prefix_key(ckey)
+        if prefix is not None and (prefix in entries or self._per_prefix.get(prefix, 0) >= self.max_per_prefix):
+            return prefix
+        return ckey
 
-    def _is_trusted(self, state: _UserState, ckey: str, now: float) -> bool:
-        last = state.trusted.get(ckey)
+    def _user_wait(self, ckey: str, ukey: str, now: float) -> float:
+        wait = self._users.locked(ukey, now)
+        if wait and self._is_trusted(ukey, ckey, now):
+            return 0.0
+        return wait
+
+    def _is_trusted(self, ukey: str, ckey: str, now: float) -> bool:
+        known = self._trusted.get(ukey)
+        last = None if known is None else known.get(ckey)
         return last is not None and now - last <= self.trust_period
 
     # == telling =======================================================================================================
@@ -155,80 +301,59 @@ class FailureThrottle:
         """``client`` presented credentials for ``user`` and they were refused (never for missing credentials)."""
         ckey = client_key(client)
         ukey = None if user is None else user_key(user)
-        cstate = self._clients.get(ckey)
-        if cstate is not None and cstate.locked_until > now:
+        centry = self._client_entry(ckey)
+        if self._clients.locked(centry, now):
             return  # attempts during a lockout are not evaluated, so they neither count nor extend it
         if ukey is not None and self._user_wait(ckey, ukey, now) > 0:
             return
-        cstate = self._touch(self._clients, ckey, _ClientState)
-        if self._add(cstate.failures, (now, ukey), now):
-            cstate.locked_until = now + self.lockout
-            cstate.failures.clear()
-        if ukey is None:
-            return
-        ustate = self._touch(self._users, ukey, _UserState)
-        if self._add(ustate.failures, (now, ckey), now):
-            ustate.locked_until = now + self.user_lockout
-            ustate.failures.clear()
+        is_new = centry not in self._clients.entries
+        if self._clients.fail(centry, _event(now, ukey), now) is not None and is_new:
+            prefix = prefix_key(centry)
+            if prefix is not None:
+                self._per_prefix[prefix] = self._per_prefix.get(prefix, 0) + 1
+        if ukey is not None:
+            self._users.fail(ukey, _event(now, ckey), now)
 
-    def _add(self, failures: deque[tuple[float, str | None]], event: tuple[float, str | None], now: float) -> bool:
-        """Append ``event``; True if that makes ``max_failures`` failures within the window."""
-        failures.append(event)
-        return len(failures) >= self.max_failures and now - failures[0][0] < self.window
+    def _client_dropped(self, ckey: str) -> None:
+        prefix = prefix_key(ckey)
+        if prefix is not None:
+            left = self._per_prefix[prefix] - 1
+            if left:
+                self._per_prefix[prefix] = left
+            else:
+                del self._per_prefix[prefix]
 
     def record_success(self, client: str, user: str, now: float) -> None:
         """``client`` signed in as ``user``: forgive that pair's failures, remember the address as known."""
         ckey, ukey = client_key(client), user_key(user)
-        cstate = self._clients.get(ckey)
-        ustate = self._users.get(ukey)
-        if (ustate is not None and not ustate.failures and (cstate is None or not cstate.failures)
-                and now - ustate.trusted.get(ckey, -_REFRESH) < _REFRESH):
+        forgave = self._clients.forgive(ckey, ukey)
+        forgave = self._users.forgive(ukey, ckey) or forgave
+        known = self._trusted.get(ukey)
+        if known is not None and not forgave and now - known.get(ckey, -_REFRESH) < _REFRESH:
             return  # the steady state of a signed-in client: nothing to forgive, trust recently refreshed
-        if cstate is not None:
-            kept = [event for event in cstate.failures if event[1] != ukey]
-            if len(kept) != len(cstate.failures):
-                cstate.failures = deque(kept, maxlen=self.max_failures)
-        ustate = self._touch(self._users, ukey, _UserState)
-        kept_u = [event for event in ustate.failures if event[1] != ckey]
-        if len(kept_u) != len(ustate.failures):
-            ustate.failures = deque(kept_u, maxlen=self.max_failures)
-        ustate.trusted.pop(ckey, None)
-        ustate.trusted[ckey] = now
-        while len(ustate.trusted) > _MAX_TRUSTED:
-            del ustate.trusted[next(iter(ustate.trusted))]
-
-    def _touch(self, table: OrderedDict[str, _S], key: str,
-               make: Callable[[deque[tuple[float, str | None]]], _S]) -> _S:
-        """The entry for ``key``, made if new, and moved to the recent end of ``table`` (the eviction order)."""
-        state = table.get(key)
-        if state is None:
-            state = table[key] = make(deque(maxlen=self.max_failures))
-            self._bound(table)
+        if known is None:
+            known = self._trusted[ukey] = {}
+            if len(self._trusted) > self.max_entries:
+                # Only successful sign-ins write here: the least recently signed-in user makes room.
+                self._trusted.popitem(last=False)
         else:
-            table.move_to_end(key)
-        return state
+            self._trusted.move_to_end(ukey)
+        known.pop(ckey, None)
+        known[ckey] = now
+        while len(known) > _MAX_TRUSTED:
+            del known[next(iter(known))]
 
     # == housekeeping ==================================================================================================
-    def _bound(self, table: OrderedDict[str, _ClientState] | OrderedDict[str, _UserState]) -> None:
-        while len(table) > self.max_entries:
-            table.popitem(last=False)
-
     def purge(self, now: float) -> int:
-        """Drop entries with nothing left to remember (call from a housekeeping timer); returns how many."""
-        dropped = 0
-        for key in [k for k, s in self._clients.items() if self._client_idle(s, now)]:
-            del self._clients[key]
-            dropped += 1
-        for key in [k for k, s in self._users.items() if self._user_idle(s, now)]:
-            del self._users[key]
+        """Drop entries with nothing left to remember (call from a housekeeping timer); returns how many.
+
+        Costs what it drops, plus one look per failure count: no scan of the tables."""
+        dropped = self._clients.purge(now) + self._users.purge(now)
+        trusted = self._trusted
+        while trusted:
+            ukey, known = next(iter(trusted.items()))
+            if now - next(reversed(known.values())) <= self.trust_period:
+                break  # the least recently signed-in user still has a known address: so do all the others
+            del trusted[ukey]
             dropped += 1
         return dropped
-
-    def _client_idle(self, state: _ClientState, now: float) -> bool:
-        return state.locked_until <= now and (not state.failures or now - state.failures[-1][0] >= self.window)
-
-    def _user_idle(self, state: _UserState, now: float) -> bool:
-        for ckey in [c for c, t in state.trusted.items() if now - t > self.trust_period]:
-            del state.trusted[ckey]
-        return (state.locked_until <= now and not state.trusted
-                and (not state.failures or now - state.failures[-1][0] >= self.window))
