@@ -26,6 +26,7 @@ from authproxy.auth.digest import (
     request_digest,
     response_auth,
 )
+from authproxy.auth.digest_scheme import DigestScheme
 from authproxy.auth.errors import AuthHeaderError, ConfigError
 from authproxy.auth.headers import build_credentials, parse_auth_params, parse_challenges
 from authproxy.auth.nonces import NonceIssuer, NonceStatus
@@ -77,6 +78,12 @@ USERS: dict[str, UserEntry] = {
         UserEntry("nosecret"),
     )
 }
+
+
+def digest_scheme(verifier: Verifier) -> DigestScheme:
+    scheme = verifier.schemes["digest"]
+    assert isinstance(scheme, DigestScheme)
+    return scheme
 
 
 def make_verifier(**policy: Any) -> Verifier:
@@ -724,7 +731,7 @@ def test_digest_shape_memo_sees_every_new_nc_cnonce_and_response() -> None:
         result = driver.run(verifier, "GET", TARGET, auth)
         assert isinstance(result, Allow), result
         assert f"nc={nc:08x}" in (result.auth_info or "") and cnonce in (result.auth_info or "")
-    assert len(verifier._shapes) == 1  # one shape, whatever the cnonce
+    assert len(digest_scheme(verifier)._shapes) == 1  # one shape, whatever the cnonce
     # A known shape with a wrong response, or a replayed nc, is still refused.
     auth, _ = answer(ch, "Mufasa", "not-it", nc=5)
     assert driver.run(verifier, "GET", TARGET, auth).outcome == "bad-password"  # type: ignore[union-attr]
@@ -758,7 +765,7 @@ def test_digest_shape_memo_agrees_with_parsing_every_time(nc: str, response: str
         except AuthHeaderError:
             expected = "error"
         try:
-            got: object = verifier._digest_credentials(value)
+            got: object = digest_scheme(verifier)._credentials(value)
         except AuthHeaderError:
             got = "error"
         assert got == expected

@@ -53,7 +53,6 @@ class Authenticator:
     def __init__(self, config: Config, store: UserStore, counters: NonceCounterStore,
                  nonce_key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
         self.realm = config.realm
-        self.role = PROXY
         self.store = store
         self.counters = counters
         self.clock = clock
@@ -61,7 +60,8 @@ class Authenticator:
         # Kept so a reload (SIGHUP) can build a new Authenticator that still accepts the nonces in flight.
         self.nonce_key = nonce_key or secrets.token_bytes(32)
         issuer = NonceIssuer(self.nonce_key, config.realm, config.nonce_lifetime)
-        self.verifier = Verifier(policy, issuer)
+        self.verifier = Verifier(policy, issuer, PROXY)  # the proxy's role: 407 and the Proxy-* fields
+        self.role = self.verifier.role
         self.cache_ttl = config.basic_cache_ttl
         # sha256(salt, Basic field) -> (expiry, the entry it was verified against, the Allow to answer).
         self._basic: dict[bytes, tuple[float, UserEntry, Allow]] = {}

@@ -1,0 +1,268 @@
+"""Digest (RFC 7616) as a scheme of the verifier: its challenges and the flow that checks one request.
+
+Order of the checks, and why:
+
+1. grammar and parameters (400), realm (``wrong-realm``), ``uri`` against the request-target (400, RFC 7616
+   section 3.4.6: the uri is what the digest covers, a mismatch means the credentials are for another request);
+2. algorithm, qop and userhash must be ones we offered (``unsupported-scheme``); a response without qop (the
+   RFC 2069 form) is refused the same way: it has no ``nc``, so replays could not be detected;
+3. opaque and nonce authenticity (``bad-nonce``) before any user lookup, so forged nonces cost nothing;
+4. the user and their HA1 (``unknown-user``, ``no-digest-secret``), the body hash for auth-int;
+5. the response, compared in constant time (``bad-password``);
+6. only then nonce expiry (``stale-nonce`` with stale=true: the client knew the password, RFC 7616 section
+   3.3) and the nonce count (``replay`` for a count already used; ``stale-nonce`` again when the count table
+   no longer knows the nonce, so a full table fails safe). Recording the count only after the digest is right
+   keeps a guesser from burning a legitimate client's counts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import TYPE_CHECKING
+
+from authproxy.auth.digest import (
+    DigestAlgorithm,
+    DigestChallenge,
+    DigestCredentials,
+    compute_userhash,
+    get_algorithm,
+    request_digest,
+    response_auth,
+)
+from authproxy.auth.errors import AuthHeaderError
+from authproxy.auth.flow import (
+    Allow,
+    ConnectionAuth,
+    Flow,
+    NeedBodyHash,
+    NeedNonceUse,
+    NeedUser,
+    NeedUserByHash,
+    Reject,
+)
+from authproxy.auth.headers import build_challenge, parse_credentials, quote_string
+from authproxy.auth.nonces import NonceIssuer, NonceStatus, NonceUse
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.roles import Role
+
+if TYPE_CHECKING:
+    from authproxy.auth.policy import AuthPolicy
+
+
+def _equal(a: str, b: str) -> bool:
+    # hmac.compare_digest refuses non-ASCII str; compare the UTF-8 bytes instead (surrogatepass: never raise).
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+def _origin_form(target: str) -> str | None:
+    """The origin-form (path and query) of an absolute-form target, without any normalisation."""
+    sep = target.find("://")
+    if sep <= 0:
+        return None
+    rest = target[sep + 3 :]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    origin = rest[cut:]
+    if not origin:
+        return "/"
+    if origin.startswith("?"):
+        return "/" + origin
+    return origin
+
+
+def uri_matches(method: str, target: str, uri: str) -> bool:
+    """Whether the Digest ``uri`` names the request-target (RFC 7616 section 3.4.6: the uri is what the
+    digest covers, so it must be the request-target, or the credentials are for another request).
+
+    - CONNECT: the authority ``host:port``, exactly.
+    - An absolute-form uri: the target exactly, so scheme, host, port, path and query all match. Nothing is
+      normalised: the digest covers the bytes the client sent, and normalising would let a digest made for
+      one URI pass for another.
+    - An origin-form uri (path and query) for an absolute-form target: accepted when it is exactly the
+      target's path and query, because clients send it: curl (7.88) answers a proxy's Digest challenge for
+      ``GET http://h/p?q`` with ``uri="/p?q"``, as it would answer an origin, and Apache and Squid accept the
+      same. Such a digest does not cover the host; what binds it to this request is the rest of the digest
+      (method, path, query, a nonce of ours, an nc used once). Refusing it would lock curl users out of
+      Digest through the proxy; a client that sends the absolute URI (authproxy.client, browsers, urllib)
+      gets the host covered too.
+    """
+    if uri == target:
+        return True
+    if method == "CONNECT":
+        return False
+    origin = _origin_form(target)
+    return origin is not None and uri == origin
+
+
+# The three Digest values that change from request to request, each as a span of characters that are never
+# delimiters: nc (8 hex digits), response (hex, quoted) and cnonce (quoted, base64/token-like characters).
+_NC_SPAN = re.compile(r"(?:^|[\s,])nc\s*=\s*([0-9A-Fa-f]{8})(?=\s*(?:,|$))")
+_RESPONSE_SPAN = re.compile(r'(?:^|[\s,])response\s*=\s*"([0-9A-Fa-f]{32,128})"')
+_CNONCE_SPAN = re.compile(r'(?:^|[\s,])cnonce\s*=\s*"([A-Za-z0-9+/=._~-]{1,128})"')
+
+
+class DigestScheme:
+    """Digest, checked on every request (never connection-bound): nonces from ``issuer``, the answer in
+    ``role``'s info field."""
+
+    name = "digest"
+    connection_bound = False
+
+    def __init__(self, policy: AuthPolicy, issuer: NonceIssuer, role: Role) -> None:
+        self.policy = policy
+        self.issuer = issuer
+        self.role = role
+        # Digest credentials by shape (see _credentials): a memo, bounded, no state of its own.
+        self._shapes: dict[str, DigestCredentials] = {}
+
+    def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
+        """One Digest challenge per algorithm in the configured order, which is the operator's preference (RFC
+        7616 section 3.7: most preferred first; the default puts SHA-256 first, and MD5 first suits clients that
+        read only the first challenge, such as urllib), all with one nonce."""
+        policy = self.policy
+        values: list[str] = []
+        nonce = self.issuer.issue(now, rand)
+        for alg in (get_algorithm(name) for name in policy.digest_algorithms):
+            if alg is None:
+                continue
+            challenge = DigestChallenge(
+                realm=policy.realm,
+                nonce=nonce,
+                opaque=self.issuer.opaque,
+                algorithm=alg.name,
+                qop=policy.qop,
+                stale=stale,
+                userhash=policy.userhash,
+                charset_utf8=True,
+            )
+            values.append(build_challenge(challenge.to_challenge()))
+        return values
+
+
+    def _reject(self, outcome: Outcome, user: str | None, stale: bool, detail: str) -> Reject:
+        return Reject(outcome, user, stale, detail, self.role)
+
+    def _credentials(self, authorization: str) -> DigestCredentials:
+        """The Digest credentials of ``authorization``, parsed once per shape.
+
+        A client sends the same field again and again with only ``nc``, ``response`` and perhaps ``cnonce``
+        changed. Those three values are cut out (each replaced by a NUL, which no valid field contains) to
+        make a key; a field with a known key differs from the one parsed before only inside those three
+        spans, by characters that are neither delimiters nor quotes, so it parses to the same parameters but
+        for those three values, which are taken from the spans. A template is kept only when its spans are
+        exactly the parsed nc, response and cnonce values. Every check after parsing still runs per request.
+        """
+        spans = [m for m in (_NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
+                             _CNONCE_SPAN.search(authorization)) if m is not None]
+        if len(spans) != 3:
+            return DigestCredentials.from_credentials(parse_credentials(authorization))
+        nc, response, cnonce = (m.group(1) for m in spans)
+        cuts = sorted(m.span(1) for m in spans)
+        if cuts[0][1] > cuts[1][0] or cuts[1][1] > cuts[2][0]:
+            return DigestCredentials.from_credentials(parse_credentials(authorization))
+        key = "\0".join((authorization[: cuts[0][0]], authorization[cuts[0][1]: cuts[1][0]],
+                          authorization[cuts[1][1]: cuts[2][0]], authorization[cuts[2][1]:]))
+        template = self._shapes.get(key)
+        if template is not None:
+            return DigestCredentials(
+                username=template.username, userhash=template.userhash, realm=template.realm,
+                nonce=template.nonce, uri=template.uri, response=response.lower(), algorithm=template.algorithm,
+                cnonce=cnonce, nc=nc, qop=template.qop, opaque=template.opaque,
+            )
+        dc = DigestCredentials.from_credentials(parse_credentials(authorization))
+        if (dc.nc, dc.response, dc.cnonce) == (nc, response.lower(), cnonce) and dc.qop == "auth" \
+                and len(response) == dc.algorithm.hex_length:
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            self._shapes[key] = dc
+        return dc
+
+    def verify(self, method: str, target: str, authorization: str, now: float,
+               connection: ConnectionAuth | None) -> Flow:
+        """The checks of one request, in the order of the module docstring."""
+        dc = self._credentials(authorization)
+        policy = self.policy
+        shown = None if dc.userhash else dc.username
+        if dc.realm != policy.realm:
+            return self._reject(Outcome.WRONG_REALM, shown, False, "credentials for another realm")
+        if not uri_matches(method, target, dc.uri):
+            raise AuthHeaderError("Digest uri does not match the request-target")
+        alg = dc.algorithm
+        if alg.name not in policy.digest_algorithms:
+            return self._reject(Outcome.UNSUPPORTED_SCHEME, shown, False, f"algorithm {alg.name} is not offered")
+        if dc.qop is None:
+            return self._reject(Outcome.UNSUPPORTED_SCHEME, shown, False,
+                                "Digest without qop (RFC 2069) is not accepted")
+        if dc.qop not in policy.qop:
+            return self._reject(Outcome.UNSUPPORTED_SCHEME, shown, False, f"qop={dc.qop} is not offered")
+        if dc.userhash and not policy.userhash:
+            return self._reject(Outcome.UNSUPPORTED_SCHEME, None, False, "userhash is not offered")
+        if dc.opaque is None or not _equal(dc.opaque, self.issuer.opaque):
+            return self._reject(Outcome.BAD_NONCE, shown, False, "opaque missing or not ours")
+        status = self.issuer.check(dc.nonce, now)
+        if status is NonceStatus.INVALID:
+            return self._reject(Outcome.BAD_NONCE, shown, False, "nonce not issued here")
+
+        if dc.userhash:
+            entry = yield NeedUserByHash(alg.base, policy.realm, dc.username)
+            # Trust, but check: a store answering for the wrong user must not log someone in.
+            if entry is not None and not _equal(compute_userhash(alg, entry.name, policy.realm), dc.username):
+                entry = None
+        else:
+            entry = yield NeedUser(dc.username)
+        if entry is None:
+            return self._reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
+        if alg.base not in entry.digest_algorithms(policy.realm):
+            return self._reject(Outcome.NO_DIGEST_SECRET, entry.name, False, f"no {alg.base} HA1 for this realm")
+        ha1 = entry.ha1[alg.base].lower()
+
+        body_hash: str | None = None
+        if dc.qop == "auth-int":
+            body_hash = yield NeedBodyHash(alg.base)
+        expected = request_digest(
+            alg,
+            ha1=ha1,
+            nonce=dc.nonce,
+            nc=dc.nc,
+            cnonce=dc.cnonce,
+            qop=dc.qop,
+            method=method,
+            uri=dc.uri,
+            body_hash=body_hash,
+        )
+        if not _equal(expected, dc.response):
+            return self._reject(Outcome.BAD_PASSWORD, entry.name, False, "wrong digest response")
+        if status is NonceStatus.EXPIRED:
+            return self._reject(Outcome.STALE_NONCE, entry.name, True, "nonce expired; the digest was right")
+        nc = dc.nc_value
+        assert nc is not None  # from_credentials guarantees nc with qop
+        use = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce), entry.name)
+        if use is NonceUse.UNKNOWN:
+            # The store forgot this nonce's counts (a bounded table under pressure): fail safe with a new
+            # challenge, which the client answers silently, rather than call it a replay and count a failure.
+            return self._reject(Outcome.STALE_NONCE, entry.name, True,
+                                "nonce counts no longer known; the digest was right")
+        if not use:  # NonceUse.REPLAY (or False from a store that answers a bool)
+            return self._reject(Outcome.REPLAY, entry.name, False, f"nonce count {dc.nc} already used")
+        return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now), self.role)
+
+    def _auth_info(self, alg: DigestAlgorithm, dc: DigestCredentials, ha1: str, now: float) -> str:
+        """The info field's value (RFC 7616 section 3.5; RFC 9110 sections 11.6.3 and 11.7.3)."""
+        assert dc.qop is not None and dc.nc is not None and dc.cnonce is not None
+        # Formatted by hand rather than by build_auth_params: this runs on every Digest request, and every
+        # value is known in shape (qop and nc are tokens, rspauth hex, the nonces ours); only cnonce comes from
+        # the client, and it is quoted properly.
+        info = f"qop={dc.qop}"
+        if dc.qop == "auth":
+            rspauth = response_auth(
+                alg, ha1=ha1, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop, uri=dc.uri
+            )
+            info += f', rspauth="{rspauth}"'
+        # For auth-int, rspauth covers the *response* body (RFC 7616 section 3.5), which a proxy has not
+        # seen when it sends its head (the body streams from upstream afterwards): no rspauth then.
+        info += f", cnonce={quote_string(dc.cnonce)}, nc={dc.nc}"
+        issued_at = self.issuer.issued_at(dc.nonce)
+        if now >= issued_at + self.issuer.lifetime / 2:
+            # Past half its life: hand the client the next nonce now, so it never has to take a stale 407.
+            info += f', nextnonce="{self.issuer.next_nonce(dc.nonce, now, f"{dc.nc}:{dc.cnonce}")}"'
+        return info
