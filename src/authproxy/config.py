@@ -114,10 +114,6 @@ class Config:
             raise ConfigError("throttle_max_entries: must be at least 1")
         if self.basic_cache_ttl < 0 or self.pool_size < 0:
             raise ConfigError("basic_cache_ttl and pool_size must not be negative")
-        if self.connect_ports is not None:
-            for port in self.connect_ports:
-                if not 1 <= port <= 65535:
-                    raise ConfigError(f"connect_ports: {port} is not a port")
 
 
 def parse_connect_ports(value: Any, *, key: str = "connect_ports") -> tuple[int, ...] | None:

@@ -10,6 +10,7 @@ import pytest
 
 from authproxy.auth.errors import ConfigError
 from authproxy.auth.outcomes import Outcome
+from authproxy.auth.policy import AuthPolicy
 from authproxy.config import Config, load_config, parse_hostport
 from authproxy.observe.accesslog import AccessLog, AccessRecord
 
@@ -98,3 +99,22 @@ def test_file_log_lines_stay_whole_across_writers(tmp_path: Path) -> None:
     second.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 2000 and all(json.loads(line)["status"] == 407 for line in lines)
+
+
+@pytest.mark.parametrize("bad", [
+    {"schemes": ("ntlm",)}, {"schemes": ()}, {"schemes": ("basic", "Basic")}, {"qop": ("auth-conf",)},
+    {"digest_algorithms": ("SHA-1",)}, {"digest_algorithms": ()}, {"nonce_lifetime": 0.0},
+    {"realm": 'say "hi"'}, {"realm": "tab\there"}, {"realm": ""},
+])
+def test_the_auth_options_are_validated_once_by_the_auth_policy(bad: dict[str, object]) -> None:
+    """Config builds its AuthPolicy and refuses with its words: the config and the verifier cannot disagree."""
+    with pytest.raises(ConfigError) as from_config:
+        Config(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as from_policy:
+        AuthPolicy(**{"realm": "authproxy", **bad})  # type: ignore[arg-type]
+    assert from_config.value.message == from_policy.value.message
+
+
+def test_a_good_config_carries_its_auth_policy() -> None:
+    config = Config(realm="r", schemes=("Basic",), digest_algorithms=("md5",))
+    assert config.auth_policy == AuthPolicy(realm="r", schemes=("basic",), digest_algorithms=("MD5",))

@@ -414,11 +414,9 @@ class DestinationPolicy:
                 value = raw.get(name)
                 if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
                     raise ConfigError(f"{key}.{name}: expected a non-empty list of strings, got {value!r}")
-            action = raw.get("action", "allow")
-            if action not in ("allow", "deny"):
-                raise ConfigError(f"{key}.action: expected 'allow' or 'deny', got {action!r}")
+            # Only the TOML shapes are checked here; the values are checked once, by __post_init__.
             parsed.append(UserRule(tuple(raw["users"]), tuple(raw["hosts"]),
-                                   _check_ports(f"{key}.ports", raw.get("ports")), action))
+                                   _check_ports(f"{key}.ports", raw.get("ports")), raw.get("action", "allow")))
         return cls(allow_private, tuple(allow), ports, tuple(parsed))
 
     # == decisions ====================================================================================================
