@@ -308,7 +308,7 @@ HOP_FIELDS = (b"Proxy-Authenticate: Digest realm=\"origin\", nonce=\"evil\", qop
               b"Connection: keep-alive, X-Named\r\nX-Named: gone\r\n")
 
 
-@pytest.mark.parametrize("status", [b"200 OK", b"401 Unauthorized", b"407 Proxy Authentication Required"])
+@pytest.mark.parametrize("status", [b"200 OK", b"401 Unauthorized", b"404 Not Found"])
 def test_an_origins_proxy_fields_are_removed(proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin],
                                              status: bytes) -> None:
     server = origin(sends(b"HTTP/1.1 " + status + b"\r\n" + HOP_FIELDS
@@ -320,6 +320,21 @@ def test_an_origins_proxy_fields_are_removed(proxy: ProxyProcess, origin: Callab
         assert name not in seen, response
     assert "www-authenticate" in seen  # the origin's own challenge is the origin's to send
     assert challenges_of(response) == []
+
+
+def test_an_origins_407_is_not_taken_for_the_proxys(proxy: ProxyProcess,
+                                                    origin: Callable[[Answer], ScriptedOrigin]) -> None:
+    """An origin's 407 asks for credentials this proxy never sends: relayed, a client would read it as this
+    proxy refusing its password. It becomes a 502 naming the origin, and the client library says so."""
+    server = origin(sends(b"HTTP/1.1 407 Proxy Authentication Required\r\n" + HOP_FIELDS
+                          + b"Content-Length: 2\r\n\r\nno"))
+    response = ask(proxy, server)
+    assert_refused(response, server, "http_protocol_error")
+    assert challenges_of(response) == [] and b"fake" not in response and b"evil" not in response
+    with httpx.Client(transport=ProxyTransport(proxy.url, ("alice", USERS["alice"])), timeout=10) as client:
+        reply = client.get(f"http://{server.authority}/")  # before: ProxyAuthError, "the proxy rejected ..."
+    assert reply.status_code == 502 and server.authority in reply.text
+    assert "bad-password" not in proxy.access_log()
 
 
 def test_the_proxys_own_authentication_info_still_arrives(proxy: ProxyProcess,
@@ -399,10 +414,14 @@ def test_an_interim_response_with_content_is_refused(proxy: ProxyProcess,
             assert_refused(response, server, "http_protocol_error")
 
 
-def test_transfer_encoding_wins_over_content_length(proxy: ProxyProcess,
-                                                   origin: Callable[[Answer], ScriptedOrigin]) -> None:
-    server = origin(sends(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          b"b\r\nhello world\r\n0\r\n\r\n"))
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+    # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing: close after.
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n",
+])
+def test_transfer_encoding_wins_over_content_length(proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin],
+                                                   head: bytes) -> None:
+    server = origin(sends(head + b"\r\nb\r\nhello world\r\n0\r\n\r\n"))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
         for _ in range(2):
             sock.sendall(request(server))

@@ -475,7 +475,9 @@ class Exchange:
           (a 204 must not, RFC 9110 section 8.6) the origin connection is closed: whatever the origin believes
           follows must not become the next request's response;
         - Transfer-Encoding with Content-Length (rule 3): the coding wins, the length is dropped, and the origin
-          connection is closed after (the pair is the shape of a smuggling attempt);
+          connection is closed after (the pair is the shape of a smuggling attempt); so is an HTTP/1.0 origin's
+          after Transfer-Encoding (RFC 9112 section 6.1);
+        - a 407 is refused (502): it asks this proxy for credentials of a hop beyond it (see below);
         - chunked applied twice, or before another coding (RFC 9112 section 6.1): no end we can trust, 502;
         - a final coding other than chunked (rule 4): the body ends when the origin closes. An HTTP/1.1 client
           gets it re-chunked with the origin's codings named before chunked; an HTTP/1.0 client, which cannot
@@ -485,6 +487,13 @@ class Exchange:
           (RFC 9110 section 8.6 allows either rejecting or repairing; rejecting is the one that cannot be
           wrong).
         """
+        if status == 407:
+            # A 407 asks the client of that hop (this proxy) for proxy credentials, which this proxy never has
+            # to give: it consumes Proxy-Authorization (RFC 9110 section 11.7.2). Relayed, the client would
+            # take it for this proxy's refusal of its password (issue 9 item 7).
+            self.upstream_error(f"the origin {self.peer} answered 407 Proxy Authentication Required: it asks "
+                                "for credentials of a proxy beyond this one, which this proxy does not send")
+            return
         fields, content_length, codings = forward.response_fields(headers)
         if 100 <= status < 200:
             if status == 101:
@@ -498,7 +507,9 @@ class Exchange:
         reuse = keep_alive
         chunked = False  # the origin's body arrives chunked (httptools takes the chunking off)
         if codings is not None:
-            if content_length is not None:
+            if content_length is not None or (self.upstream is not None and self.upstream.http_version() == "1.0"):
+                # Rule 3; and RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+                # framing, to be processed and then followed by closing the connection.
                 content_length, reuse = None, False
             chunked = bool(codings) and codings[-1] == b"chunked"
             if codings.count(b"chunked") > chunked:

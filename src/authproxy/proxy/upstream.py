@@ -288,6 +288,10 @@ class UpstreamConnection(asyncio.Protocol):
             # pair unless told to take it; the exchange then drops the length and closes this connection after.
             self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
 
+    def http_version(self) -> str:
+        """The HTTP version of the response being read ("1.1", "1.0")."""
+        return self.parser.get_http_version() if self.parser is not None else "1.1"
+
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
