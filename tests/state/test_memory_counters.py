@@ -198,3 +198,10 @@ def test_never_accepts_twice_never_calls_an_unseen_count_a_replay(
             assert (owner, nonce, nc) in accepted  # only a count really seen is a replay
         assert len(s) <= total
         assert all(len(r.nonces) <= per_owner for r in s._owners.values())
+
+
+def test_no_owner_means_only_the_table_wide_bound() -> None:
+    s = MemoryNonceCounterStore(max_nonces=5000, max_per_owner=10)
+    for i in range(2000):
+        assert s.use(f"n{i}", 1, EXP + i, NOW) is FRESH
+    assert s.use("n0", 1, EXP, NOW) is REPLAY  # nothing evicted: the per-owner quota is for named users

@@ -278,7 +278,7 @@ class FailureThrottle:
         ``max_per_prefix`` entries of its own (module docstring), and as long as that shared one lasts (so that
         an entry of the prefix dropped later cannot lift the shared lockout)."""
         entries = self._clients.entries
-        if ckey in entries:
+        if not entries or ckey in entries:
             return ckey
         prefix = prefix_key(ckey)
         if prefix is not None and (prefix in entries or self._per_prefix.get(prefix, 0) >= self.max_per_prefix):
@@ -326,8 +326,9 @@ class FailureThrottle:
     def record_success(self, client: str, user: str, now: float) -> None:
         """``client`` signed in as ``user``: forgive that pair's failures, remember the address as known."""
         ckey, ukey = client_key(client), user_key(user)
-        forgave = self._clients.forgive(ckey, ukey)
-        forgave = self._users.forgive(ukey, ckey) or forgave
+        # (Empty tables, the usual case, cost nothing: this runs on every signed-in request.)
+        forgave = bool(self._clients.entries) and self._clients.forgive(ckey, ukey)
+        forgave = (bool(self._users.entries) and self._users.forgive(ukey, ckey)) or forgave
         known = self._trusted.get(ukey)
         if known is not None and not forgave and now - known.get(ckey, -_REFRESH) < _REFRESH:
             return  # the steady state of a signed-in client: nothing to forgive, trust recently refreshed

@@ -13,7 +13,8 @@ Memory is bounded three ways, none of which one user can aim at another:
 
 * entries go when their nonce expires (purged a few at a time on each call, from a heap ordered by expiry);
 * each owner keeps at most ``max_per_owner`` nonces: a new one evicts that owner's least recently used nonce,
-  so a signed-in user burning fresh nonces only pushes out their own;
+  so a signed-in user burning fresh nonces only pushes out their own (the verifier always names the owner; a
+  caller that names none, ``""``, is held only by the next rule);
 * at most ``max_nonces`` entries in all: when full, the owner holding the most entries loses its least recently
   used one (a user with few nonces is the last to lose any).
 
@@ -104,7 +105,7 @@ class MemoryNonceCounterStore:
             record = self._owners[owner] = _Owner()
         elif expires_at <= record.evicted_until:
             return NonceUse.UNKNOWN
-        if len(record.nonces) >= self.max_per_owner:
+        if owner and len(record.nonces) >= self.max_per_owner:  # "": a caller that names no owner, no quota
             self._evict(owner, record)
         elif self._size >= self.max_nonces:
             largest = next(iter(self._by_size[self._top]))
