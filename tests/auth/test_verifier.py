@@ -769,3 +769,31 @@ def test_digest_shape_memo_agrees_with_parsing_every_time(nc: str, response: str
         except AuthHeaderError:
             got = "error"
         assert got == expected
+
+
+def test_a_digest_refusal_computes_the_response_whether_the_name_exists_or_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 item 9: an unknown user, a user without an HA1 here and a wrong password each cost one response
+    computation (observed, not timed), and the first two read alike to the client."""
+    import authproxy.auth.digest_scheme as digest_scheme_module
+
+    computed: list[str] = []
+    real = request_digest
+
+    def counting(*args: Any, **kwargs: Any) -> str:
+        computed.append(kwargs["method"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(digest_scheme_module, "request_digest", counting)
+    v = make_verifier()
+    ch = digest_challenge(v, "SHA-256")
+    outcomes = []
+    for user, password in (("nobody", "x"), ("crypt", "hunter2"), ("Mufasa", "wrong")):
+        computed.clear()
+        auth, _ = answer(ch, user, password)
+        result = Driver().run(v, "GET", TARGET, auth)
+        assert isinstance(result, Reject) and result.outcome.failed
+        assert computed == ["GET"], user
+        outcomes.append(result.outcome)
+    assert outcomes == [Outcome.UNKNOWN_USER, Outcome.NO_DIGEST_SECRET, Outcome.BAD_PASSWORD]
+    assert len({o.client_text(v.role) for o in outcomes}) == 1

@@ -210,9 +210,13 @@ class DigestScheme:
                 entry = None
         else:
             entry = yield NeedUser(dc.username)
-        if entry is None:
-            return self._reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
-        if alg.base not in entry.digest_algorithms(policy.realm):
+        if entry is None or alg.base not in entry.digest_algorithms(policy.realm):
+            # The response is computed all the same (with an HA1 nobody has), so that this refusal costs what
+            # a wrong password costs and its timing does not tell a guesser which names exist (issue 9 item 9).
+            request_digest(alg, ha1="0" * alg.hex_length, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop,
+                           method=method, uri=dc.uri, body_hash=None if dc.qop == "auth" else "0" * alg.hex_length)
+            if entry is None:
+                return self._reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
             return self._reject(Outcome.NO_DIGEST_SECRET, entry.name, False, f"no {alg.base} HA1 for this realm")
         ha1 = entry.ha1[alg.base].lower()
 
