@@ -2,7 +2,12 @@
 
 Every request on a keep-alive connection is authenticated and routed on its own: nothing is trusted because
 an earlier request on the same socket passed. Requests pipelined behind the one in progress are parsed, queued
-and started in order; reading pauses while any are queued so the queue stays short.
+and started in order, by a loop (``_run``), never by recursion from one exchange's end into the next.
+
+Flow control: input is parsed in slices, and parsing stops (the rest of the read is held, the transport stops
+reading) while anything must wait: a request queued behind the one in progress, an exchange that is
+authenticating or connecting, an origin that does not take the body, or a client that does not read what it
+is owed (its write buffer above ``_WRITE_HIGH``, whatever filled it: made-up responses or relayed bodies).
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ from authproxy.proxy.tunnel import TunnelUpstream
 
 if TYPE_CHECKING:
     from authproxy.proxy.server import ProxyServer
+
+#: A read larger than this is parsed in slices of this size, so that parsing can stop in between (one read can
+#: hold thousands of pipelined requests). llhttp accepts its input split anywhere.
+_SLICE = 16384
+#: What the client is owed (its transport's write buffer): above HIGH, pause_writing stops reading and parsing
+#: for it and pauses whatever feeds it; below LOW, resume_writing starts them again.
+_WRITE_HIGH = 64 * 1024
+_WRITE_LOW = 16 * 1024
+#: Reasons to stop reading that belong to the exchange in progress and end with it.
+_EXCHANGE_REASONS = frozenset({"auth", "connect", "body", "upstream"})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -55,14 +70,30 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_exchange: Exchange | None = None
         self.tunnel_pending: list[bytes] = []
         self.client_eof = False
-        # Parsing state of one read: an exchange waiting to begin, and whether we stopped the parser.
+        # Parsing state of one slice: an exchange waiting to begin, and whether we stopped the parser.
         self.ready: Exchange | None = None
         self.stopping = False
+        self.head_new = False  # a request head began in the slice being parsed
+        # Input read but not parsed yet (pending[pending_at:]), held while parsing must wait; see _run.
+        self.pending = b""
+        self.pending_at = 0
+        self.running = False  # _run is on the stack
+        self.wake: asyncio.Handle | None = None  # a _run scheduled by _wake
+        self.reading = True  # whether the transport is reading
+        self.last_request = False  # a request without keep-alive was parsed: nothing after it is processed
+        self.closing_after = False  # the request being parsed is that last one
+        self.refusal: tuple[int, str] | None = None  # a malformed request, answered after those ahead of it
+        self.body_seen = False  # the slice being parsed carried request body bytes
+        self.framing_gap = 0  # chunked-body bytes parsed since the last body byte: a trailer or chunk line
+        # The client not reading: since when, and the origin (or tunnel) transport we paused for it.
+        self.write_paused_at = 0.0
+        self.held_source: asyncio.Transport | None = None
 
     # == asyncio.Protocol =====================================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "-"
         self.server.accepted(self)  # counted from accept, before any TLS handshake; or refused and closed
@@ -76,52 +107,124 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel_exchange is not None:  # CONNECT accepted, origin not connected yet
             self.tunnel_pending.append(data)
             return
-        if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > self.server.config.max_header_size:
-                self._refuse_head(431, "the request head is larger than this proxy accepts")
-                return
-        self._feed(data)
+        if self.last_request:
+            return  # read and dropped after the last request, so that our close is a clean FIN, not a reset
+        if self.pending:
+            self.pending = self.pending[self.pending_at:] + data
+            self.pending_at = 0
+        else:
+            self.pending = data
+        self._run()
 
-    def _feed(self, data: bytes) -> None:
-        """Parse one read. A request head found in it starts its exchange only once the whole read is
-        parsed, so a body that is malformed within the same read is refused before anything is forwarded."""
-        while data and not self.closed:
-            rest = b""
-            self.stopping = False
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                # A CONNECT head ended at this offset; what follows is tunnel data or the next request.
-                rest = data[exc.args[0]:]
-                self.parser = httptools.HttpRequestParser(self)
-                if self.tunnel_exchange is not None:
-                    if rest:
-                        self.tunnel_pending.append(rest)
-                    rest = b""
-            except httptools.HttpParserCallbackError:
-                if not self.stopping:  # not our own stop: a bug in a callback, which must stay visible
-                    raise
-            except httptools.HttpParserError as exc:
-                self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
-            ready, self.ready = self.ready, None
-            if ready is not None and not self.closed:
-                ready.begin()
-            data = rest
+    def _run(self) -> None:
+        """Start queued exchanges and parse held input, in a loop, until something must wait.
+
+        An exchange that ends at once (a 407) calls exchange_done, which comes back here and returns at once:
+        this loop then starts the next, so a pipeline of any depth takes no stack (issue 9 item 6). Nothing
+        new is started or parsed while the client's write buffer is above its mark (item 1).
+        """
+        if self.running:
+            return
+        self.running = True
+        try:
+            while not self.closed:
+                if self.active is None and self.queue:
+                    if self.writing_paused:
+                        break
+                    ex = self.active = self.queue.popleft()
+                    ex.begin()
+                elif self.pending and not self.paused and not self.queue:
+                    self._parse_slice()
+                elif self.active is None and self.refusal is not None:
+                    self._answer_refusal()
+                else:
+                    break
+        finally:
+            self.running = False
+        if self.client_eof and not self.pending and (
+                (self.active is None and not self.queue) or self.receiving is not None or self.in_head):
+            self.close()  # the client sent its last byte: it has all its answers, or its last request is cut short
+        self._sync_reading()
+
+    def _parse_slice(self) -> None:
+        """Parse the next slice of held input. A request head found in it starts its exchange only once the
+        whole slice is parsed, so a body that is malformed within it is refused before anything is forwarded."""
+        data, at = self.pending, self.pending_at
+        chunk: bytes | memoryview
+        if at == 0 and len(data) <= _SLICE:
+            chunk, self.pending = data, b""
+        else:
+            end = at + _SLICE
+            chunk = memoryview(data)[at:end]
+            if end >= len(data):
+                self.pending, self.pending_at = b"", 0
+            else:
+                self.pending_at = end
+        self.stopping = False
+        self.head_new = False
+        try:
+            self.parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade as exc:
+            # A CONNECT head ended at this offset: what follows is tunnel data if the CONNECT is accepted, the
+            # next request if it is refused. Hold it until the CONNECT is decided (expect_tunnel, exchange_done).
+            rest = bytes(chunk[exc.args[0]:])
+            self.parser = httptools.HttpRequestParser(self)
+            if rest:
+                self.pending, self.pending_at = rest + self.pending[self.pending_at:], 0
+            self.paused.add("upgrade")
+        except httptools.HttpParserCallbackError:
+            if not self.stopping:  # not our own stop: a bug in a callback, which must stay visible
+                raise
+        except httptools.HttpParserError as exc:
+            self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
+        else:
+            if self.in_head or self.receiving is not None:
+                self._check_unfinished(len(chunk))
+        ready, self.ready = self.ready, None
+        if ready is not None and not self.closed:
+            ready.begin()
+
+    def _check_unfinished(self, fed: int) -> None:
+        """Bound what httptools accumulates for a field not finished yet (it buffers a partial name or value).
+
+        A head still open after this slice: if it began before the slice, all of the slice was head; if it
+        began inside, count what is known of it (the body of the request before it is not head, issue 9 low).
+        A chunked body: bytes without a single body byte are chunk lines or its trailer section.
+        """
+        config = self.server.config
+        if self.in_head:
+            self.head_bytes = self.header_size if self.head_new else self.head_bytes + fed
+            if self.head_bytes > config.max_header_size:
+                self._refuse_head(431, "the request head is larger than this proxy accepts")
+            return
+        receiving = self.receiving
+        if receiving is not None and receiving.chunked:
+            self.framing_gap = 0 if self.body_seen else self.framing_gap + fed
+            self.body_seen = False
+            if self.framing_gap > config.max_header_size:
+                self._refuse_head(431, "the request's chunk framing or trailer section is larger than this "
+                                       "proxy accepts")
 
     def eof_received(self) -> bool:
         tunnel = self.tunnel
+        self.client_eof = True
         if tunnel is not None:
-            self.client_eof = True
             if tunnel.eof:  # both directions are finished: the tunnel is over
                 tunnel.close()
                 return False
             tunnel.write_eof()
             return True  # keep relaying what the origin still sends (half-close)
-        return False
+        # A client may half-close after its last request (RFC 9112 section 9.6): answer the complete requests it
+        # sent first; _run closes once the last answer is written. A request cut short can never be answered.
+        if self.tunnel_exchange is not None or self.receiving is not None or self.in_head:
+            return False
+        return bool(self.active is not None or self.queue or self.pending)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pending = b""
+        if self.wake is not None:
+            self.wake.cancel()
         self.server.release(self)
         if self.tunnel is not None:
             self.tunnel.close()  # its connection_lost logs the tunnel, with the bytes relayed
@@ -131,17 +234,35 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        # The client reads slower than the origin sends: stop reading the origin until it catches up.
+        """The client is owed more than _WRITE_HIGH bytes: stop what adds to it until it reads (issue 9 item 1).
+
+        Stop reading the origin (or the tunnel's far end) that feeds it, start no new exchange, and stop
+        reading and parsing the client's requests, each of which would add an answer.
+        """
         self.writing_paused = True
-        source = self._source_transport()
-        if source is not None:
-            source.pause_reading()
+        self.write_paused_at = time.monotonic()
+        self.hold_source()
+        if self.tunnel is None:  # a tunnel's two directions are independent: its upload goes on
+            self.pause_reading("write")
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._release_source()
+        self.resume_reading("write")
+
+    def hold_source(self) -> None:
+        """Pause reading what feeds the client (called again when the exchange attaches a new origin)."""
         source = self._source_transport()
-        if source is not None:
-            source.resume_reading()
+        if source is not None and source is not self.held_source:
+            self._release_source()
+            source.pause_reading()
+            self.held_source = source
+
+    def _release_source(self) -> None:
+        # Also when the exchange ends: its origin connection goes back to the pool, where it must be reading.
+        held, self.held_source = self.held_source, None
+        if held is not None and not held.is_closing():
+            held.resume_reading()
 
     def _source_transport(self) -> asyncio.Transport | None:
         if self.tunnel is not None:
@@ -152,19 +273,51 @@ class ClientConnection(asyncio.Protocol):
 
     # == flow control of our own reading =====================================================================
     def pause_reading(self, reason: str) -> None:
-        if not self.paused and not self.closed:
-            self.transport.pause_reading()
         self.paused.add(reason)
+        if self.reading and not self.closed:
+            self.reading = False
+            self.transport.pause_reading()
 
     def resume_reading(self, reason: str) -> None:
         if reason in self.paused:
             self.paused.discard(reason)
-            if not self.paused and not self.closed:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Something that held us back is gone: go on parsing and starting exchanges, from the event loop.
+
+        Not from here: the caller is an exchange half-way through a step of its own (say, writing its buffered
+        body), which parsing more of its body now would overtake.
+        """
+        if self.running or self.closed:
+            return  # the loop on the stack sees it
+        if (self.active is None and self.queue and not self.writing_paused) or (
+                self.pending and not self.paused and not self.queue) or self.client_eof:
+            if self.wake is None:
+                self.wake = asyncio.get_running_loop().call_soon(self._woken)
+        else:
+            self._sync_reading()
+
+    def _woken(self) -> None:
+        self.wake = None
+        self._run()
+
+    def _sync_reading(self) -> None:
+        """The transport reads while nothing holds us back and nothing read is waiting to be parsed."""
+        if self.closed:
+            return
+        reading = not (self.paused or self.queue or self.pending)
+        if reading != self.reading:
+            self.reading = reading
+            if reading:
                 self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     # == httptools callbacks ==================================================================================
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.head_new = True
         self.head_started = time.monotonic()
         self.head_bytes = 0
         self.url = b""
@@ -209,23 +362,25 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_head(exc.status_hint, exc.message)
             self.stopping = True
             raise _Stop from None
-        ex = Exchange(self, method, self.url, version, self.headers,
-                      parser.should_keep_alive() and not self.draining, framing.content_length, framing.chunked)
-        self.receiving = None if ex.body_complete else ex
-        if self.active is None:
-            self.active = ex
-            if method == b"CONNECT":
-                ex.begin()
-            else:
-                self.ready = ex  # begun by _feed once this read is parsed
-        else:
-            self.queue.append(ex)
-            self.pause_reading("pipeline")
-        if self.closed or (self.active is ex and ex.done and not ex.keep_alive):
+        if self.closed:  # an exchange closed the connection from a callback of this slice
             self.stopping = True
             raise _Stop
+        keep_alive = parser.should_keep_alive() and not self.draining
+        ex = Exchange(self, method, self.url, version, self.headers, keep_alive, framing.content_length,
+                      framing.chunked)
+        # Connection: close, or HTTP/1.0 without keep-alive: the last request (RFC 9112 section 9.6); bytes after
+        # a CONNECT head belong to its tunnel instead.
+        self.closing_after = not keep_alive and method != b"CONNECT"
+        self.receiving = None if ex.body_complete else ex
+        self.framing_gap = 0
+        if self.active is None:
+            self.active = ex
+            self.ready = ex  # begun once this slice is parsed
+        else:
+            self.queue.append(ex)  # parsing stops after this slice (_run)
 
     def on_body(self, body: bytes) -> None:
+        self.body_seen = True
         if self.receiving is not None:
             self.receiving.request_body(body)
 
@@ -233,16 +388,28 @@ class ClientConnection(asyncio.Protocol):
         ex, self.receiving = self.receiving, None
         if ex is not None:
             ex.request_complete()
+        if self.closing_after:
+            # The last request on this connection: it is answered in full, then we close; what the client sent
+            # after it is never parsed (Squid does the same).
+            self.last_request = True
+            self.pending, self.pending_at = b"", 0
+            self.stopping = True
+            raise _Stop
 
     # == exchanges ============================================================================================
     def exchange_done(self, ex: Exchange, *, keep_client: bool, abort: bool = False) -> None:
         if self.active is not ex:
             return
-        pending: list[bytes] = []
-        if self.tunnel_exchange is ex and self.tunnel is None:
-            # CONNECT was refused after all (origin unreachable): what followed its head is a new request.
-            self.tunnel_exchange = None
-            pending, self.tunnel_pending = self.tunnel_pending, []
+        self.last_activity = time.monotonic()  # the idle timer starts when the answer is done
+        self._release_source()
+        if ex.method == b"CONNECT":
+            self.paused.discard("upgrade")  # refused: what followed its head is the next request
+            if self.tunnel_exchange is ex and self.tunnel is None:
+                # Accepted, then the origin could not be reached: what followed its head is a new request.
+                self.tunnel_exchange = None
+                held, self.tunnel_pending = self.tunnel_pending, []
+                if held:
+                    self.pending, self.pending_at = b"".join(held) + self.pending[self.pending_at:], 0
         if abort:
             self.transport.abort()
             return
@@ -252,27 +419,16 @@ class ClientConnection(asyncio.Protocol):
         if not ex.body_complete and not ex.discarding:
             self.close()  # the origin answered before the body ended; we cannot find the next request
             return
+        self.paused.difference_update(_EXCHANGE_REASONS)
         if ex.body_complete:
-            self._next()
-        for data in pending:
-            if not self.closed:
-                self._feed(data)
+            self.active = None
+        self._run()
 
     def exchange_body_done(self, ex: Exchange) -> None:
         """A finished exchange's request body has now been read to its end."""
         if self.active is ex and ex.done:
-            self._next()
-
-    def _next(self) -> None:
-        self.active = None
-        if self.queue:
-            ex = self.queue.popleft()
-            self.active = ex
-            if not self.queue:
-                self.resume_reading("pipeline")
-            ex.begin()
-        else:
-            self.resume_reading("pipeline")
+            self.active = None
+            self._run()
 
     def start_tunnel(self, ex: Exchange, tunnel: TunnelUpstream) -> None:
         self.tunnel = tunnel
@@ -280,8 +436,9 @@ class ClientConnection(asyncio.Protocol):
         pending, self.tunnel_pending = self.tunnel_pending, []
         for data in pending:
             tunnel.write(data)
-        if self.writing_paused and tunnel.transport is not None:
-            tunnel.transport.pause_reading()
+        if self.writing_paused:
+            self.hold_source()
+        self.resume_reading("write")  # a tunnel's upload does not wait for its download
 
     def tunnel_closed(self) -> None:
         ex = self.tunnel_exchange
@@ -295,23 +452,42 @@ class ClientConnection(asyncio.Protocol):
     def expect_tunnel(self, ex: Exchange) -> None:
         """CONNECT was accepted: bytes after its head belong to the tunnel, not to the parser."""
         self.tunnel_exchange = ex
+        if self.pending:
+            self.tunnel_pending.append(bytes(self.pending[self.pending_at:]))
+            self.pending, self.pending_at = b"", 0
+        self.paused.discard("upgrade")
 
     # == endings ==============================================================================================
     def _refuse_head(self, status: int, detail: str) -> None:
-        """A request we cannot even parse: answer and close (RFC 9112 section 11.2: no way to resync)."""
+        """A request we cannot even parse: answer and close (RFC 9112 section 11.2: no way to resync).
+
+        Nothing after it is parsed. Requests ahead of it are answered first, in order (RFC 9112 section 9.3.2).
+        """
         if self.closed:
             return
+        self.last_request = True
+        self.pending, self.pending_at = b"", 0
         active = self.active
         if active is None:
-            data = made_up_response(status, detail, proxy_name=self.server.config.via_pseudonym,
-                                    error="http_request_error", keep_alive=False)
-            self.transport.write(data)
-            self.server.log_refusal(self, status, len(data))
-        elif not active.done and not active.head_sent and self.receiving is active:
-            # The body of the request in progress is malformed: the origin has at most an incomplete
-            # request, on a connection that is now cut; the client learns why.
-            active.outcome = Outcome.BAD_REQUEST
-            active.refuse(status, detail, error="http_request_error", close=True)
+            self.refusal = (status, detail)
+            self._answer_refusal()
+        elif self.receiving is active:
+            if not active.done and not active.head_sent:
+                # The body of the request in progress is malformed: the origin has at most an incomplete
+                # request, on a connection that is now cut; the client learns why.
+                active.outcome = Outcome.BAD_REQUEST
+                active.refuse(status, detail, error="http_request_error", close=True)
+            self.close()
+        else:
+            self.refusal = (status, detail)  # _run answers it when the requests ahead of it are answered
+
+    def _answer_refusal(self) -> None:
+        assert self.refusal is not None
+        status, detail = self.refusal
+        data = made_up_response(status, detail, proxy_name=self.server.config.via_pseudonym,
+                                error="http_request_error", keep_alive=False)
+        self.transport.write(data)
+        self.server.log_refusal(self, status, len(data))
         self.close()
 
     def close(self) -> None:

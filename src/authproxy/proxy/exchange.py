@@ -397,6 +397,8 @@ class Exchange:
         assert self.dest is not None
         self.upstream = upstream
         self.peer = self.dest.authority
+        if self.conn.writing_paused:
+            self.conn.hold_source()  # the client is not reading: this origin waits too
         upstream.start(self, head_only=self.method == b"HEAD")
         upstream.write(self.request_head)
         self.forwarding = True
