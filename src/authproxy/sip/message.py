@@ -1,0 +1,218 @@
+"""SIP requests and responses as frozen, self-validating values, and their wire form (RFC 3261 section 7).
+
+A message is its start line, its header fields in order as ``(name, value)`` pairs (one pair per field line,
+the name in its full conventional spelling, compact forms expanded: section 7.3.3), and its body as bytes.
+Typed views read the fields a proxy needs: ``vias``, ``from_``, ``to``, ``call_id``, ``cseq``,
+``max_forwards``, ``content_length``. :func:`authproxy.sip.parse.parse_datagram` checks all of them when it
+parses, so on a parsed message they never raise.
+
+``to_bytes()`` is the wire form (``compact=True`` uses the compact names); parsing it gives back an equal
+message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from authproxy.sip.fields import (
+    COMPACT_OF,
+    LIST_FIELDS,
+    URI_RE,
+    CSeq,
+    NameAddr,
+    SipError,
+    Via,
+    canonical_name,
+    is_token,
+    parse_call_id,
+    parse_count,
+    split_list,
+)
+
+SIP_VERSION = "SIP/2.0"
+#: Section 20.22: Max-Forwards is an integer in 0-255 (70 is what a UAC sends, section 8.1.1.6).
+MAX_FORWARDS_LIMIT = 255
+# Section 25.1: Reason-Phrase holds text, SP and HTAB, no other control characters.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def _check_utf8(text: str) -> None:
+    # Section 25: SIP text is UTF-8; a lone surrogate cannot go on the wire.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SipError("text that is not valid UTF-8") from None
+
+
+def _check_headers(headers: Iterable[tuple[str, str]]) -> Headers:
+    out: list[tuple[str, str]] = []
+    for name, value in headers:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise SipError("header field name and value must be text")
+        if _CONTROL_RE.search(value) is not None:
+            # Section 7.3.1 folding is undone by the parser; a CR or LF left in a value is an injection.
+            raise SipError("control character in a header field value")
+        if value != value.strip(" \t"):
+            raise SipError("header field value with leading or trailing whitespace")
+        _check_utf8(value)
+        out.append((canonical_name(name), value))
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SipMessage:
+    """What requests and responses share: header fields in order and the body."""
+
+    headers: Headers = ()
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _check_headers(self.headers))
+        if not isinstance(self.body, bytes):
+            raise SipError("the body must be bytes")
+
+    # -- reading fields -------------------------------------------------------------------------------------
+
+    def get_all(self, name: str) -> list[str]:
+        """The values of every field line named ``name`` (any case, compact or full), in order."""
+        key = canonical_name(name).lower()
+        return [value for fname, value in self.headers if fname.lower() == key]
+
+    def get(self, name: str) -> str | None:
+        """The value of the one field line named ``name``, None when absent; SipError when repeated."""
+        values = self.get_all(name)
+        if len(values) > 1:
+            raise SipError(f"{canonical_name(name)} appears more than once")
+        return values[0] if values else None
+
+    def values(self, name: str) -> list[str]:
+        """Every element of field ``name`` across its field lines: a list field (Via, Contact, Route...) split
+        on its commas (section 7.3.1), any other field one element per line."""
+        lines = self.get_all(name)
+        if canonical_name(name).lower() not in LIST_FIELDS:
+            return lines
+        return [element for line in lines for element in split_list(line)]
+
+    def _required(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise SipError(f"{name} is missing (section 8.1.1)")
+        return value
+
+    @property
+    def vias(self) -> tuple[Via, ...]:
+        """Every Via value, topmost first (section 20.42)."""
+        vias = tuple(Via.parse(v) for v in self.values("Via"))
+        if not vias:
+            raise SipError("Via is missing (section 8.1.1.7)")
+        return vias
+
+    @property
+    def from_(self) -> NameAddr:
+        return NameAddr.parse(self._required("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        return NameAddr.parse(self._required("To"))
+
+    @property
+    def call_id(self) -> str:
+        return parse_call_id(self._required("Call-ID"))
+
+    @property
+    def cseq(self) -> CSeq:
+        return CSeq.parse(self._required("CSeq"))
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.get("Max-Forwards")
+        return None if value is None else parse_count(value, "Max-Forwards", maximum=MAX_FORWARDS_LIMIT)
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.get("Content-Length")
+        return None if value is None else parse_count(value, "Content-Length", maximum=2**31 - 1)
+
+    def check(self) -> None:
+        """Read every typed view once: SipError unless the fields every message needs (section 8.1.1: Via,
+        From, To, Call-ID, CSeq) are there and well formed, and Max-Forwards and Content-Length when present."""
+        self.vias, self.from_, self.to, self.call_id, self.cseq, self.max_forwards  # noqa: B018
+        length = self.content_length
+        if length is not None and length != len(self.body):
+            raise SipError("Content-Length does not match the body")
+
+    # -- building -------------------------------------------------------------------------------------------
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def replace_headers(self, headers: Iterable[tuple[str, str]]) -> SipMessage:
+        raise NotImplementedError
+
+    def to_bytes(self, *, compact: bool = False) -> bytes:
+        """The message on the wire: start line, one line per field (compact names when asked), CRLF, body."""
+        lines = [self._start_line()]
+        for name, value in self.headers:
+            lines.append(f"{COMPACT_OF.get(name, name) if compact else name}: {value}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+def _check_method(method: str) -> None:
+    if not is_token(method):
+        raise SipError("the method is not a token")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SipRequest(SipMessage):
+    """``Method Request-URI SIP/2.0`` (section 7.1). Methods are case-sensitive (section 7.1)."""
+
+    method: str
+    uri: str
+
+    def __post_init__(self) -> None:
+        SipMessage.__post_init__(self)
+        _check_method(self.method)
+        if URI_RE.fullmatch(self.uri) is None:
+            raise SipError("malformed Request-URI (section 25.1)")
+
+    def check(self) -> None:
+        SipMessage.check(self)
+        if self.cseq.method != self.method:
+            # Section 8.1.1.5: the CSeq method MUST match the request's.
+            raise SipError("the CSeq method is not the request method")
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def replace_headers(self, headers: Iterable[tuple[str, str]]) -> SipRequest:
+        return SipRequest(method=self.method, uri=self.uri, headers=tuple(headers), body=self.body)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SipResponse(SipMessage):
+    """``SIP/2.0 Status-Code Reason-Phrase`` (section 7.2); the status is 100-699."""
+
+    status: int
+    reason: str = field(default="")
+
+    def __post_init__(self) -> None:
+        SipMessage.__post_init__(self)
+        if not isinstance(self.status, int) or not 100 <= self.status <= 699:
+            raise SipError("status code out of range (section 7.2)")
+        if _CONTROL_RE.search(self.reason) is not None or self.reason != self.reason.strip(" \t"):
+            raise SipError("malformed Reason-Phrase")
+        _check_utf8(self.reason)
+
+    def _start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def replace_headers(self, headers: Iterable[tuple[str, str]]) -> SipResponse:
+        return SipResponse(status=self.status, reason=self.reason, headers=tuple(headers), body=self.body)
+
+
+Message = SipRequest | SipResponse

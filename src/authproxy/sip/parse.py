@@ -1,0 +1,203 @@
+"""Parsing SIP messages from bytes: one UDP datagram, or the next message of a TCP/TLS stream (RFC 3261
+sections 7, 7.4.1 and 18.3; the grammar of section 25).
+
+Strict, bounded, and total (h11's invariant): any bytes give a message or :class:`SipError`, never another
+exception. What is checked:
+
+- lines end in CRLF; a bare CR or LF, a NUL or another control character is an error; text is UTF-8;
+- CRLFs before the start line are skipped (section 7.5; RFC 5626 keep-alives);
+- request line ``Method SP Request-URI SP SIP/2.0``, status line ``SIP/2.0 SP 3DIGIT SP Reason-Phrase``;
+  another version gets status hint 505 (section 21.5.6);
+- header fields ``name *WSP ":" value`` (section 7.3.1 allows whitespace before the colon), folded lines
+  unfolded to one SP, compact names expanded (section 7.3.3), Call-ID, CSeq, From, To, Max-Forwards,
+  Content-Length and Content-Type at most once;
+- Via, From, To, Call-ID and CSeq present and well formed, the CSeq method the request's (section 8.1.1);
+- framing (section 18.3): over a stream Content-Length is required and ends the body; in a datagram the
+  datagram ends it, a Content-Length larger than what arrived is an error and bytes beyond it are dropped;
+- limits: message size (513, section 21.5.11), line length and field count (513), body (413 beyond
+  ``max_body_size``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from authproxy.sip.fields import SINGLE_FIELDS, SipError, canonical_name
+from authproxy.sip.message import SIP_VERSION, Message, SipRequest, SipResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what is parsed. A UDP datagram cannot exceed 65,535 bytes; section 18.1.1 sends anything
+    over 1,300 bytes by TCP, so real messages are a few kilobytes."""
+
+    max_message_size: int = 65535
+    max_line_length: int = 8192
+    max_header_count: int = 100
+    max_body_size: int = 65535
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_line_length", "max_header_count", "max_body_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+DEFAULT_LIMITS = Limits()
+
+_STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_BAD_BYTES_RE = re.compile(rb"[\x00\r\n]")
+
+
+def _too_large(what: str) -> SipError:
+    return SipError(f"{what} too large", status_hint=513)
+
+
+def _skip_leading_crlf(data: bytes) -> int:
+    pos = 0
+    while data.startswith(b"\r\n", pos):
+        pos += 2
+    return pos
+
+
+def _decode(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipError("a line that is not UTF-8 (section 25)") from None
+
+
+def _start_line(line: str) -> tuple[str, str, str]:
+    parts = line.split(" ", 2)
+    if len(parts) != 3:
+        raise SipError("malformed start line (section 7.1 / 7.2)")
+    return parts[0], parts[1], parts[2]
+
+
+def _check_version(version: str) -> None:
+    if version.upper() != SIP_VERSION:
+        if _VERSION_RE.fullmatch(version):
+            raise SipError("SIP version not supported", status_hint=505)
+        raise SipError("malformed SIP-Version")
+
+
+def _fields(lines: list[bytes], limits: Limits) -> tuple[tuple[str, str], ...]:
+    """The header fields of ``lines`` (CRLF already removed), unfolded (section 7.3.1)."""
+    logical: list[str] = []
+    for raw in lines:
+        if len(raw) > limits.max_line_length:
+            raise _too_large("header line")
+        if _BAD_BYTES_RE.search(raw) is not None:
+            raise SipError("bare CR, LF or NUL in a header line")
+        line = _decode(raw)
+        if line[:1] in (" ", "\t"):
+            if not logical:
+                raise SipError("continuation line before the first header field")
+            logical[-1] = logical[-1].rstrip(" \t") + " " + line.strip(" \t")
+            if len(logical[-1]) > limits.max_line_length:
+                raise _too_large("folded header field")
+        else:
+            logical.append(line)
+    if len(logical) > limits.max_header_count:
+        raise _too_large("header field count")
+    fields: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for line in logical:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipError("header line without ':'")
+        name = canonical_name(name.rstrip(" \t"))
+        key = name.lower()
+        if key in SINGLE_FIELDS:
+            if key in seen:
+                raise SipError(f"{name} appears more than once")
+            seen.add(key)
+        fields.append((name, value.strip(" \t")))
+    return tuple(fields)
+
+
+def _message(head: bytes, body: bytes, limits: Limits) -> Message:
+    """The message whose head (start line and fields, without the blank line) is ``head``."""
+    lines = head.split(b"\r\n")
+    first = lines[0]
+    if len(first) > limits.max_line_length:
+        raise _too_large("start line")
+    if _BAD_BYTES_RE.search(first) is not None:
+        raise SipError("bare CR, LF or NUL in the start line")
+    a, b, c = _start_line(_decode(first))
+    fields = _fields(lines[1:], limits)
+    message: Message
+    if a.upper().startswith("SIP/"):
+        _check_version(a)
+        if _STATUS_RE.fullmatch(b) is None:
+            raise SipError("malformed Status-Code (section 7.2)")
+        message = SipResponse(status=int(b), reason=c, headers=fields, body=body)
+    else:
+        _check_version(c)
+        message = SipRequest(method=a, uri=b, headers=fields, body=body)
+    message.check()
+    return message
+
+
+def _content_length(head: bytes) -> int | None:
+    """Content-Length read from the raw head, before the whole message is parsed (to frame a stream)."""
+    for raw in head.split(b"\r\n")[1:]:
+        name, colon, value = raw.partition(b":")
+        if colon and name.rstrip(b" \t").lower() in (b"content-length", b"l"):
+            digits = value.strip(b" \t")
+            if not digits.isdigit() or len(digits) > 10:
+                raise SipError("Content-Length is not a number")
+            return int(digits)
+    return None
+
+
+def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """The message in one UDP datagram (section 18.3: the datagram bounds the message)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SipError("a datagram is bytes")
+    data = bytes(data)
+    if len(data) > limits.max_message_size:
+        raise _too_large("message")
+    start = _skip_leading_crlf(data)
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise SipError("no empty line after the header fields")
+    head = data[start:end]
+    rest = data[end + 4 :]
+    length = _content_length(head)
+    if length is not None:
+        if length > len(rest):
+            raise SipError("Content-Length larger than the datagram (section 18.3)")
+        rest = rest[:length]  # section 18.3: bytes beyond Content-Length are discarded
+    if len(rest) > limits.max_body_size:
+        raise SipError("body too large", status_hint=413)
+    return _message(head, rest, limits)
+
+
+def parse_stream(buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Message, int] | None:
+    """The next message of a stream and how many bytes of ``buffer`` it took (leading CRLFs included), or
+    None when more bytes are needed. Content-Length is required (section 18.3: it frames stream messages)."""
+    if not isinstance(buffer, bytes | bytearray | memoryview):
+        raise SipError("a stream buffer is bytes")
+    buffer = bytes(buffer)
+    start = _skip_leading_crlf(buffer)
+    end = buffer.find(b"\r\n\r\n", start)
+    if end < 0:
+        if len(buffer) - start > limits.max_message_size:
+            raise _too_large("message head")
+        return None
+    head = buffer[start:end]
+    if end - start > limits.max_message_size:
+        raise _too_large("message head")
+    length = _content_length(head)
+    if length is None:
+        raise SipError("Content-Length is required over a stream transport (section 18.3)")
+    if length > limits.max_body_size:
+        raise SipError("body too large", status_hint=413)
+    total = end + 4 + length
+    if total - start > limits.max_message_size:
+        raise _too_large("message")
+    if len(buffer) < total:
+        return None
+    return _message(head, buffer[end + 4 : total], limits), total
