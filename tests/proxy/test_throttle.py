@@ -189,8 +189,7 @@ def test_memory_is_bounded() -> None:
     for i in range(10_000):
         t.record_failure(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", f"user{i}", float(i))
         t.record_success(f"10.200.{i // 256 % 256}.{i % 256}", f"ok{i}", float(i))
-    # At most max_entries client keys, max_entries user names with failures, max_entries signed-in user names.
-    assert len(t) <= 300
+    assert len(t) <= 200  # at most max_entries client keys and max_entries user names
 
 
 def test_a_full_table_never_gives_up_a_lockout() -> None:
@@ -249,7 +248,7 @@ def test_junk_names_do_not_push_out_a_users_known_addresses_or_lockout() -> None
     assert t.check(C, "alice", 14) == pytest.approx(300)
     assert t.check(B, "alice", 14) is None  # her familiar address stays open
     assert t.check(C, "bob", 14) == pytest.approx(288)  # bob's lockout was not pushed out
-    assert len(t) <= 3 * 50
+    assert len(t) <= 2 * 50
 
 
 def test_a_prefix_past_its_share_is_counted_as_one_client() -> None:
@@ -320,7 +319,7 @@ def test_check_never_exceeds_the_configured_lockouts(events: list[tuple[str, str
         assert wait is None or 0 < wait <= 50 + 1e-9
         if wait is not None and t.check(client, None, now) is None:
             assert wait <= 20 + 1e-9  # a wait that comes from the user name alone is capped
-    assert len(t) <= 9  # three tables of max_entries
+    assert len(t) <= 6
 
 
 @settings(max_examples=150, deadline=None)
@@ -355,4 +354,27 @@ def test_floods_never_lift_a_lockout_nor_lock_a_familiar_address(
                 assert t.check(address, None, now) is not None, (address, until, now)
         for address, name in familiar:
             assert t.check(address, name, now) == t.check(address, None, now)
-        assert len(t) <= 12
+        assert len(t) <= 8
+
+
+def test_signed_in_names_and_failures_share_the_user_bound_but_failures_never_take_a_signed_in_names_room() -> None:
+    t = FailureThrottle(max_failures=3, window=60, lockout=300, max_user_lockout=300, max_entries=4)
+    for i in range(4):
+        t.record_failure(f"10.6.0.{i}", f"junk{i}", 0)
+    t.record_success(B, "alice", 1)  # takes the room of a junk entry
+    t.record_success(C, "carol", 1)
+    assert len(t._users) + len(t._trusted) == 4
+    for i in range(100):  # more junk churns among the two failure entries left
+        t.record_failure(f"10.7.0.{i}", f"more-junk{i}", 2)
+    assert len(t._users) + len(t._trusted) == 4
+    for i in range(3):
+        t.record_failure(f"10.8.0.{i}", "alice", 3)  # alice's name attacked: it is tracked, and locked
+    assert t.check("10.9.0.1", "alice", 3) == pytest.approx(300)
+    assert t.check(B, "alice", 3) is None and t.check(C, "carol", 3) is None
+    # Every name signed in: a new failure name is not tracked, and nobody's known address was given up.
+    t = FailureThrottle(max_failures=1, max_entries=2, max_user_lockout=300)
+    t.record_success(B, "alice", 0)
+    t.record_success(C, "carol", 0)
+    t.record_failure(A, "alice", 1)  # no room for alice's failures: not counted
+    assert t.check("10.9.0.1", "alice", 1) is None
+    assert len(t._trusted) == 2

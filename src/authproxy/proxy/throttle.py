@@ -36,10 +36,13 @@ victim's sign-ins.
 Memory and floods. An attacker controls the keys (junk user names, many addresses), so the tables are bounded,
 and what they drop is chosen so that no flood can buy back a lockout or a victim's safety:
 
-* at most ``max_entries`` client keys and ``max_entries`` user names with failures or a lockout, each holding at
-  most ``max_failures`` events; and at most ``max_entries`` signed-in user names with their known addresses
-  (``_MAX_TRUSTED`` each). Known addresses live in a table of their own that only a successful sign-in writes,
-  so no amount of failures, junk names included, pushes a user's known addresses out;
+* at most ``max_entries`` client keys, each holding at most ``max_failures`` events, and ``max_entries`` user
+  names in all: names with failures or a lockout (at most ``max_failures`` events each) and signed-in names with
+  their known addresses (``_MAX_TRUSTED`` each). Known addresses live in a table of their own that only a
+  successful sign-in writes, and failures never take room from it: no amount of failures, junk names included,
+  pushes a user's known addresses out. A new signed-in name takes the room of an unlocked failure entry first,
+  and only when there is none (every other name is signed in or locked) that of the least recently signed-in
+  user;
 * an active lockout is never dropped to make room. When a table is full, the entry dropped is an unlocked one
   with the fewest failures, the least recently failing first: the one-failure junk a flood brings, not the
   count an attacker has run up against a victim (to drop that, the whole table must first hold entries with
@@ -160,7 +163,7 @@ class _Table:
         """Count a failure for ``key`` (not locked now); True if it locks ``key``, None if it cannot be tracked."""
         entry = self.entries.get(key)
         if entry is None:
-            if len(self.entries) >= self.max_entries and not self._evict():
+            if len(self.entries) >= self.max_entries and not self.evict():
                 return None  # every entry is an active lockout: those are never given up for a newcomer
             entry = self.entries[key] = _Entry()
         elif entry.locked_until:
@@ -195,7 +198,8 @@ class _Table:
                 self._drop(key)
         return True
 
-    def _evict(self) -> bool:
+    def evict(self) -> bool:
+        """Drop the unlocked entry with the fewest failures, least recently failing first; False if none."""
         for level in self.levels[1:]:
             if level:
                 key, _ = level.popitem(last=False)
@@ -333,10 +337,12 @@ class FailureThrottle:
         if known is not None and not forgave and now - known.get(ckey, -_REFRESH) < _REFRESH:
             return  # the steady state of a signed-in client: nothing to forgive, trust recently refreshed
         if known is None:
+            if len(self._users) + len(self._trusted) >= self.max_entries and not self._users.evict():
+                if not self._trusted:
+                    return  # every name is locked out: no room, and a lockout is never given up
+                self._trusted.popitem(last=False)  # every other name is signed in or locked: the least recent
             known = self._trusted[ukey] = {}
-            if len(self._trusted) > self.max_entries:
-                # Only successful sign-ins write here: the least recently signed-in user makes room.
-                self._trusted.popitem(last=False)
+            self._users.max_entries = self.max_entries - len(self._trusted)  # failures get the rest
         else:
             self._trusted.move_to_end(ukey)
         known.pop(ckey, None)
@@ -357,4 +363,5 @@ class FailureThrottle:
                 break  # the least recently signed-in user still has a known address: so do all the others
             del trusted[ukey]
             dropped += 1
+        self._users.max_entries = self.max_entries - len(trusted)
         return dropped
