@@ -58,10 +58,10 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an origin, reused across requests while the origin keeps it open.
 
     Memory an origin can make it hold is bounded (issue 9 item 2): a head's bytes are counted as they arrive,
-    in ``data_received`` for a head that spans reads (httptools gathers a field whole before it calls
-    ``on_header``, so a field without end is only seen there) and in ``on_status``/``on_header`` for one that
-    arrives in a single read. A read that ends inside a head costs one ``rfind`` to know the current line's
-    length; a head that arrives in one read, the usual case, costs one addition per field.
+    in ``data_received`` (httptools gathers a field whole before it calls ``on_header``, so a field without
+    end is only seen there), and its fields as they are parsed. A read that ends inside a head costs one
+    ``rfind`` to know the current line's length; a head is measured exactly only when the bytes read with it
+    exceed the limit. A head that arrives in one read, the usual case, costs one comparison per field.
 
     Time is bounded too: the server's read_timeout closes an origin silent for that long, but restarts on every
     byte, so a head trickled one byte a second would hold the exchange forever. A head must therefore end within
@@ -218,39 +218,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
-        self._head_size += len(status)
-        if self._head_size > self._max_head:
-            self._refuse_head(f"a status line past the head's limit of {self._max_head} bytes",
-                              "http_response_header_size")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            # A trailer field (httptools reports them with the same callback): never merged into the head that
-            # was relayed already (RFC 9110 section 6.5.1), and not passed on, since the proxy re-chunks the
-            # body and may do so for a client that did not ask for trailers (RFC 9110 section 6.5.2).
-            return
-        headers = self._headers
-        headers.append((name, value.strip(b" \t")))
-        field = len(name) + len(value)
-        self._head_size += field + 4
-        if self._head_size > self._max_head:
-            if field > self._max_head // 2:  # one field holds most of the head: name it
-                shown = name[:64].decode("latin-1")
-                self._refuse_head(f"a header field ({shown}) of {field} bytes, past the head's limit of "
-                                  f"{self._max_head}", "http_response_header_size")
-            else:
-                self._refuse_head(f"a head larger than {self._max_head} bytes", "http_response_header_section_size")
-        elif len(headers) > self._max_fields:
-            self._refuse_head(f"more than {self._max_fields} header fields", "http_response_header_section_size")
+        if self._in_head:
+            headers = self._headers
+            headers.append((name, value.strip(b" \t")))
+            if len(headers) > self._max_fields:  # checked per field: small fields cost more held than read
+                self._refuse_head(f"with more than {self._max_fields} header fields",
+                                  "http_response_header_section_size")
+        # Otherwise a trailer field (httptools reports them with the same callback): never merged into the head
+        # relayed already (RFC 9110 section 6.5.1), and not passed on, since the proxy re-chunks the body and
+        # may do so for a client that did not ask for trailers (RFC 9110 section 6.5.2).
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None and self.owner is not None
-        status = self.parser.get_status_code()
+        parser, owner = self.parser, self.owner
+        assert parser is not None and owner is not None
+        status = parser.get_status_code()
+        if status < 200 or self._head_bytes > self._max_head:
+            # The reads so far held more than a head may: measure the head itself (rare; a head that arrives
+            # within the limit, body and all, is never measured). Interim heads always are: they add up.
+            self._measure_head(status)
         if status >= 200:  # a 1xx is followed by another head, within the same limits (RFC 9110 section 15.2)
             self._in_head = False
             if self._head_timer is not None:
                 self._stop_head_timer()
-        self.owner.upstream_head(status, self._reason, self._headers, self.parser.should_keep_alive())
+        owner.upstream_head(status, self._reason, self._headers, parser.should_keep_alive())
         if self._head_only and status >= 200 and self.owner is not None:
             # A response to HEAD has no body whatever its Content-Length says (RFC 9110 section 9.3.2);
             # httptools cannot be told so, so the message ends here and the parser is dropped.
@@ -258,6 +250,23 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = None
             owner.upstream_complete()
             raise _HeadDone
+
+    def _measure_head(self, status: int) -> None:
+        """The head just parsed, with any interim heads before it, against the limit; refused past it."""
+        limit = self._max_head
+        reason, headers = self._reason, self._headers
+        size = self._head_size + len(reason) + 15 + sum(len(n) + len(v) + 4 for n, v in headers) + 2
+        if size > limit:
+            name, value = max(headers, key=lambda f: len(f[0]) + len(f[1]), default=(b"", b""))
+            if len(reason) > limit // 2:  # one line holds most of the head: name it
+                self._refuse_head(f"with a status line of {len(reason)} bytes, past the head's limit of {limit}",
+                                  "http_response_header_size")
+            if len(name) + len(value) > limit // 2:
+                self._refuse_head(f"with a header field ({name[:64].decode('latin-1')}) of {len(name) + len(value)} "
+                                  f"bytes, past the head's limit of {limit}", "http_response_header_size")
+            self._refuse_head(f"larger than {limit} bytes", "http_response_header_section_size")
+        if status < 200:
+            self._head_size = size
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -269,7 +278,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.owner.upstream_complete()
 
     def _refuse_head(self, what: str, error: str) -> NoReturn:
-        self._fail(f"the origin {self.where} sent a response head with {what}", error=error)
+        self._fail(f"the origin {self.where} sent a response head {what}", error=error)
         raise _Stop
 
     # -- used by the exchange -----------------------------------------------------------------------------
