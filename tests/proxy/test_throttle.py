@@ -378,3 +378,14 @@ def test_signed_in_names_and_failures_share_the_user_bound_but_failures_never_ta
     t.record_failure(A, "alice", 1)  # no room for alice's failures: not counted
     assert t.check("10.9.0.1", "alice", 1) is None
     assert len(t._trusted) == 2
+
+
+def test_a_typo_at_a_known_address_neither_ends_nor_extends_the_names_lockout() -> None:
+    t = FailureThrottle(max_failures=2, window=60, lockout=300, max_user_lockout=100)
+    t.record_success(B, "alice", 0)
+    fail(t, A, "alice", 1, 2)  # the name is locked until 101
+    assert t.check(B, "alice", 2) is None  # her known address is let in...
+    t.record_failure(B, "alice", 2)  # ...and mistypes
+    t.record_failure(B, "alice", 3)
+    assert t.check(C, "alice", 3) == pytest.approx(98)  # still locked elsewhere, not extended
+    assert t.check(C, "alice", 101) is None

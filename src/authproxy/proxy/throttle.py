@@ -160,12 +160,16 @@ class _Table:
         return 0.0 if entry is None or entry.locked_until <= now else entry.locked_until - now
 
     def fail(self, key: str, event: Event, now: float) -> bool | None:
-        """Count a failure for ``key`` (not locked now); True if it locks ``key``, None if it cannot be tracked."""
+        """Count a failure for ``key``; True if it locks ``key``, None if it cannot be tracked."""
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= self.max_entries and not self.evict():
                 return None  # every entry is an active lockout: those are never given up for a newcomer
             entry = self.entries[key] = _Entry()
+        elif entry.locked_until > now:
+            # Still locked (a user name tried from a known address, which its lockout does not stop): the lockout
+            # neither ends nor grows.
+            return False
         elif entry.locked_until:
             entry.locked_until = 0.0  # a lockout that ended (its failures were cleared when it was set)
         else:
