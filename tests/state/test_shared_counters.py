@@ -118,3 +118,17 @@ def test_owners_are_separate_counts() -> None:
     assert store.use("n", 1, EXP, NOW, "alice") is NonceUse.FRESH
     assert store.use("n", 1, EXP, NOW, "bob") is NonceUse.FRESH  # another user's request on the same nonce
     assert store.use("n", 1, EXP, NOW, "alice") is NonceUse.REPLAY
+
+
+def test_one_owners_evictions_leave_anothers_unseen_nonces_alone() -> None:
+    from authproxy.state.shared import _OWNER_BUCKETS, _hash
+
+    def bucket(owner: str) -> int:
+        return int.from_bytes(_hash(owner)[:8], "little") % _OWNER_BUCKETS
+
+    assert bucket("alice") != bucket("bob")  # else this test would show a (harmless) bucket collision
+    store = SharedNonceCounterStore(slots=16, window=8)
+    for i in range(200):  # alice overfills the table: her own slots are recycled, her watermark rises
+        assert store.use(f"a{i}", 1, EXP + 100 + i, NOW, "alice") is NonceUse.FRESH
+    assert store.use("a-unseen", 1, EXP + 150, NOW, "alice") is NonceUse.UNKNOWN  # stale: maybe forgotten
+    assert store.use("b-old", 1, EXP, NOW, "bob") is NonceUse.FRESH  # bob's first use of an older nonce
