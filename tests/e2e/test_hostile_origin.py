@@ -205,9 +205,15 @@ def test_a_head_just_under_the_limits_is_relayed(proxy: ProxyProcess,
     assert names(response).count("x-f97") == 1
 
 
-def test_a_head_trickled_a_byte_at_a_time_gets_504(proxy: ProxyProcess,
-                                                    origin: Callable[[Answer], ScriptedOrigin]) -> None:
-    """read_timeout (30 s here) restarts on every byte; the head's own timer (header_timeout, 2 s) does not."""
+@pytest.mark.parametrize("timeouts", ["module proxy", "header_timeout = 30\nread_timeout = 2\n"])
+def test_a_head_trickled_a_byte_at_a_time_gets_504(proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin],
+                                                    session_tmp: Path, users_file: Path, timeouts: str) -> None:
+    """read_timeout restarts on every byte; the head's own timer does not. It runs from the head's first byte
+    for header_timeout (2 s on the module's proxy, whose read_timeout is 30 s), or read_timeout if shorter."""
+    if timeouts != "module proxy":
+        config = session_tmp / "short-read-timeout.toml"
+        config.write_text(timeouts)
+        proxy = start_proxy(session_tmp, users_file, "--config", str(config))
 
     def trickle(conn: socket.socket, path: str) -> bool:
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -218,7 +224,11 @@ def test_a_head_trickled_a_byte_at_a_time_gets_504(proxy: ProxyProcess,
 
     server = origin(trickle)
     started = time.monotonic()
-    response = ask(proxy, server)
+    try:
+        response = ask(proxy, server)
+    finally:
+        if timeouts != "module proxy":
+            proxy.stop()
     assert_refused(response, server, "http_response_timeout", status=504)
     assert time.monotonic() - started < 8
     assert server.done.wait(10) and server.errors  # the proxy closed its side: the trickle hit a dead socket

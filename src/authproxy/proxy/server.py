@@ -232,8 +232,11 @@ class ProxyServer:
 
 
 def _head_limits(config: Config) -> HeadLimits:
-    """An origin's response head gets the limits of a request head (issue 9 item 2)."""
-    return HeadLimits(config.max_header_size, config.max_header_count, config.header_timeout)
+    """An origin's response head gets the limits of a request head (issue 9 item 2). Its time runs from its first
+    byte: header_timeout, or read_timeout when that is shorter, since read_timeout is what an origin is given
+    to answer and restarts on every byte, so a trickled head would never meet it."""
+    return HeadLimits(config.max_header_size, config.max_header_count,
+                      min(config.header_timeout, config.read_timeout))
 
 
 def _via_entries(config: Config) -> dict[str, bytes]:
