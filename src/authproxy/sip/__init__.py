@@ -1,2 +1,4 @@
-"""SIP (RFC 3261) on the auth core: message parsing and building, the 401/407 challenge, verification of the
-answer. The authenticating SIP proxy (``authproxy sip serve``) is still to come."""
+"""SIP (RFC 3261) on the auth core: message parsing and building (``parse``, ``message``, ``fields``), the
+401/407 challenge (``challenge``), verification of the answer (``verify``), and the client side: answering a
+401/407 (``client``) and REGISTER over UDP (``udp``). The authenticating SIP proxy (``authproxy sip serve``) is
+still to come."""

@@ -9,8 +9,8 @@ domain)`` and more. :class:`BasicOffer` is Basic, which RFC 3261 section 22.1 de
 only over TLS and only when the operator allows it, or :class:`~authproxy.auth.errors.ConfigError` says why.
 
 :func:`challenge_response` builds the 401 (role ORIGIN, ``WWW-Authenticate``) or 407 (role PROXY,
-``Proxy-Authenticate``) to a request: Via (every one, in order), From, To (with a tag added when it has none),
-Call-ID and CSeq copied (section 8.2.6.2), one field line per challenge (section 7.3.1 forbids joining these
+``Proxy-Authenticate``) to a request (:func:`~authproxy.sip.message.response_to`: Via, From, To tagged, Call-ID
+and CSeq copied, section 8.2.6.2), one field line per challenge (section 7.3.1 forbids joining these
 fields with commas, and RFC 8760 section 2.4 offers each algorithm in its own challenge), ``Content-Length: 0``.
 :func:`offers_for` makes the offers a :class:`~authproxy.auth.verifier.Verifier` will accept answers to, from the
 verifier's own challenges (nonces from its :class:`~authproxy.auth.nonces.NonceIssuer`).
@@ -28,8 +28,7 @@ from authproxy.auth.headers import Challenge, build_challenge, parse_challenges
 from authproxy.auth.roles import Role
 from authproxy.auth.text import has_control, realm_problem
 from authproxy.auth.verifier import Verifier
-from authproxy.sip.fields import NameAddr, is_token
-from authproxy.sip.message import SipRequest, SipResponse
+from authproxy.sip.message import SipRequest, SipResponse, response_to
 
 #: Transports on which Basic may be offered at all: those that are TLS (RFC 3261 section 26.2.1, SIPS; RFC 7118
 #: WebSocket over TLS).
@@ -162,13 +161,6 @@ def offers_for(verifier: Verifier, *, now: float, rand: bytes, transport: str, s
     return tuple(offers)
 
 
-def with_to_tag(to: str, tag: str) -> str:
-    """The To value ``to`` with ``;tag=`` added unless it has one (section 8.2.6.2). The value is kept as the
-    client wrote it: in the addr-spec form a parameter after the URI is the field's, so appending is right in
-    both forms."""
-    return to if NameAddr.parse(to).tag is not None else f"{to};tag={tag}"
-
-
 def challenge_response(request: SipRequest, role: Role, offers: Sequence[Offer], *, to_tag: str,
                        transport: str, allow_basic: bool = False, reason: str | None = None,
                        extra_headers: Sequence[tuple[str, str]] = ()) -> SipResponse:
@@ -182,20 +174,11 @@ def challenge_response(request: SipRequest, role: Role, offers: Sequence[Offer],
         raise ValueError(f"{request.method} is never challenged (RFC 3261 section 22.1)")
     if not offers:
         raise ValueError("a challenge needs at least one offer")
-    if not is_token(to_tag):
-        raise ValueError("the To tag must be a token")
-    request.check()  # SipError (400) for a request without the fields a response copies
-    headers: list[tuple[str, str]] = [("Via", value) for value in request.get_all("Via")]
-    for name in ("From", "To", "Call-ID", "CSeq"):  # each present exactly once: check() said so
-        value = request.get_all(name)[0]
-        headers.append((name, with_to_tag(value, to_tag) if name == "To" else value))
+    headers: list[tuple[str, str]] = []
     for offer in offers:
         if isinstance(offer, BasicOffer):
             check_basic_allowed(transport, allow_basic)
         headers.append((role.challenge_field, build_challenge(offer.to_challenge())))
     headers.extend(extra_headers)
-    headers.append(("Content-Length", "0"))
-    response = SipResponse(status=role.status, reason=role.reason if reason is None else reason,
-                           headers=tuple(headers))
-    response.check()
-    return response
+    return response_to(request, role.status, role.reason if reason is None else reason, to_tag=to_tag,
+                       headers=headers)

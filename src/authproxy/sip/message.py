@@ -216,3 +216,30 @@ class SipResponse(SipMessage):
 
 
 Message = SipRequest | SipResponse
+
+
+def with_to_tag(to: str, tag: str) -> str:
+    """The To value ``to`` with ``;tag=`` added unless it has one (section 8.2.6.2). The value is kept as the
+    client wrote it: in the addr-spec form a parameter after the URI is the field's, so appending is right in
+    both forms."""
+    return to if NameAddr.parse(to).tag is not None else f"{to};tag={tag}"
+
+
+def response_to(request: SipRequest, status: int, reason: str, *, to_tag: str,
+                headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> SipResponse:
+    """A response to ``request`` as a UAS (or a proxy answering itself) makes it, section 8.2.6.2: every Via
+    in order, From, Call-ID and CSeq copied as received, To copied with ``to_tag`` added when it has no tag
+    (a stateless server derives the tag from the request, so a retransmission gets the same one), then
+    ``headers`` and Content-Length."""
+    if not is_token(to_tag):
+        raise SipError("the To tag must be a token")
+    request.check()  # SipError (400) for a request without the fields a response copies
+    out: list[tuple[str, str]] = [("Via", value) for value in request.get_all("Via")]
+    for name in ("From", "To", "Call-ID", "CSeq"):  # each present exactly once: check() said so
+        value = request.get_all(name)[0]
+        out.append((name, with_to_tag(value, to_tag) if name == "To" else value))
+    out.extend(headers)
+    out.append(("Content-Length", str(len(body))))
+    response = SipResponse(status=status, reason=reason, headers=tuple(out), body=body)
+    response.check()
+    return response

@@ -1,0 +1,143 @@
+"""Answering a SIP 401 or 407 from Python with the auth core's responder (RFC 3261 sections 8.1.3.5, 22.2
+and 22.3), sans-IO.
+
+The :class:`~authproxy.auth.responder.Responder` serves SIP unchanged: its request is the SIP method and the
+Request-URI (the Digest uri, section 22.4) and the body (for auth-int), its response a status and fields. What
+SIP adds is done here:
+
+- a request may meet a proxy's 407 and then the registrar's 401, so there is one responder per role, and each
+  attempt carries the credentials of both (section 22.3: every proxy's and the UAS's, each in its field);
+- a retried request is a new transaction: same Call-ID, From and To, CSeq one higher, a new Via branch
+  (sections 8.1.3.5 and 22.2);
+- Basic is never sent over a transport that is not TLS (section 22.1: the responders refuse it in cleartext).
+
+:meth:`SipAuthenticator.exchange` is a generator: it yields the request to send, the caller sends it and
+sends back the final response; it yields the retry or returns the response to use. Failures raise
+:class:`~authproxy.auth.errors.ProxyAuthError` naming the role that refused (``hop`` "proxy" or "origin").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import replace
+
+from authproxy.auth.errors import ProxyAuthError
+from authproxy.auth.responder import MAX_ROUNDS, ProxyRequest, ProxyResponse, Responder, Send
+from authproxy.auth.roles import ORIGIN, PROXY, Role
+from authproxy.sip.fields import Via, split_list
+from authproxy.sip.message import SipRequest, SipResponse
+
+#: Section 8.1.1.7: every branch a client of RFC 3261 makes starts with this cookie.
+BRANCH_COOKIE = "z9hG4bK"
+_ROLES: tuple[Role, ...] = (PROXY, ORIGIN)
+
+Exchange = Generator[SipRequest, SipResponse, SipResponse]
+
+
+def new_branch(random: Callable[[int], bytes]) -> str:
+    """A fresh Via branch (section 8.1.1.7): the magic cookie and 64 random bits."""
+    return BRANCH_COOKIE + random(8).hex()
+
+
+def retry_request(request: SipRequest, *, cseq: int, branch: str,
+                  credentials: dict[Role, str | None]) -> SipRequest:
+    """``request`` as a new transaction carrying ``credentials``: CSeq ``cseq``, the top Via's branch replaced,
+    and every Authorization and Proxy-Authorization line replaced by the ones given (section 22.2)."""
+    drop = {role.credentials_field.lower() for role in _ROLES}
+    headers: list[tuple[str, str]] = []
+    top_done = False
+    for name, value in request.headers:
+        if name.lower() in drop:
+            continue
+        if name == "CSeq":
+            value = f"{cseq} {request.method}"
+        elif name == "Via" and not top_done:
+            first, *rest = split_list(value)
+            top = Via.parse(first)
+            params: tuple[tuple[str, str | None], ...] = tuple(
+                (k, branch if k == "branch" else v) for k, v in top.params)
+            if top.branch is None:
+                params = (*params, ("branch", branch))
+            value = ", ".join([str(replace(top, params=params)), *rest])
+            top_done = True
+        headers.append((name, value))
+    for role in _ROLES:
+        answer = credentials.get(role)
+        if answer is not None:
+            headers.append((role.credentials_field, answer))
+    # Content-Length stays last, where every builder of this package puts it.
+    headers.sort(key=lambda h: h[0] == "Content-Length")
+    return request.replace_headers(headers)
+
+
+class SipAuthenticator:
+    """Answers the 401s and 407s of one user's requests; one instance serves every request to the same servers
+    (it keeps each role's nonce, and counts nc per nonce, so later requests carry credentials from the start).
+
+    ``random`` gives random bytes (``secrets.token_bytes``): cnonces and branches. ``secure`` tells whether the
+    transport is TLS, the only one Basic may be sent over.
+    """
+
+    def __init__(self, username: str, password: str, *, random: Callable[[int], bytes], userhash: bool = True,
+                 prefer_auth_int: bool = False, max_rounds: int = MAX_ROUNDS) -> None:
+        self._random = random
+        self.max_rounds = max_rounds
+        self._responders = {
+            role: Responder(username, password, random=random, role=role, allow_basic_cleartext=False,
+                            userhash=userhash, prefer_auth_int=prefer_auth_int, max_rounds=max_rounds)
+            for role in _ROLES
+        }
+
+    def __repr__(self) -> str:  # never show the password
+        return f"<SipAuthenticator user={self._responders[PROXY].username!r}>"
+
+    def exchange(self, request: SipRequest, *, secure: bool = False) -> Exchange:
+        """Send ``request`` (with credentials already known), answer every 401/407, return the final response.
+
+        Each role's responder flow sees every response: the challenged role's answers it, the other's ends (for
+        it the request went through) and is started again for the retry, which takes a fresh nc from its
+        cached nonce, so no (nonce, nc) is ever sent twice.
+        """
+        target = ProxyRequest(request.method, request.uri, request.body, secure)
+        flows: dict[Role, Generator[Send, ProxyResponse, ProxyResponse]] = {}
+        sends: dict[Role, str | None] = {}
+
+        def start(role: Role) -> None:
+            flows[role] = self._responders[role].flow(target)
+            sends[role] = next(flows[role]).authorization
+
+        for role in _ROLES:
+            start(role)
+        attempt = retry_request(request, cseq=request.cseq.number, branch=self._branch(request),
+                                credentials=sends)
+        for _ in range(2 * self.max_rounds):
+            response = yield attempt
+            answer = ProxyResponse(response.status, response.headers, response.body)
+            challenged = response.status in (PROXY.status, ORIGIN.status)
+            for role in _ROLES:
+                try:
+                    sends[role] = flows[role].send(answer).authorization
+                except StopIteration:
+                    if challenged:
+                        start(role)
+            if not challenged:
+                return response
+            attempt = retry_request(request, cseq=attempt.cseq.number + 1, branch=new_branch(self._random),
+                                    credentials=sends)
+        raise ProxyAuthError(f"still challenged after {2 * self.max_rounds} attempts; giving up",
+                             reason="too-many-rounds", hop=None)
+
+    def _branch(self, request: SipRequest) -> str:
+        branch = request.vias[0].branch
+        return branch if branch is not None else new_branch(self._random)
+
+
+def drive(exchange: Exchange, send: Callable[[SipRequest], SipResponse]) -> SipResponse:
+    """Run ``exchange`` to the end with a synchronous ``send``; for tests and simple callers."""
+    attempt = next(exchange)
+    while True:
+        try:
+            attempt = exchange.send(send(attempt))
+        except StopIteration as stop:
+            result: SipResponse = stop.value
+            return result
