@@ -460,18 +460,28 @@ def test_a_coding_other_than_chunked_reaches_a_1_1_client_rechunked(
         assert status_of(read_chunked(sock)[0]) == 200
 
 
+@pytest.mark.parametrize("coding", [b"identity", b"gzip", b"gzip, chunked"])
 def test_a_coding_other_than_chunked_towards_an_http_1_0_client(
-        proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin]) -> None:
-    identity = origin(sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nuntil close", keep=False))
+        proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin], coding: bytes) -> None:
+    payload = b"\x1f\x8b until close \r\n0\r\n\r\n"
+    framed = b"%x\r\n%b\r\n0\r\n\r\n" % (len(payload), payload) if coding.endswith(b"chunked") else payload
+    server = origin(sends(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+                          + framed, keep=False))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
-        sock.sendall(request(identity, version="1.0"))
+        sock.sendall(request(server, version="1.0"))
         data = read_to_close(sock)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert status_of(data) == 200 and body == b"until close"
+    assert status_of(data) == 200 and body == payload
+    # No length claimed, no Transfer-Encoding to an HTTP/1.0 client: the close ends the body.
     assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
     assert b"connection: close" in head.lower()
-    gzip = origin(sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b...", keep=False))
-    assert_refused(ask(proxy, gzip, version="1.0"), gzip, "http_protocol_error")
+
+
+def test_a_bodiless_response_never_names_transfer_codings(proxy: ProxyProcess,
+                                                          origin: Callable[[Answer], ScriptedOrigin]) -> None:
+    server = origin(sends(b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n", keep=False))
+    response = ask(proxy, server)
+    assert status_of(response) == 204 and "transfer-encoding" not in names(response)
 
 
 @pytest.mark.parametrize("framing", [

@@ -468,7 +468,8 @@ class Exchange:
                       keep_alive: bool) -> None:
         """Relay a response head, repairing or refusing framing RFC 9112 section 6 forbids (issue 9).
 
-        Squid either repairs or refuses; so does this, by what the client can still be told truthfully:
+        An origin's 407 is refused (502): it asks this proxy for credentials of a hop beyond it (see below).
+        For framing, Squid either repairs or refuses; so does this, by what the client can still be told truly:
         - a 1xx ends with its head (RFC 9110 section 15.2). With Content-Length or Transfer-Encoding llhttp
           reads a body for some 1xx codes, so origin and proxy would disagree on where the next response
           starts: refused (502), the origin connection closed;
@@ -479,12 +480,11 @@ class Exchange:
         - Transfer-Encoding with Content-Length (rule 3): the coding wins, the length is dropped, and the origin
           connection is closed after (the pair is the shape of a smuggling attempt); so is an HTTP/1.0 origin's
           after Transfer-Encoding (RFC 9112 section 6.1);
-        - a 407 is refused (502): it asks this proxy for credentials of a hop beyond it (see below);
         - chunked applied twice, or before another coding (RFC 9112 section 6.1): no end we can trust, 502;
-        - a final coding other than chunked (rule 4): the body ends when the origin closes. An HTTP/1.1 client
-          gets it re-chunked with the origin's codings named before chunked; an HTTP/1.0 client, which cannot
-          be sent Transfer-Encoding, gets a body that ends at close when the coding is identity, and 502 for a
-          coding it could not know was applied;
+        - a final coding other than chunked (rule 4): the body ends when the origin closes, and no length is
+          claimed. An HTTP/1.1 client gets it re-chunked, the origin's codings named before chunked; an
+          HTTP/1.0 client gets it as it came, ended by closing the connection (HTTP/1.0 cannot be sent
+          Transfer-Encoding, so such a coding goes unnamed: the one thing it cannot be told);
         - several Content-Length fields, or one holding a list: llhttp refuses them (502), identical or not
           (RFC 9110 section 8.6 allows either rejecting or repairing; rejecting is the one that cannot be
           wrong).
@@ -518,15 +518,6 @@ class Exchange:
                 self.upstream_error(f"the origin {self.peer} applied the chunked coding other than once and last "
                                     "(RFC 9112 section 6.1)")
                 return
-            others = [c for c in codings[:-1] if c != b"identity"] if chunked else \
-                [c for c in codings if c != b"identity"]
-            if others:
-                if self.version != "1.1":
-                    self.upstream_error(f"the origin {self.peer} sent a body in the transfer coding "
-                                        f"{b', '.join(others).decode('latin-1')!r}, which an HTTP/1.0 client "
-                                        "cannot be told about (RFC 9112 section 6.1)")
-                    return
-                fields.append((b"Transfer-Encoding", b", ".join(others)))  # chunked follows: our framing
         if self.auth_info is not None:
             fields.append((b"Proxy-Authentication-Info", self.auth_info.encode("latin-1")))
         keep = self.keep_alive and not self.conn.draining
@@ -544,8 +535,13 @@ class Exchange:
                 send_length = content_length
             elif self.version == "1.1":
                 self.chunked_out = True
+                others = [c for c in codings if c not in (b"chunked", b"identity")] if codings else None
+                if others:  # the codings the body still carries, named before our chunked (RFC 9112 section 6.1)
+                    fields.append((b"Transfer-Encoding", b", ".join(others)))
             else:
-                keep = False  # an HTTP/1.0 client learns where the body ends when the connection closes
+                # An HTTP/1.0 client learns where the body ends when the connection closes. It cannot be sent
+                # Transfer-Encoding (RFC 9112 section 6.1), so a coding other than chunked goes unnamed.
+                keep = False
         self.close_delimited = not bodiless and content_length is None and not chunked
         self.upstream_keep_alive = reuse and not self.close_delimited
         self.keep_alive = keep
