@@ -4,7 +4,7 @@
 #   fuzz/run.sh                          # 20 s per target, as in CI
 #   FUZZ_SECONDS=600 fuzz/run.sh         # longer
 #   FUZZ_CORPUS=~/authproxy-corpus fuzz/run.sh   # keep the corpus between runs (default: a temporary one)
-#   FUZZ_TARGETS="credentials" fuzz/run.sh       # only some targets (request_parser, credentials)
+#   FUZZ_TARGETS="credentials" fuzz/run.sh       # only some targets (request_parser, credentials, sip)
 #   PYTHON=.venv/bin/python fuzz/run.sh          # which interpreter (default: .venv/bin/python, else python3)
 #
 # Crash inputs are written to $FUZZ_ARTIFACTS (default fuzz/artifacts/); reproduce one with
@@ -14,7 +14,7 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 seconds="${FUZZ_SECONDS:-20}"
-targets="${FUZZ_TARGETS:-request_parser credentials}"
+targets="${FUZZ_TARGETS:-request_parser credentials sip}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$root/.venv/bin/python" ]]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -29,14 +29,16 @@ fi
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 corpus="${FUZZ_CORPUS:-$scratch/corpus}"
-(cd "$here" && "$PYTHON" write_seeds.py "$corpus/request_parser" "$corpus/credentials") || exit 4
+(cd "$here" && "$PYTHON" write_seeds.py "$corpus/request_parser" "$corpus/credentials" "$corpus/sip") || exit 4
 
 status=0
 for target in $targets; do
     log="$scratch/$target.log"
     echo "== fuzz_$target: ${seconds}s"
+    dict="$here/http.dict"
+    [[ -f "$here/$target.dict" ]] && dict="$here/$target.dict"  # sip.dict for fuzz_sip.py
     (cd "$here" && "$PYTHON" "fuzz_$target.py" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-        -dict="$here/http.dict" -artifact_prefix="$artifacts/${target}-" -print_final_stats=1 \
+        -dict="$dict" -artifact_prefix="$artifacts/${target}-" -print_final_stats=1 \
         "$corpus/$target") >"$log" 2>&1
     rc=$?
     runs="$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1)"

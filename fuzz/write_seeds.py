@@ -1,4 +1,5 @@
-"""Write the seed corpora (requests that authenticate, credentials of every shape) into two directories."""
+"""Write the seed corpora (requests that authenticate, credentials of every shape, SIP messages) into their
+directories."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import sys
 from pathlib import Path
 
 import harness
+import sip_harness
 
 
-def main(request_dir: str, credentials_dir: str) -> None:
-    for directory, seeds in ((request_dir, _request_inputs()), (credentials_dir, harness.seed_credentials())):
+def main(request_dir: str, credentials_dir: str, sip_dir: str | None = None) -> None:
+    corpora = [(request_dir, _request_inputs()), (credentials_dir, harness.seed_credentials())]
+    if sip_dir is not None:
+        corpora.append((sip_dir, sip_harness.seed_messages()))
+    for directory, seeds in corpora:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
@@ -24,4 +29,4 @@ def _request_inputs() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
