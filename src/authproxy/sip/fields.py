@@ -27,6 +27,8 @@ _TOKEN_RE = re.compile(_TOKEN)
 _HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9.])?"
 _HOST_RE = re.compile(_HOST)
 _WS = " \t"
+#: CTL but HTAB (RFC 3261 section 25.1: no production of a header field admits another control character).
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 #: RFC 3261 section 7.3.3 (c e f i k l m s t v) and the later compact forms of the IANA SIP header registry.
 COMPACT_FORMS: dict[str, str] = {
@@ -153,7 +155,7 @@ def _check_params(params: Params) -> Params:
     for name, value in normalised:
         if not is_token(name):
             raise SipError("header field parameter name is not a token")
-        if value is not None and any(ch in value for ch in "\r\n\0"):
+        if value is not None and CONTROL_RE.search(value) is not None:
             raise SipError("control character in a header field parameter")
     return normalised
 
@@ -298,7 +300,7 @@ class NameAddr:
     def __post_init__(self) -> None:
         if URI_RE.fullmatch(self.uri) is None:
             raise SipError("malformed URI in a name-addr")
-        if self.display is not None and any(ch in self.display for ch in "\r\n\0"):
+        if self.display is not None and CONTROL_RE.search(self.display) is not None:
             raise SipError("control character in a display name")
         object.__setattr__(self, "params", _check_params(self.params))
 

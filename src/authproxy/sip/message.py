@@ -12,12 +12,12 @@ message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from authproxy.sip.fields import (
     COMPACT_OF,
+    CONTROL_RE,
     LIST_FIELDS,
     URI_RE,
     CSeq,
@@ -34,8 +34,6 @@ from authproxy.sip.fields import (
 SIP_VERSION = "SIP/2.0"
 #: Section 20.22: Max-Forwards is an integer in 0-255 (70 is what a UAC sends, section 8.1.1.6).
 MAX_FORWARDS_LIMIT = 255
-# Section 25.1: Reason-Phrase holds text, SP and HTAB, no other control characters.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -54,7 +52,7 @@ def _check_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     for name, value in headers:
         if not isinstance(name, str) or not isinstance(value, str):
             raise SipError("header field name and value must be text")
-        if _CONTROL_RE.search(value) is not None:
+        if CONTROL_RE.search(value) is not None:
             # Section 7.3.1 folding is undone by the parser; a CR or LF left in a value is an injection.
             raise SipError("control character in a header field value")
         if value != value.strip(" \t"):
@@ -204,7 +202,7 @@ class SipResponse(SipMessage):
         SipMessage.__post_init__(self)
         if not isinstance(self.status, int) or not 100 <= self.status <= 699:
             raise SipError("status code out of range (section 7.2)")
-        if _CONTROL_RE.search(self.reason) is not None or self.reason != self.reason.strip(" \t"):
+        if CONTROL_RE.search(self.reason) is not None or self.reason != self.reason.strip(" \t"):
             raise SipError("malformed Reason-Phrase")
         _check_utf8(self.reason)
 
