@@ -51,6 +51,7 @@ class Config:
     read_timeout: float = 60.0
     header_timeout: float = 30.0
     idle_timeout: float = 120.0
+    write_timeout: float = 60.0  # a client that reads nothing of what it is owed for this long is cut off
     max_header_size: int = 65536
     max_header_count: int = 100
     max_body_size: int = 0  # request bodies; 0: no limit
@@ -93,7 +94,8 @@ class Config:
             raise ConfigError(f"via_pseudonym: must be a token (letters, digits, -._~...): {self.via_pseudonym!r}")
         if self.access_log_format not in _LOG_FORMATS:
             raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
-        for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout", "tls_handshake_timeout"):
+        for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout", "write_timeout",
+                    "tls_handshake_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive")
         for key in ("max_header_size", "auth_int_max_body"):

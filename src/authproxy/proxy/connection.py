@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -310,6 +311,7 @@ class ClientConnection(asyncio.Protocol):
         if reading != self.reading:
             self.reading = reading
             if reading:
+                self.last_activity = time.monotonic()  # a body's gap is the client's from here, not ours
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
@@ -495,22 +497,76 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    def check_timeouts(self, now: float) -> None:
-        """Called about once a second by the server: idle, slow-header and slow-origin limits."""
-        config = self.server.config
-        if self.tunnel is not None or self.closed:
-            return
+    # == timers: one per state (README, "Limits and their defaults") ==========================================
+    def state(self) -> str:
+        """The state the connection is in, which names the timer that applies (issue 9 item 3).
+
+        The first that holds: the client is not reading what it is owed ("sending"); a request body is arriving
+        and we are reading it, whether it is forwarded, held for authentication, or dropped after a refusal
+        ("body"); a request is with the origin ("origin") or still being resolved, connected or authenticated
+        ("preparing"); a request head is arriving ("head"); nothing ("idle"). A CONNECT tunnel is "tunnel".
+        """
+        if self.tunnel is not None or self.tunnel_exchange is not None:
+            return "tunnel"
+        if self.writing_paused:
+            return "sending"
+        if self.receiving is not None and not self.paused:
+            return "body"
         ex = self.active
-        if ex is not None:
-            up = ex.upstream
-            if up is not None and not ex.done and now - up.last_activity > config.read_timeout:
-                ex.upstream_timed_out()
-            return
+        if ex is not None and not ex.done:
+            return "origin" if ex.upstream is not None else "preparing"
         if self.in_head:
-            if now - self.head_started > config.header_timeout:
-                self._refuse_head(408, f"the request head did not arrive within {config.header_timeout:g} s")
-        elif now - self.last_activity > config.idle_timeout:
-            self.close()
+            return "head"
+        return "idle"
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the server: the timer of the connection's state, if it has run out."""
+        if self.closed:
+            return
+        timer = _TIMERS.get(self.state())
+        if timer is not None:
+            option, since, expire = timer
+            limit: float = getattr(self.server.config, option)
+            if now - since(self) > limit:
+                expire(self, limit)
+
+    def _origin_since(self) -> float:
+        # The origin's last byte, or when the request (or the end of its body) was sent to it: Exchange sets it.
+        upstream = self.active.upstream if self.active is not None else None
+        return upstream.last_activity if upstream is not None else self.last_activity
+
+    def _head_expired(self, limit: float) -> None:
+        self._refuse_head(408, f"the request head did not arrive within {limit:g} s")
+
+    def _body_expired(self, limit: float) -> None:
+        ex = self.receiving
+        if ex is not None and ex is self.active and not ex.done and not ex.head_sent:
+            # Whatever the origin received of this request is cut off with its connection (Exchange.refuse).
+            ex.refuse(408, f"no byte of the request body arrived for {limit:g} s", error="http_request_error",
+                      close=True)
+        self.close()  # a refused request's body that stopped arriving: nothing more to say
+
+    def _origin_expired(self, _limit: float) -> None:
+        if self.active is not None:
+            self.active.upstream_timed_out()
+
+    def _sending_expired(self, _limit: float) -> None:
+        self.closed = True
+        self.transport.abort()  # what it is owed goes nowhere: drop it rather than flush it
+
+    def _idle_expired(self, _limit: float) -> None:
+        self.close()
+
+
+#: Each state's timer: the config option holding its length, when it started, and what its end does.
+#: "preparing" (DNS, connect) and "tunnel" are timed by their own steps (connect_timeout) or not at all.
+_TIMERS: dict[str, tuple[str, Callable[[ClientConnection], float], Callable[[ClientConnection, float], None]]] = {
+    "head": ("header_timeout", lambda c: c.head_started, ClientConnection._head_expired),
+    "body": ("read_timeout", lambda c: c.last_activity, ClientConnection._body_expired),
+    "origin": ("read_timeout", ClientConnection._origin_since, ClientConnection._origin_expired),
+    "sending": ("write_timeout", lambda c: c.write_paused_at, ClientConnection._sending_expired),
+    "idle": ("idle_timeout", lambda c: c.last_activity, ClientConnection._idle_expired),
+}
 
 
 class _Stop(Exception):

@@ -399,6 +399,7 @@ class Exchange:
         self.peer = self.dest.authority
         if self.conn.writing_paused:
             self.conn.hold_source()  # the client is not reading: this origin waits too
+        upstream.last_activity = time.monotonic()  # read_timeout runs from the request (a pooled one sat idle)
         upstream.start(self, head_only=self.method == b"HEAD")
         upstream.write(self.request_head)
         self.forwarding = True
@@ -456,8 +457,10 @@ class Exchange:
             self.discarding = False
             self.conn.exchange_body_done(self)
             return
-        if self.forwarding and self.chunked and self.upstream is not None:
-            self.upstream.write(b"0\r\n\r\n")
+        if self.forwarding and self.upstream is not None:
+            self.upstream.last_activity = time.monotonic()  # the origin's turn to answer starts now
+            if self.chunked:
+                self.upstream.write(b"0\r\n\r\n")
         elif self.pending_body is not None:
             self._resume_body()
         if self.done:
