@@ -385,3 +385,21 @@ def basic_authorization(user: str, password: str) -> str:
     from authproxy.auth.basic import encode_basic
 
     return "Basic " + encode_basic(user, password)
+
+
+_PROBE = """
+import importlib, json, sys
+before = set(sys.modules)
+importlib.import_module(sys.argv[1])
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def loaded_by(module: str) -> list[str]:
+    """The modules that ``import module`` loads in a fresh interpreter (with this checkout's src first): how
+    the layering tests check what a layer depends on."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _PROBE, module], capture_output=True, text=True, env=env,
+                         check=True, timeout=60)
+    loaded: list[str] = json.loads(out.stdout)
+    return loaded

@@ -5,36 +5,18 @@ Checked in a fresh interpreter, since this test process has long imported everyt
 
 from __future__ import annotations
 
-import json
-import os
 import pkgutil
-import subprocess
-import sys
 
 import pytest
 
 import authproxy.auth
 
+from helpers import loaded_by
+
 FORBIDDEN = ("authproxy.users", "authproxy.proxy", "authproxy.client", "authproxy.config", "authproxy.state",
              "authproxy.observe", "fcntl", "tempfile")
 
 AUTH_MODULES = sorted(f"authproxy.auth.{m.name}" for m in pkgutil.iter_modules(authproxy.auth.__path__))
-
-_PROBE = """
-import importlib, json, sys
-before = set(sys.modules)
-importlib.import_module(sys.argv[1])
-print(json.dumps(sorted(set(sys.modules) - before)))
-"""
-
-
-def loaded_by(module: str) -> list[str]:
-    """The modules that ``import module`` loads in a fresh interpreter (with this checkout's src first)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", _PROBE, module], capture_output=True, text=True, env=env,
-                         check=True, timeout=60)
-    loaded: list[str] = json.loads(out.stdout)
-    return loaded
 
 
 def above(loaded: list[str]) -> list[str]:

@@ -95,7 +95,7 @@ def test_wrong_password_names_the_hop() -> None:
 def test_retry_request_keeps_the_dialog_and_renews_the_transaction() -> None:
     first = a_register()
     retried = retry_request(first, cseq=7, branch="z9hG4bKnew",
-                            credentials={PROXY: 'Digest username="a"', ORIGIN: None})
+                            credentials=[(PROXY, 'Digest username="a"'), (ORIGIN, None)])
     assert retried.cseq.number == 7 and retried.vias[0].branch == "z9hG4bKnew" and retried.vias[0].wants_rport
     assert (retried.call_id, retried.from_, retried.to) == (first.call_id, first.from_, first.to)
     assert retried.get_all("Proxy-Authorization") == ['Digest username="a"'] and not retried.get_all("Authorization")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from authproxy.sip.fields import (
     COMPACT_OF,
@@ -241,3 +242,24 @@ def response_to(request: SipRequest, status: int, reason: str, *, to_tag: str,
     response = SipResponse(status=status, reason=reason, headers=tuple(out), body=body)
     response.check()
     return response
+
+
+_M = TypeVar("_M", SipRequest, SipResponse)
+
+
+def replace_top_via(message: _M, via: Via | None) -> _M:
+    """``message`` with its topmost Via value (the first element of the first Via line, section 7.3.1)
+    replaced by ``via``, or removed when ``via`` is None (a proxy pops its own from a response, section
+    16.7 step 3); a line left empty goes."""
+    headers = list(message.headers)
+    for i, (name, value) in enumerate(headers):
+        if name == "Via":
+            rest = split_list(value)[1:]
+            if via is not None:
+                rest.insert(0, str(via))
+            if rest:
+                headers[i] = (name, ", ".join(rest))
+            else:
+                del headers[i]
+            break
+    return message.replace_headers(headers)

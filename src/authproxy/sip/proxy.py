@@ -1,0 +1,377 @@
+"""The authenticating SIP proxy, sans-IO: a message and where it came from go in, what to send where comes out
+(RFC 3261 sections 16 and 22; RFC 3581). No socket, no clock, no randomness of its own: the asyncio driver
+(:mod:`authproxy.sip.serve`) does the IO, and the tests drive it in memory.
+
+A request (section 16.3, in the order the RFC checks):
+
+1. malformed: 400 (or 413/505/513, the parser's hint) with a ``Warning`` saying why, sent back to where it
+   came from; a message too broken to answer (no Via, From, To, Call-ID, CSeq) and any bad ACK are dropped;
+2. ``Max-Forwards: 0``: 483 Too Many Hops; an unknown ``Proxy-Require`` extension: 420 (sections 16.3 steps 3
+   and 5);
+3. authentication (section 22.3), every method but ACK and CANCEL (section 22.1): only the
+   ``Proxy-Authorization`` line of this proxy's realm is read (:func:`authproxy.sip.verify.authenticate`,
+   the HTTP proxy's verifier in the proxy role); a refusal is a 407 with fresh challenges (``stale=true`` for
+   a right answer on an expired nonce), built by :func:`authproxy.sip.challenge.challenge_response`;
+4. forwarding (sections 16.6 and 16.11): ``received``/``rport`` recorded on the top Via (section 18.2.1,
+   RFC 3581), this proxy's credentials removed and the other proxies' left, Max-Forwards decremented (70
+   added when absent), this proxy's Via added on top with a branch derived from the request (so a
+   retransmission, and a CANCEL, get the branch the first copy got), sent to the next hop.
+
+Replays are the verifier's: a ``(nonce, nc)`` used before, from any address (the nonce-count store), an
+answer without qop (no nc), a digest uri that is not the Request-URI. A retransmission is not a replay
+(section 17.2.3: same top Via branch and sent-by, Call-ID and CSeq, and here the same bytes): it is matched in
+a table of recent transactions (kept 64*T1 = 32 s, bounded in all and per source address) and gets what the
+first copy got: the same response again, or the same forwarded request again, without a second verification.
+
+A response (sections 16.7 and 16.11) must come from the next hop and carry this proxy's Via on top: that Via
+is popped and the response goes where the next Via (with its ``received``/``rport``) says, or back over the
+connection the request came on. 100 Trying is hop-by-hop and goes no further. Anything else is dropped, and
+logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from authproxy.auth.driver import NonceCounts
+from authproxy.auth.errors import AuthProxyError, ConfigError
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.roles import PROXY
+from authproxy.auth.store import UserStore
+from authproxy.auth.verifier import Reject, Verifier
+from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
+from authproxy.sip.fields import CONTROL_RE, SipError, Via, canonical_name
+from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, Address, SipRecord
+from authproxy.sip.message import (
+    SipRequest,
+    SipResponse,
+    replace_top_via,
+    response_to,
+)
+from authproxy.sip.parse import DEFAULT_LIMITS, Limits, parse_datagram
+from authproxy.sip.verify import authenticate, without_own_credentials
+
+#: Section 17.1.1.1 T1, and 64*T1: how long a transaction is remembered (Timer F / Timer J).
+T1 = 0.5
+TRANSACTION_LIFETIME = 64 * T1
+#: Section 8.1.1.7: the magic cookie; ``ap`` marks a branch this proxy made.
+BRANCH_PREFIX = "z9hG4bKap"
+TRANSPORTS = ("udp", "tcp", "tls")
+_REASONS = {400: "Bad Request", 413: "Request Entity Too Large", 420: "Bad Extension", 483: "Too Many Hops",
+            503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large"}
+_ANSWER_FIELDS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where authenticated requests go: ``sip:HOST:PORT;transport=udp|tcp`` (RFC 3261 section 19.1.1)."""
+
+    host: str
+    port: int
+    transport: str = "udp"
+
+    @classmethod
+    def parse(cls, value: str, *, key: str = "next_hop") -> NextHop:
+        def bad(why: str) -> ConfigError:
+            return ConfigError(f"{key}: {why}; expected sip:HOST:PORT;transport=udp|tcp, got {value!r}")
+
+        if not value.lower().startswith("sip:"):
+            raise bad("not a sip: URI")
+        hostport, *params = value[4:].split(";")
+        transport = "udp"
+        for param in params:
+            name, _, val = param.partition("=")
+            if name.lower() != "transport" or val.lower() not in ("udp", "tcp"):
+                raise bad("the only parameter is transport=udp or transport=tcp")
+            transport = val.lower()
+        host, sep, port = hostport.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or "@" in host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad("HOST:PORT is needed")
+        return cls(host, int(port), transport)
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to ``to`` over ``transport`` (for a stream: the connection with that peer, else a new one)."""
+
+    data: bytes
+    to: Address
+    transport: str
+
+
+Action = Send | SipRecord
+
+
+@dataclass(slots=True)
+class _Transaction:
+    fingerprint: bytes  # the request's bytes, hashed: a retransmission is the same bytes again
+    source: Address
+    transport: str
+    expires: float
+    response: bytes | None  # what the proxy answered itself; None when the request was forwarded
+    branch: str | None  # the Via branch the forwarded request carries
+
+
+class SipProxy:
+    """The proxy's decisions. ``local`` is this proxy's address per transport as it listens (its Via sent-by);
+    ``random`` gives random bytes (nonces, the key behind branches and To tags)."""
+
+    def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
+                 local: dict[str, Address], random: Callable[[int], bytes], name: str = "authproxy",
+                 limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
+                 max_transactions_per_source: int = 2_000) -> None:
+        if verifier.role is not PROXY:
+            raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
+        if next_hop.transport not in local:
+            raise ConfigError(f"next_hop: no {next_hop.transport} listener to send from and receive answers on")
+        self.verifier, self.store, self.counters = verifier, store, counters
+        self.next_hop, self.local, self.random, self.name, self.limits = next_hop, local, random, name, limits
+        self.max_transactions = max_transactions
+        self.max_per_source = max_transactions_per_source
+        self._key = random(32)
+        self._transactions: OrderedDict[tuple[str, ...], _Transaction] = OrderedDict()
+        self._by_branch: dict[str, tuple[str, ...]] = {}
+        self._per_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """How many transactions are remembered."""
+        return len(self._transactions)
+
+    # -- in -------------------------------------------------------------------------------------------------
+
+    def datagram(self, data: bytes, source: Address, transport: str, now: float) -> list[Action]:
+        """One UDP datagram, or one message a stream framed (its bytes)."""
+        try:
+            message = parse_datagram(data, self.limits)
+        except SipError as exc:
+            return self.malformed(data, exc, source, transport, now)
+        if isinstance(message, SipResponse):
+            return self._response(message, source, transport, now)
+        return self._request(message, data, source, transport, now)
+
+    def malformed(self, data: bytes, error: SipError, source: Address, transport: str,
+                  now: float) -> list[Action]:
+        """Bytes that do not parse: a 400 (or the parser's status hint) when the fields a response copies can
+        be found as they came, else dropped (section 16.3 step 1; never a response to a response or an ACK)."""
+        head = data.split(b"\r\n\r\n", 1)[0].lstrip(b"\r\n").split(b"\r\n")
+        start = head[0].split(b" ")
+        answer = self._bad_request_bytes(head, error) if start[0] not in (b"SIP/2.0", b"ACK") else None
+        if answer is None:
+            return [SipRecord(now, source, transport, DROPPED, None, None, None, None, Outcome.BAD_REQUEST,
+                              reason=f"malformed message: {error.message}")]
+        method = start[0].decode("ascii", "replace")
+        return [Send(answer, source, transport),
+                SipRecord(now, source, transport, ANSWERED, int(answer[8:11]), method, None, None,
+                          Outcome.BAD_REQUEST, reason=error.message)]
+
+    def expire(self, now: float) -> None:
+        """Forget transactions older than 64*T1 (the table is in arrival order, all with the same lifetime)."""
+        while self._transactions:
+            key, entry = next(iter(self._transactions.items()))
+            if entry.expires > now:
+                return
+            self._forget(key)
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def _request(self, request: SipRequest, data: bytes, source: Address, transport: str,
+                 now: float) -> list[Action]:
+        self.expire(now)
+        top = request.vias[0]
+        remembered = request.method != "ACK"  # no response to an ACK; every copy is forwarded (section 16.11)
+        key = (top.branch or "", top.host, str(top.port), request.call_id, str(request.cseq))
+        fingerprint = hashlib.blake2b(data, digest_size=16).digest()
+        if remembered:
+            entry = self._transactions.get(key)
+            if entry is not None and entry.fingerprint == fingerprint:
+                if entry.response is not None:  # a retransmission: the same answer, no second verification
+                    return [Send(entry.response, self._reply_to(top, source, transport), transport)]
+                return [self._forward_send(request, source, transport)[0]]
+            if entry is None and self._per_source.get(source[0], 0) >= self.max_per_source:
+                return self._answer(request, source, transport, now, 503, Outcome.OVER_LIMIT, None,
+                                    "too many transactions from this address", [("Retry-After", "5")],
+                                    remember=False)
+        record = (key, fingerprint) if remembered and key not in self._transactions else None
+        max_forwards = request.max_forwards
+        if max_forwards == 0:
+            return self._answer(request, source, transport, now, 483, Outcome.NONE, record,
+                                "Max-Forwards reached 0 (RFC 3261 section 16.3)")
+        if request.values("Proxy-Require"):  # section 16.3 step 5: no extension is supported here
+            unsupported = [("Unsupported", value) for value in request.values("Proxy-Require")]
+            return self._answer(request, source, transport, now, 420, Outcome.NONE, record,
+                                "Proxy-Require names an extension this proxy does not support", unsupported)
+        user = None
+        if request.method not in NEVER_CHALLENGED:
+            try:
+                result = authenticate(self.verifier, request, self.store, self.counters, now, transport=transport)
+            except AuthProxyError as exc:  # malformed credentials, a digest uri that is not the Request-URI
+                return self._answer(request, source, transport, now, 400, Outcome.BAD_REQUEST, record,
+                                    exc.message)
+            if isinstance(result, Reject):
+                return self._challenge(request, result, source, transport, now, record)
+            user = result.user
+        send, branch = self._forward_send(request, source, transport)
+        if record is not None:
+            self._remember(record, _Transaction(record[1], source, transport, now + TRANSACTION_LIFETIME, None,
+                                                branch))
+        return [send, SipRecord(now, source, transport, FORWARDED, None, request.method, request.uri, user,
+                                Outcome.OK if user is not None else Outcome.NONE, self.next_hop.address,
+                                request.call_id)]
+
+    def _forward_send(self, request: SipRequest, source: Address, transport: str) -> tuple[Send, str]:
+        """The request as it goes to the next hop (section 16.6 steps 2-8, 16.11): a pure function of the
+        request and its source, so a retransmission is forwarded as the first copy was."""
+        top = request.vias[0]
+        branch = BRANCH_PREFIX + hmac.new(self._key, "\0".join((
+            request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
+            request.to.tag or "", request.uri)).encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+        request = replace_top_via(request, top.with_received(source[0], source[1]))
+        request = without_own_credentials(request, PROXY, self.verifier.policy.realm)
+        hop = self.next_hop
+        host, port = self.local[hop.transport]
+        ours = Via(hop.transport.upper(), f"[{host}]" if ":" in host else host, port, (("branch", branch),))
+        max_forwards = request.max_forwards
+        headers = [("Via", str(ours))]
+        for name, value in request.headers:
+            if name == "Max-Forwards" and max_forwards is not None:
+                value = str(max_forwards - 1)
+            headers.append((name, value))
+        if max_forwards is None:  # section 16.6 step 3; before Content-Length, which stays last
+            at = next((i for i, (name, _) in enumerate(headers) if name == "Content-Length"), len(headers))
+            headers.insert(at, ("Max-Forwards", "70"))
+        return Send(request.replace_headers(headers).to_bytes(), hop.address, hop.transport), branch
+
+    def _challenge(self, request: SipRequest, result: Reject, source: Address, transport: str, now: float,
+                   record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
+        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
+        offers = offers_for(self.verifier, now=now, rand=self.random(16), transport=transport,
+                            stale=result.stale)
+        warning = ("Warning", f'399 {self.name} "{result.outcome.client_text(PROXY)}"')
+        response = challenge_response(stamped, PROXY, offers, to_tag=self._to_tag(request), transport=transport,
+                                      extra_headers=[warning])
+        return self._sent(request, response.to_bytes(), source, transport, now, result.outcome, result.user,
+                          record)
+
+    def _answer(self, request: SipRequest, source: Address, transport: str, now: float, status: int,
+                outcome: Outcome, record: tuple[tuple[str, ...], bytes] | None, why: str,
+                extra: Sequence[tuple[str, str]] = (), *, remember: bool = True) -> list[Action]:
+        if request.method == "ACK":  # section 17: an ACK is never answered
+            return [SipRecord(now, source, transport, DROPPED, None, request.method, request.uri, None, outcome,
+                              call_id=request.call_id, reason=why)]
+        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
+        headers = [*extra, ("Warning", f'399 {self.name} "{why}"')]
+        response = response_to(stamped, status, _REASONS[status], to_tag=self._to_tag(request), headers=headers)
+        return self._sent(request, response.to_bytes(), source, transport, now, outcome, None,
+                          record if remember else None)
+
+    def _sent(self, request: SipRequest, wire: bytes, source: Address, transport: str, now: float,
+              outcome: Outcome, user: str | None, record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
+        if record is not None:
+            self._remember(record, _Transaction(record[1], source, transport, now + TRANSACTION_LIFETIME, wire,
+                                                None))
+        status = int(wire[8:11])
+        return [Send(wire, self._reply_to(request.vias[0], source, transport), transport),
+                SipRecord(now, source, transport, ANSWERED, status, request.method, request.uri, user, outcome,
+                          call_id=request.call_id)]
+
+    def _to_tag(self, request: SipRequest) -> str:
+        # Derived, not random: a stateless server answers every copy of a request with the same To tag.
+        material = f"{request.call_id}\0{request.from_.tag or ''}".encode()
+        return hmac.new(self._key, material, hashlib.sha256).hexdigest()[:16]
+
+    @staticmethod
+    def _reply_to(top: Via, source: Address, transport: str) -> Address:
+        """Where this proxy's own response goes (section 18.2.2, RFC 3581 section 4): over a stream, back on
+        the connection; over UDP, to the source address, at the source port when rport was asked for, else
+        at the sent-by port (5060 by default)."""
+        if transport != "udp" or top.wants_rport:
+            return source
+        return (source[0], top.port or 5060)
+
+    # -- the transaction table ------------------------------------------------------------------------------
+
+    def _remember(self, record: tuple[tuple[str, ...], bytes], entry: _Transaction) -> None:
+        key = record[0]
+        while len(self._transactions) >= self.max_transactions:
+            self._forget(next(iter(self._transactions)))
+        self._transactions[key] = entry
+        self._per_source[entry.source[0]] = self._per_source.get(entry.source[0], 0) + 1
+        if entry.branch is not None:
+            self._by_branch[entry.branch] = key
+
+    def _forget(self, key: tuple[str, ...]) -> None:
+        entry = self._transactions.pop(key)
+        host = entry.source[0]
+        left = self._per_source[host] - 1
+        if left:
+            self._per_source[host] = left
+        else:
+            del self._per_source[host]
+        if entry.branch is not None and self._by_branch.get(entry.branch) == key:
+            del self._by_branch[entry.branch]
+
+    # -- responses ------------------------------------------------------------------------------------------
+
+    def _response(self, response: SipResponse, source: Address, transport: str, now: float) -> list[Action]:
+        vias = response.vias
+        top = vias[0]
+        hop = self.next_hop
+        if source[0] != hop.host:
+            return self._drop(response, source, transport, now, "a response from an address not the next hop")
+        branch = top.branch or ""
+        if not branch.startswith(BRANCH_PREFIX) or (top.host.strip("[]"), top.port) != self.local[hop.transport]:
+            return self._drop(response, source, transport, now, "a response whose top Via is not this proxy's")
+        if len(vias) < 2:
+            return self._drop(response, source, transport, now, "a response with no Via after this proxy's")
+        if response.status == 100:
+            return []  # section 16.7 step 3: 100 Trying is hop-by-hop
+        onward = replace_top_via(response, None)
+        key = self._by_branch.get(branch)
+        entry = None if key is None else self._transactions.get(key)
+        if entry is not None:
+            return [Send(onward.to_bytes(), entry.source, entry.transport)]
+        via = vias[1]  # section 18.2.2: received (or sent-by), at rport (or the sent-by port)
+        to = ((via.received or via.host).strip("[]"), via.rport or via.port or 5060)
+        return [Send(onward.to_bytes(), to, via.transport.lower())]
+
+    @staticmethod
+    def _drop(response: SipResponse, source: Address, transport: str, now: float, why: str) -> list[Action]:
+        return [SipRecord(now, source, transport, DROPPED, response.status, None, None, None, Outcome.NONE,
+                          reason=why)]
+
+    def _bad_request_bytes(self, head: list[bytes], error: SipError) -> bytes | None:
+        """The 400 to an unparsable request: the lines of Via, From, To, Call-ID and CSeq copied as they came
+        (section 8.2.6.2), when each is there and is clean text; else None."""
+        copied: list[bytes] = []
+        for line in head[1:]:
+            name = line.split(b":", 1)[0].strip(b" \t").decode("ascii", "replace")
+            try:
+                key = canonical_name(name).lower()
+            except SipError:
+                continue
+            if key in _ANSWER_FIELDS:
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+                if CONTROL_RE.search(text) is not None or b":" not in line:
+                    return None
+                copied.append(line)
+        found = {canonical_name(line.split(b":", 1)[0].strip(b" \t").decode()).lower() for line in copied}
+        if found != _ANSWER_FIELDS:
+            return None
+        status = error.status_hint if error.status_hint in _REASONS else 400
+        warning = f'Warning: 399 {self.name} "{error.message}"'.encode()
+        return b"\r\n".join([f"SIP/2.0 {status} {_REASONS[status]}".encode(), *copied, warning,
+                             b"Content-Length: 0", b"", b""])
+
