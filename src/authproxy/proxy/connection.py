@@ -129,14 +129,16 @@ class ClientConnection(asyncio.Protocol):
         self.running = True
         try:
             while not self.closed:
-                if self.active is None and self.queue:
+                if self.pending and not self.paused and not self.queue:
+                    self._parse_slice()
+                elif self.active is not None:
+                    break
+                elif self.queue:
                     if self.writing_paused:
                         break
                     ex = self.active = self.queue.popleft()
                     ex.begin()
-                elif self.pending and not self.paused and not self.queue:
-                    self._parse_slice()
-                elif self.active is None and self.refusal is not None:
+                elif self.refusal is not None:
                     self._answer_refusal()
                 else:
                     break
@@ -145,7 +147,8 @@ class ClientConnection(asyncio.Protocol):
         if self.client_eof and not self.pending and (
                 (self.active is None and not self.queue) or self.receiving is not None or self.in_head):
             self.close()  # the client sent its last byte: it has all its answers, or its last request is cut short
-        self._sync_reading()
+        elif self.reading == bool(self.paused or self.queue or self.pending):
+            self._sync_reading()
 
     def _parse_slice(self) -> None:
         """Parse the next slice of held input. A request head found in it starts its exchange only once the
@@ -403,28 +406,35 @@ class ClientConnection(asyncio.Protocol):
         if self.active is not ex:
             return
         self.last_activity = time.monotonic()  # the idle timer starts when the answer is done
-        self._release_source()
+        if self.held_source is not None:
+            self._release_source()
         if ex.method == b"CONNECT":
-            self.paused.discard("upgrade")  # refused: what followed its head is the next request
-            if self.tunnel_exchange is ex and self.tunnel is None:
-                # Accepted, then the origin could not be reached: what followed its head is a new request.
-                self.tunnel_exchange = None
-                held, self.tunnel_pending = self.tunnel_pending, []
-                if held:
-                    self.pending, self.pending_at = b"".join(held) + self.pending[self.pending_at:], 0
+            self._connect_done(ex)
         if abort:
             self.transport.abort()
             return
         if not keep_client:
             self.close()
             return
-        if not ex.body_complete and not ex.discarding:
-            self.close()  # the origin answered before the body ended; we cannot find the next request
-            return
-        self.paused.difference_update(_EXCHANGE_REASONS)
         if ex.body_complete:
             self.active = None
-        self._run()
+        elif not ex.discarding:
+            self.close()  # the origin answered before the body ended; we cannot find the next request
+            return
+        if self.paused:
+            self.paused.difference_update(_EXCHANGE_REASONS)
+        # The usual keep-alive case (nothing queued, held or paused) has nothing to run: skip the loop.
+        if self.queue or self.pending or not self.reading or self.refusal is not None or self.client_eof:
+            self._run()
+
+    def _connect_done(self, ex: Exchange) -> None:
+        self.paused.discard("upgrade")  # refused: what followed its head is the next request
+        if self.tunnel_exchange is ex and self.tunnel is None:
+            # Accepted, then the origin could not be reached: what followed its head is a new request.
+            self.tunnel_exchange = None
+            held, self.tunnel_pending = self.tunnel_pending, []
+            if held:
+                self.pending, self.pending_at = b"".join(held) + self.pending[self.pending_at:], 0
 
     def exchange_body_done(self, ex: Exchange) -> None:
         """A finished exchange's request body has now been read to its end."""
