@@ -7,6 +7,7 @@ Memory is measured as the RSS of a real proxy subprocess; every request goes ove
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from helpers import (
     rss_bytes,
     start_proxy,
     status_of,
+    write_tls_files,
 )
 
 ALICE = basic_authorization("alice", "wonderland")
@@ -109,6 +111,26 @@ def test_unread_pipelined_refusals_keep_memory_bounded(own_proxy: ProxyProcess) 
             sock.sendall(BARE_GET[partial:])
         answered = read_responses(sock, -(-sent // len(BARE_GET)))
     assert all(status_of(r) == 407 for r in answered)
+
+
+def test_unread_pipelined_refusals_over_tls_keep_memory_bounded(tmp_path: Path, users_file: Path) -> None:
+    """The same over the TLS listener: the TLS transport gets the same marks once its handshake is done."""
+    cert, key, ca = write_tls_files(tmp_path)
+    proxy = start_proxy(tmp_path, users_file, "--access-log", "", "--tls-cert", str(cert), "--tls-key", str(key))
+    count = 30_000  # 1 MB of requests, 28 MB of 407s
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(BARE_GET)  # the handshake is over and one answer is owed before we measure
+            before = rss_bytes(proxy.proc.pid)
+            sock.sendall(BARE_GET * (count - 1))
+            grown = settled_rss(proxy.proc.pid) - before
+            assert grown < GROWTH_LIMIT, f"proxy RSS grew by {grown >> 20} MB"
+            answered = read_responses(sock, count)
+        assert all(status_of(r) == 407 for r in answered)
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.parametrize("close", [True, False], ids=["origin-closes", "origin-keep-alive"])

@@ -92,12 +92,17 @@ class ClientConnection(asyncio.Protocol):
 
     # == asyncio.Protocol =====================================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+        self.use_transport(transport)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "-"
         self.server.accepted(self)  # counted from accept, before any TLS handshake; or refused and closed
+
+    def use_transport(self, transport: asyncio.BaseTransport) -> None:
+        """Answer on ``transport`` (the accepted one, or the TLS one once its handshake is done), with our marks
+        for what the client may be owed (the TLS layer's own default is 512 KiB)."""
+        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

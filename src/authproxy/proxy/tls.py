@@ -115,7 +115,7 @@ class _Handshaking(asyncio.Protocol):
             self.lose(None)
             return
         conn = self.conn
-        conn.transport = transport  # type: ignore[assignment]  # a cast: see ClientConnection.connection_made
+        conn.use_transport(transport)
         transport.set_protocol(conn)
         self.handed_over = True
         early, self.early = self.early, []
