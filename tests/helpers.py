@@ -263,6 +263,13 @@ def start_proxy(tmp: Path, users: Path, *args: str, allow_private: bool = True) 
            "--realm", REALM, "--connect-ports", "any", "--access-log", str(log_path), *args]
     if allow_private:
         cmd.append("--allow-private")
+    proc, match, lines = _started(cmd, r"listening on [^ ]+:(\d+)")
+    return ProxyProcess(proc, int(match.group(1)), log_path, lines)
+
+
+def _started(cmd: list[str], announced: str) -> tuple[subprocess.Popen[bytes], re.Match[str], list[str]]:
+    """Run ``cmd`` and wait for the stderr line matching ``announced`` (the process says where it listens);
+    stderr is kept in the returned lines, drained in the background after that."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     lines: list[str] = []
@@ -272,13 +279,51 @@ def start_proxy(tmp: Path, users: Path, *args: str, allow_private: bool = True) 
         if not line:
             break
         lines.append(line)
-        match = re.search(r"listening on [^ ]+:(\d+)", line)
+        match = re.search(announced, line)
         if match:
-            proxy = ProxyProcess(proc, int(match.group(1)), log_path, lines)
             threading.Thread(target=_drain, args=(proc, lines), daemon=True).start()
-            return proxy
+            return proc, match, lines
     proc.kill()
     raise RuntimeError("authproxy did not start:\n" + "".join(lines) + proc.stderr.read().decode())
+
+
+@dataclass
+class SipProxyProcess:
+    """``authproxy sip serve`` run as an operator would run it; ``ports`` by transport."""
+
+    proc: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log_path: Path
+    stderr_lines: list[str] = field(default_factory=list)
+
+    def log_lines(self, until: Callable[[list[str]], bool], timeout: float = 10.0) -> list[str]:
+        """The access log's lines once ``until`` holds for them (the log is flushed once a second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
+            lines = text.splitlines()
+            if until(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def start_sip_proxy(tmp: Path, users: Path, next_hop: str, *args: str,
+                    listen: tuple[str, ...] = ("udp:127.0.0.1:0", "tcp:127.0.0.1:0")) -> SipProxyProcess:
+    """``authproxy sip serve`` on free ports, forwarding to ``next_hop``."""
+    log_path = tmp / f"sip-access-{time.monotonic_ns()}.log"
+    cmd = [sys.executable, "-m", "authproxy", "sip", "serve", "--users", str(users), "--next-hop", next_hop,
+           "--access-log", str(log_path), *(a for spec in listen for a in ("--listen", spec)), *args]
+    proc, match, lines = _started(cmd, r"sip listening on (.*?);")
+    ports = {t: int(p) for t, p in re.findall(r"(udp|tcp|tls):[^ ]*:(\d+)", match.group(1))}
+    return SipProxyProcess(proc, ports, log_path, lines)
 
 
 def _drain(proc: subprocess.Popen[bytes], lines: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The command line: ``authproxy serve`` and ``authproxy users ...``.
+"""The command line: ``authproxy serve``, ``authproxy sip serve``, ``authproxy users ...``, ``diagnose``.
 
 The spellings here are a contract other tools drive; keep them.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from authproxy import __version__
 from authproxy.auth.errors import AuthProxyError
 from authproxy.client.diagnose import add_diagnose_parser, run_diagnose
-from authproxy.config import Config, load_config, parse_connect_ports, replace
+from authproxy.config import Config, load_config, load_sip_config, parse_connect_ports, replace
 from authproxy.users.commands import add_users_parser, run_users_command
 
 DEFAULT_CONFIG = Config()
@@ -42,6 +42,50 @@ def _serve_parser(subparsers: Any) -> None:
                        help="processes sharing the port (default 1; 0: one per CPU)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+
+
+def _sip_parser(subparsers: Any) -> None:
+    sip = subparsers.add_parser("sip", help="the authenticating SIP proxy",
+                                description="SIP (RFC 3261) on the same users and auth core.")
+    commands = sip.add_subparsers(dest="sip_command", required=True)
+    serve = commands.add_parser("serve", help="run the authenticating SIP proxy",
+                                description="A stateless SIP proxy that answers 407 (Digest) and forwards "
+                                            "authenticated requests to the next hop.")
+    serve.add_argument("--config", metavar="FILE", help="TOML file: its [sip] table and shared options (flags win)")
+    serve.add_argument("--listen", metavar="udp|tcp|tls:HOST:PORT", action="append",
+                       help="where to listen, repeatable (default udp:127.0.0.1:5060)")
+    serve.add_argument("--next-hop", metavar="sip:HOST:PORT;transport=udp|tcp",
+                       help="where authenticated requests go")
+    serve.add_argument("--users", metavar="FILE", help="authproxy users file or htdigest file")
+    serve.add_argument("--realm", metavar="REALM", help="default: the realm of the users file's users")
+    serve.add_argument("--digest-algorithms", metavar="LIST",
+                       help="offered Digest algorithms, most preferred first (default SHA-256,MD5; MD5,SHA-256 "
+                            "for user agents that read only the first challenge, such as sipsak)")
+    serve.add_argument("--access-log", metavar="FILE", help="access log path, '-' for stdout, '' for none")
+    serve.add_argument("--access-log-format", choices=("squid", "json"))
+    serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain for tls: listeners")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+    serve.add_argument("--via-host", metavar="HOST", help="the host in this proxy's Via (default: the listen host)")
+
+
+def _run_sip(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "listen": tuple(args.listen) if args.listen else None,
+        "next_hop": args.next_hop,
+        "users": args.users,
+        "realm": args.realm,
+        "digest_algorithms": _split(args.digest_algorithms),
+        "access_log": args.access_log,
+        "access_log_format": args.access_log_format,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "via_host": args.via_host,
+    }
+    config = load_sip_config(args.config, overrides)
+    from authproxy.sip.serve import run
+
+    run(config)
+    return 0
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -100,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
+    _sip_parser(subparsers)
     add_users_parser(subparsers)
     add_diagnose_parser(subparsers)
     return parser
@@ -111,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _run_serve(args)
+        if args.command == "sip":
+            return _run_sip(args)
         if args.command == "diagnose":
             return run_diagnose(args)
         return run_users_command(args)

@@ -7,6 +7,8 @@ override the file. A bad value gives one ConfigError that names the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +18,7 @@ from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.headers import is_token
 from authproxy.auth.verifier import AuthPolicy
 from authproxy.proxy.policy import DestinationPolicy
+from authproxy.sip.proxy import NextHop
 from authproxy.users import open_user_store, usual_realm
 from authproxy.users.location import parse_store_location
 
@@ -172,16 +175,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], *, realm_fro
     """
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-        for key, value in raw.items():
-            if key not in _FIELDS:
-                raise ConfigError(f"{key}: unknown option in {path}")
-            values[key] = _coerce(key, str(_FIELDS[key].type), value)
+        raw = _read_toml(path)
+        values = _typed(raw, _FIELDS, path)
+        if "sip" in raw:  # the same file serves `authproxy sip serve`: its [sip] table is checked here too
+            load_sip_config(path, {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     if realm_from_users and "realm" not in values:
         realm = _users_realm(values.get("users", _FIELDS["users"].default))
@@ -191,6 +188,29 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], *, realm_fro
         return Config(**values)
     except TypeError as exc:  # pragma: no cover - overrides come from our own CLI
         raise ConfigError(str(exc)) from None
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+def _typed(table: dict[str, Any], known: dict[str, Any], path: str | Path, prefix: str = "") -> dict[str, Any]:
+    """The options of one TOML table, each checked against its field's type; ``sip`` is the [sip] table."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "sip" and not prefix:
+            if not isinstance(value, dict):
+                raise ConfigError(f"sip: expected a table ([sip]) in {path}")
+            continue
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown option in {path}")
+        values[key] = _coerce(prefix + key, str(known[key].type), value)
+    return values
 
 
 def _users_realm(path: object) -> str | None:
@@ -205,3 +225,110 @@ def _users_realm(path: object) -> str | None:
 def replace(config: Config, **changes: Any) -> Config:
     """A copy of ``config`` with ``changes``, validated again."""
     return dataclasses.replace(config, **changes)
+
+
+# --- authproxy sip serve -------------------------------------------------------------------------------------
+
+SIP_TRANSPORTS = ("udp", "tcp", "tls")
+#: The options `authproxy sip serve` takes from the top of the file when its [sip] table does not set them: the
+#: users, the realm and the Digest settings are the HTTP proxy's unless SIP wants its own.
+SIP_SHARED = ("users", "realm", "digest_algorithms", "nonce_lifetime", "access_log", "access_log_format",
+              "tls_cert", "tls_key")
+
+
+def parse_sip_listen(value: str, *, key: str = "listen") -> tuple[str, str, int]:
+    """``udp:HOST:PORT``, ``tcp:HOST:PORT`` or ``tls:HOST:PORT`` into (transport, host, port)."""
+    transport, sep, rest = value.partition(":")
+    if not sep or transport.lower() not in SIP_TRANSPORTS:
+        raise ConfigError(f"{key}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT, got {value!r}")
+    host, port = parse_hostport(rest, key=key)
+    return transport.lower(), host, port
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    """Every option of ``authproxy sip serve``: the keys of the file's ``[sip]`` table (the ones in
+    :data:`SIP_SHARED` default to the top of the file). Digest only: Basic is deprecated in SIP (RFC 3261
+    section 22.1); qop ``auth`` by default, the one every SIP user agent answers (section 22.4)."""
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060",)
+    next_hop: str = ""
+    users: str = "authproxy.users"
+    realm: str = "authproxy"
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    qop: tuple[str, ...] = ("auth",)
+    nonce_lifetime: float = 300.0
+    access_log: str = "-"
+    access_log_format: str = "squid"
+    tls_cert: str = ""
+    tls_key: str = ""
+    via_host: str = ""  # the host in this proxy's Via; default: the host it listens on
+    max_transactions: int = 20_000  # remembered transactions (retransmissions), 32 s each
+    max_transactions_per_source: int = 2_000  # of those, per source address; past it: 503
+    max_message_size: int = 65535
+    max_connections: int = 1000  # TCP and TLS connections, both directions
+
+    listeners: tuple[tuple[str, str, int], ...] = field(init=False, repr=False, compare=False)
+    auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("listen: at least one udp:, tcp: or tls: address")
+        listeners = tuple(parse_sip_listen(value) for value in self.listen)
+        object.__setattr__(self, "listeners", listeners)
+        if not self.next_hop:
+            raise ConfigError("next_hop: required (--next-hop sip:HOST:PORT;transport=udp|tcp)")
+        hop = NextHop.parse(self.next_hop)
+        if hop.transport not in {transport for transport, _, _ in listeners}:
+            raise ConfigError(f"next_hop: transport={hop.transport} needs a {hop.transport}: listener, which "
+                              "sends to the next hop and receives its responses")
+        object.__setattr__(self, "auth_policy", AuthPolicy(
+            realm=self.realm, schemes=("digest",), digest_algorithms=self.digest_algorithms, qop=self.qop,
+            userhash=False, nonce_lifetime=self.nonce_lifetime))
+        parse_store_location(self.users)
+        if self.access_log_format not in _LOG_FORMATS:
+            raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: tls_cert and tls_key go together")
+        if any(transport == "tls" for transport, _, _ in listeners) and not self.tls_cert:
+            raise ConfigError("listen: a tls: listener needs --tls-cert and --tls-key")
+        wildcard = any(_unspecified(host) for _, host, _ in listeners)
+        if wildcard and not self.via_host:
+            raise ConfigError("via_host: required when listening on a wildcard address (the Via must name an "
+                              "address the next hop can answer)")
+        if self.via_host and _HOSTNAME_RE.fullmatch(self.via_host) is None:
+            raise ConfigError(f"via_host: not a host name or address: {self.via_host!r}")
+        for key in ("max_transactions", "max_transactions_per_source", "max_connections"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1")
+        if not 1024 <= self.max_message_size <= 65535:
+            raise ConfigError("max_message_size: must be 1024-65535 (a UDP datagram's bound)")
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]+")
+_SIP_FIELDS = {f.name: f for f in fields(SipConfig) if f.init}
+
+
+def load_sip_config(path: str | Path | None, overrides: dict[str, Any]) -> SipConfig:
+    """The options of ``authproxy sip serve``: the file's shared top-level options (:data:`SIP_SHARED`), its
+    ``[sip]`` table over them, then ``overrides`` (CLI flags). Without ``realm`` anywhere, the realm of the
+    users file's users, as ``authproxy serve`` does."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(path)
+        top = _typed(raw, _FIELDS, path)
+        values = {key: top[key] for key in SIP_SHARED if key in top}
+        values.update(_typed(raw.get("sip", {}), _SIP_FIELDS, path, prefix="sip."))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "realm" not in values:
+        realm = _users_realm(values.get("users", _SIP_FIELDS["users"].default))
+        if realm is not None:
+            values["realm"] = realm
+    return SipConfig(**values)

@@ -177,6 +177,13 @@ class AccessLog:
             if len(self._pending) >= self._batch:
                 self.flush()
 
+    def write_line(self, line: str) -> None:
+        """One line formatted elsewhere (the SIP proxy's, :mod:`authproxy.sip.log`), written the same way."""
+        if self.enabled:
+            self._pending.append(line + "\n")
+            if len(self._pending) >= self._batch:
+                self.flush()
+
     def flush(self) -> None:
         if not self._pending:
             return

@@ -32,7 +32,7 @@ from authproxy.proxy.tls import start_handshake, tls_context
 from authproxy.proxy.upstream import HeadLimits, Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
-from authproxy.users import describe_capabilities, open_user_store, realm_mismatch
+from authproxy.users import describe_capabilities, open_serving_store
 
 
 class ProxyServer:
@@ -269,11 +269,7 @@ def open_users(config: Config) -> UserStore:
     """The users file as a store serving ``config.realm``. A realm none of its users can sign in to (their
     HA1s are bound to another realm) is a ConfigError naming the command that fixes it, at start and on
     SIGHUP: a proxy that answers 407 to every right password is worse than one that does not start."""
-    store = open_user_store(config.users, config.realm)
-    problem = realm_mismatch(store, config.realm, config.users)
-    if problem is not None:
-        raise ConfigError(problem)
-    return store
+    return open_serving_store(config.users, config.realm)
 
 
 def build_server(config: Config, *, nonce_key: bytes | None = None,

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from authproxy.auth.errors import ConfigError
 
 if TYPE_CHECKING:
-    from authproxy.config import Config
+    from authproxy.config import Config, SipConfig
     from authproxy.proxy.connection import ClientConnection
 
 
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The listener's TLS context, so Basic credentials need not cross the network in clear."""
+def tls_context(config: Config | SipConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context, so Basic credentials need not cross the network in clear (the HTTP proxy's,
+    and the SIP proxy's ``tls:`` listeners)."""
     if not config.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from authproxy.auth.digest import get_algorithm
-from authproxy.auth.errors import UserStoreError
+from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.passwords import describe_hash
 from authproxy.auth.store import UserEntry, UserStore
 from authproxy.users._file import decoded_lines
@@ -126,6 +126,18 @@ def realm_mismatch(store: UserStore, realm: str, path: str) -> str | None:
         fix = f"set the passwords again with `authproxy users passwd NAME{users} --realm {shlex.quote(realm)}`"
     return (f"no user in {path} can sign in to realm {realm!r} ({theirs}); {fix}, "
             f"or serve with --realm {shlex.quote(usual)}")
+
+
+def open_serving_store(value: str, realm: str) -> UserStore:
+    """The users file ``value`` as a store serving ``realm``, for a server about to start (or reload): a realm
+    none of its users can sign in to (their HA1s are bound to another realm) is a ConfigError naming the
+    command that fixes it (:func:`realm_mismatch`), since a server that refuses every right password is worse
+    than one that does not start."""
+    store = open_user_store(value, realm)
+    problem = realm_mismatch(store, realm, value)
+    if problem is not None:
+        raise ConfigError(problem)
+    return store
 
 
 def describe_capabilities(entry: UserEntry, realm: str, offered_algorithms: Iterable[str]) -> str:

@@ -1,0 +1,285 @@
+"""``authproxy sip serve``: the asyncio driver of the authenticating SIP proxy (RFC 3261 sections 16 and 18).
+
+Every decision is :class:`authproxy.sip.proxy.SipProxy`'s; this module only moves bytes: UDP datagram
+endpoints, TCP and TLS stream servers framing messages by Content-Length (:func:`authproxy.sip.parse.parse_stream`,
+section 18.3), connections to a TCP next hop, the access log, and a once-a-second timer that forgets old
+transactions, flushes the log and picks up edits of the users file.
+
+Sends go out as section 18 says: UDP from the listener named in this proxy's Via (so the next hop's answers
+come back to it); over a stream, on the connection with that peer, else on a new TCP connection (section
+18.2.2). A stream that breaks the framing gets its 400 (when one can be made) and is closed, since nothing
+after it can be framed. Bounded: ``max_connections`` streams, ``max_message_size`` per message (and so per
+stream buffer), 1 MiB unsent per stream before it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import cast
+
+from authproxy.auth.errors import ConfigError, UserStoreError
+from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.roles import PROXY
+from authproxy.auth.verifier import Verifier
+from authproxy.config import SipConfig
+from authproxy.observe.accesslog import AccessLog
+from authproxy.proxy.tls import tls_context
+from authproxy.sip.fields import SipError
+from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
+from authproxy.sip.parse import Limits, parse_stream
+from authproxy.sip.proxy import Action, NextHop, Send, SipProxy
+from authproxy.state.memory import MemoryNonceCounterStore
+from authproxy.users import open_serving_store
+
+#: Unsent bytes a stream may hold before it is given up (a peer that does not read).
+MAX_UNSENT = 1 << 20
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.server.received(data, (str(addr[0]), int(addr[1])), "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier datagram (a peer that went away): UDP has nothing to retry
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, either direction: SIP messages framed by Content-Length."""
+
+    def __init__(self, server: SipServer, transport_name: str) -> None:
+        self.server = server
+        self.name = transport_name
+        self.buffer = bytearray()
+        self.peer: Address = ("", 0)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1]))
+        if len(self.server.streams) >= self.server.config.max_connections:
+            transport.close()  # at the limit: bounded memory comes first
+            return
+        self.server.streams[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.buffer and self.transport is not None and not self.transport.is_closing():
+            try:
+                framed = parse_stream(bytes(self.buffer), self.server.limits)
+            except SipError as exc:
+                proxy = self.server.proxy
+                assert proxy is not None
+                self.server.act(proxy.malformed(bytes(self.buffer), exc, self.peer, self.name, time.time()))
+                self.transport.close()  # the framing is lost: nothing after this can be read
+                return
+            if framed is None:
+                return
+            _message, used = framed
+            raw = bytes(self.buffer[:used])
+            del self.buffer[:used]
+            self.server.received(raw, self.peer, self.name)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_UNSENT:
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.server.streams.get(self.peer) is self:
+            del self.server.streams[self.peer]
+
+
+class SipServer:
+    """The listeners, the proxy and the log of one ``authproxy sip serve``."""
+
+    def __init__(self, config: SipConfig, *, random: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self.random = random
+        self.store = open_serving_store(config.users, config.realm)
+        issuer = NonceIssuer(random(32), config.realm, config.nonce_lifetime)
+        self.verifier = Verifier(config.auth_policy, issuer, PROXY)
+        self.counters = MemoryNonceCounterStore()
+        self.log = AccessLog.open(config.access_log, config.access_log_format)
+        self._format = format_sip_json if config.access_log_format == "json" else format_sip_squid
+        self.limits = Limits(max_message_size=config.max_message_size, max_body_size=config.max_message_size)
+        self.proxy: SipProxy | None = None
+        self.bound: list[tuple[str, Address]] = []
+        self.streams: dict[Address, _Stream] = {}
+        self._udp: list[tuple[Address, asyncio.DatagramTransport]] = []
+        self._servers: list[asyncio.Server] = []
+        self._connecting: dict[Address, list[bytes]] = {}
+        self._tick: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        local: dict[str, Address] = {}
+        for transport, host, port in config.listeners:
+            try:
+                if transport == "udp":
+                    endpoint, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self),
+                                                                      local_addr=(host, port))
+                    address = _address(endpoint.get_extra_info("sockname"))
+                    self._udp.append((address, endpoint))
+                else:
+                    context = tls_context(config) if transport == "tls" else None
+                    server = await loop.create_server(
+                        lambda name=transport: _Stream(self, name), host, port, ssl=context,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None)
+                    self._servers.append(server)
+                    address = _address(server.sockets[0].getsockname())
+            except OSError as exc:
+                raise ConfigError(f"listen: cannot bind {transport}:{host}:{port}: {exc.strerror}") from None
+            self.bound.append((transport, address))
+            local.setdefault(transport, (config.via_host or address[0], address[1]))
+        hop = NextHop.parse(config.next_hop)
+        try:
+            infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ConfigError(f"next_hop: cannot resolve {hop.host}: {exc.strerror}") from None
+        resolved = NextHop(str(infos[0][4][0]), hop.port, hop.transport)
+        self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
+                              random=self.random, limits=self.limits, max_transactions=config.max_transactions,
+                              max_transactions_per_source=config.max_transactions_per_source)
+        self._tick = loop.call_later(1.0, self._housekeeping)
+
+    # -- in and out -----------------------------------------------------------------------------------------
+
+    def received(self, data: bytes, source: Address, transport: str) -> None:
+        proxy = self.proxy
+        if proxy is None:
+            return
+        try:
+            actions = proxy.datagram(data, source, transport, time.time())
+        except Exception as exc:  # a bug must not stop the proxy; the peer gets nothing, the operator a line
+            _stderr(f"authproxy: sip: internal error on a message from {format_address(source)}: "
+                    f"{type(exc).__name__}")
+            return
+        self.act(actions)
+
+    def act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SipRecord):
+                self.log.write_line(self._format(action))
+            else:
+                self._send(action)
+
+    def _send(self, send: Send) -> None:
+        if send.transport == "udp":
+            self._udp_for(send.to).sendto(send.data, send.to)
+            return
+        stream = self.streams.get(send.to)
+        if stream is not None:
+            stream.write(send.data)
+        elif send.transport == "tcp" and len(self.streams) < self.config.max_connections:
+            # Section 18.2.2: the connection is gone (or never was): open one to the address the Via names.
+            waiting = self._connecting.get(send.to)
+            if waiting is None:
+                self._connecting[send.to] = [send.data]
+                asyncio.get_running_loop().create_task(self._connect(send.to))
+            elif len(waiting) < 64:
+                waiting.append(send.data)
+
+    async def _connect(self, to: Address) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, stream = await loop.create_connection(lambda: _Stream(self, "tcp"), to[0], to[1])
+        except OSError:
+            self._connecting.pop(to, None)
+            return
+        for data in self._connecting.pop(to, []):
+            stream.write(data)
+
+    def _udp_for(self, to: Address) -> asyncio.DatagramTransport:
+        """The UDP listener to send from: the one this proxy's Via names (the first) unless the address family
+        needs another."""
+        want_v6 = ":" in to[0]
+        for address, endpoint in self._udp:
+            if (":" in address[0]) == want_v6:
+                return endpoint
+        return self._udp[0][1]
+
+    def _housekeeping(self) -> None:
+        if self.proxy is not None:
+            self.proxy.expire(time.time())
+        self.log.flush()
+        try:
+            self.store.refresh()
+        except UserStoreError as exc:  # keep serving the last good users
+            _stderr(f"authproxy: users file not reloaded: {exc.message}")
+        self._tick = asyncio.get_running_loop().call_later(1.0, self._housekeeping)
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        for _address, endpoint in self._udp:
+            endpoint.close()
+        for server in self._servers:
+            server.close()
+        for stream in list(self.streams.values()):
+            if stream.transport is not None:
+                stream.transport.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        self.log.close()
+
+    def describe(self) -> str:
+        listening = " ".join(f"{transport}:{format_address(address)}" for transport, address in self.bound)
+        return (f"authproxy: sip listening on {listening}; next hop {self.config.next_hop}; realm "
+                f"{self.config.realm!r}; Digest {', '.join(self.config.auth_policy.digest_algorithms)}; users from "
+                f"{self.store.description}")
+
+
+def _address(sockname: tuple[str | int, ...]) -> Address:
+    return (str(sockname[0]), int(sockname[1]))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def serve(config: SipConfig, *, announce: Callable[[str], None] = _stderr) -> None:
+    """Run the SIP proxy until SIGTERM or SIGINT."""
+    server = SipServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    announce(server.describe())
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(config: SipConfig) -> None:
+    """Blocking entry point (one process)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run on
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+

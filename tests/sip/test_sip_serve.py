@@ -1,0 +1,240 @@
+"""`authproxy sip serve` over real sockets on 127.0.0.1: sipsak (a real SIP client) over UDP and TCP, Python's own
+client (authproxy.sip.udp, SHA-256), replays and retransmissions, refusals, and two chained proxies, each in its
+own realm. The next hop is the tests' own UAS (tests/sip/sip_uas.py) answering 200."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sip_uas import Uas
+from test_sip_client import sipsak
+
+from authproxy.sip.client import SipAuthenticator, drive
+from authproxy.sip.log import DROPPED, parse_sip_line
+from authproxy.sip.message import SipRequest, SipResponse
+from authproxy.sip.parse import parse_datagram
+from authproxy.sip.udp import register
+
+from helpers import USERS, SipProxyProcess, make_users_file, start_sip_proxy
+
+REALM = "sip-test"
+PASSWORD = USERS["alice"]
+
+
+@pytest.fixture(scope="module")
+def uas() -> Iterator[Uas]:
+    with Uas({}, roles=()) as server:  # no hop of its own: answers 200 to every request
+        yield server
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_users_file(tmp_path_factory.mktemp("sip") / "sip.users", REALM)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, users: Path, uas: Uas) -> Iterator[SipProxyProcess]:
+    # MD5 first: sipsak answers only MD5 and reads only the first challenge.
+    proc = start_sip_proxy(tmp_path_factory.mktemp("sip-proxy"), users, f"sip:127.0.0.1:{uas.port}",
+                           "--digest-algorithms", "MD5,SHA-256")
+    yield proc
+    proc.stop()
+
+
+class UdpClient:
+    """A SIP UA on a UDP socket of its own, talking to one server synchronously."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.server = ("127.0.0.1", port)
+        self.local = self.sock.getsockname()[1]
+        self.count = 0
+
+    def request(self, method: str = "OPTIONS", *, max_forwards: str = "70",
+                uri: str = "sip:bob@example.org") -> SipRequest:
+        self.count += 1
+        headers = (("Via", f"SIP/2.0/UDP 127.0.0.1:{self.local};branch=z9hG4bK{os.urandom(6).hex()};rport"),
+                   ("Max-Forwards", max_forwards), ("From", f"<sip:alice@example.org>;tag=t{self.local}"),
+                   ("To", "<sip:bob@example.org>"), ("Call-ID", f"c{self.local}-{self.count}@127.0.0.1"),
+                   ("CSeq", f"1 {method}"), ("Content-Length", "0"))
+        return SipRequest(method=method, uri=uri, headers=headers)
+
+    def send_raw(self, data: bytes) -> SipResponse:
+        self.sock.sendto(data, self.server)
+        while True:
+            answer = parse_datagram(self.sock.recv(65535))
+            if isinstance(answer, SipResponse) and answer.status >= 200:
+                return answer
+
+    def send(self, request: SipRequest) -> SipResponse:
+        return self.send_raw(request.to_bytes())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def outcomes(proxy: SipProxyProcess, call_id: str, count: int) -> list[tuple[str, int | None, str | None, str]]:
+    """(action, status, user, outcome) of the log lines of ``call_id``, once there are ``count`` of them."""
+    def mine(lines: list[str]) -> list[tuple[str, int | None, str | None, str]]:
+        parsed = [parse_sip_line(line) for line in lines]
+        return [(p.action, p.status, p.user, p.outcome) for p in parsed if p.call_id_or_reason == call_id]
+
+    return mine(proxy.log_lines(lambda lines: len(mine(lines)) >= count))
+
+
+# --- real clients ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("mode", ["OPTIONS", "REGISTER"])
+def test_sipsak_signs_in_with_md5(proxy: SipProxyProcess, uas: Uas, transport: str, mode: str) -> None:
+    port = proxy.ports[transport]
+    before = len(uas.seen)
+    extra = ["-U", "-C", "sip:alice@127.0.0.1:5999"] if mode == "REGISTER" else []
+    done = sipsak(*extra, "-E", transport, "-s", f"sip:alice@127.0.0.1:{port}", "-u", "alice", "-a", PASSWORD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "authorizing" in done.stdout  # it met the proxy's 407 and answered it
+    (reached,) = [seen.request for seen in uas.seen[before:]]
+    assert reached.method == mode and reached.get_all("Proxy-Authorization") == []
+    ours, theirs = reached.vias
+    assert ours.transport == "UDP" and theirs.transport == transport.upper()
+    assert ours.branch is not None and ours.branch.startswith("z9hG4bKap")
+    logged = outcomes(proxy, reached.call_id, 2)
+    assert logged == [("ANSWERED", 407, None, "missing"), ("FORWARDED", None, "alice", "ok")]
+
+
+def test_python_client_registers_with_sha256(tmp_path: Path, users: Path, uas: Uas) -> None:
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "SHA-256",
+                           listen=("udp:127.0.0.1:0",))
+    try:
+        response = asyncio.run(register(("127.0.0.1", proc.ports["udp"]), "sip:alice@example.org", "alice",
+                                        PASSWORD, expires=300))
+        assert response.status == 200 and response.get("Expires") == "300"
+        call_id = response.call_id
+        assert outcomes(proc, call_id, 2)[-1] == ("FORWARDED", None, "alice", "ok")
+        challenge = [seen for seen in uas.seen if seen.request.call_id == call_id]
+        assert len(challenge) == 1  # the UAS saw only the authenticated REGISTER
+    finally:
+        proc.stop()
+
+
+# --- replays, retransmissions, refusals ------------------------------------------------------------------
+
+
+def test_replay_retransmission_and_refusals_over_udp(proxy: SipProxyProcess, uas: Uas) -> None:
+    client = UdpClient(proxy.ports["udp"])
+    try:
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        sent: list[SipRequest] = []
+
+        def send(request: SipRequest) -> SipResponse:
+            sent.append(request)
+            return client.send(request)
+
+        assert drive(auth.exchange(client.request()), send).status == 200
+        signed = sent[-1]
+        reached = uas.datagrams
+        # A retransmission (the same bytes): forwarded again, answered 200 again, not a replay, not logged.
+        assert client.send(signed).status == 200 and uas.datagrams == reached + 1
+        # The same credentials (nonce, nc) in a new transaction: a replay, refused and logged as one.
+        replay = signed.to_bytes().replace((signed.vias[0].branch or "").encode(), b"z9hG4bKreplayed")
+        assert client.send_raw(replay).status == 407
+        assert outcomes(proxy, signed.call_id, 3)[1:] == [("FORWARDED", None, "alice", "ok"),
+                                                          ("ANSWERED", 407, "alice", "replay")]
+        field = signed.get("Proxy-Authorization") or ""
+
+        def with_field(value: str, **kw: str) -> SipResponse:
+            request = client.request(**kw)
+            return client.send(request.replace_headers((*request.headers[:-1], ("Proxy-Authorization", value),
+                                                        request.headers[-1])))
+
+        forged = with_field(field.replace('nonce="', 'nonce="B', 1))
+        other_realm = with_field(field.replace(f'realm="{REALM}"', 'realm="somewhere-else"'))
+        uri_mismatch = with_field(field.replace("nc=00000001", "nc=00000005"), uri="sip:carol@example.org")
+        assert (forged.status, other_realm.status, uri_mismatch.status) == (407, 407, 400)
+        assert "Digest uri" in (uri_mismatch.get("Warning") or "")
+        assert outcomes(proxy, forged.call_id, 1) == [("ANSWERED", 407, "alice", "bad-nonce")]
+        assert outcomes(proxy, other_realm.call_id, 1) == [("ANSWERED", 407, None, "missing")]
+        assert outcomes(proxy, uri_mismatch.call_id, 1) == [("ANSWERED", 400, None, "bad-request")]
+        hops = client.send(client.request(max_forwards="0"))
+        assert (hops.status, hops.reason) == (483, "Too Many Hops")
+    finally:
+        client.close()
+
+
+def test_ack_and_cancel_are_never_challenged(proxy: SipProxyProcess, uas: Uas) -> None:
+    client = UdpClient(proxy.ports["udp"])
+    try:
+        cancel = client.request("CANCEL")
+        assert client.send(cancel).status == 200  # forwarded without credentials; the UAS answered
+        before = len(uas.seen)
+        ack = client.request("ACK")
+        client.sock.sendto(ack.to_bytes(), client.server)
+        assert outcomes(proxy, ack.call_id, 1) == [("FORWARDED", None, None, "none")]
+        assert outcomes(proxy, cancel.call_id, 1) == [("FORWARDED", None, None, "none")]
+        assert len(uas.seen) == before  # the UAS records no ACK; it got it all the same (logged as forwarded)
+    finally:
+        client.close()
+
+
+def test_malformed_input_gets_400_or_is_dropped(proxy: SipProxyProcess) -> None:
+    client = UdpClient(proxy.ports["udp"])
+    try:
+        bad = client.request().to_bytes().replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+        answer = client.send_raw(bad)
+        assert answer.status == 400 and "CSeq method" in (answer.get("Warning") or "")
+        client.sock.sendto(b"\x16\x03\x01 not sip at all", client.server)
+        lines = proxy.log_lines(lambda ls: any(parse_sip_line(x).action == DROPPED for x in ls))
+        assert any(parse_sip_line(x).action == DROPPED for x in lines)
+        assert client.send(client.request("CANCEL")).status == 200  # still serving
+    finally:
+        client.close()
+    assert proxy.proc.poll() is None and not any("Traceback" in line for line in proxy.stderr_lines)
+
+
+# --- two proxies in a chain ------------------------------------------------------------------------------
+
+
+def test_two_chained_proxies_with_different_realms(tmp_path: Path, uas: Uas) -> None:
+    inner_users = make_users_file(tmp_path / "inner.users", "inner-realm")
+    outer_users = make_users_file(tmp_path / "outer.users", "outer-realm")
+    inner = start_sip_proxy(tmp_path, inner_users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "SHA-256",
+                            listen=("udp:127.0.0.1:0",))
+    outer = start_sip_proxy(tmp_path, outer_users, f"sip:127.0.0.1:{inner.ports['udp']}",
+                            "--digest-algorithms", "MD5", listen=("udp:127.0.0.1:0",))
+    try:
+        response = asyncio.run(register(("127.0.0.1", outer.ports["udp"]), "sip:alice@example.org", "alice",
+                                        PASSWORD))
+        assert response.status == 200 and len(response.vias) == 1
+        call_id = response.call_id
+        assert outcomes(outer, call_id, 3) == [("ANSWERED", 407, None, "missing"),
+                                               ("FORWARDED", None, "alice", "ok"),
+                                               ("FORWARDED", None, "alice", "ok")]
+        assert outcomes(inner, call_id, 2) == [("ANSWERED", 407, None, "missing"),
+                                               ("FORWARDED", None, "alice", "ok")]
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        assert len(reached.vias) == 3 and reached.get_all("Proxy-Authorization") == []
+        assert reached.max_forwards == 68
+    finally:
+        outer.stop()
+        inner.stop()
+
+
+def test_config_file_sip_table(tmp_path: Path, users: Path, uas: Uas) -> None:
+    config = tmp_path / "authproxy.toml"
+    config.write_text(f'users = "{users}"\nrealm = "{REALM}"\n\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+                      f'next_hop = "sip:127.0.0.1:{uas.port}"\ndigest_algorithms = ["MD5"]\n')
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--config", str(config), listen=())
+    try:
+        assert set(proc.ports) == {"udp"} and "Digest MD5;" in "".join(proc.stderr_lines)
+        done = sipsak("-s", f"sip:alice@127.0.0.1:{proc.ports['udp']}", "-u", "alice", "-a", PASSWORD)
+        assert done.returncode == 0, done.stdout
+    finally:
+        proc.stop()
