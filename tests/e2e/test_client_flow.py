@@ -165,6 +165,32 @@ def test_reading_resumes_after_the_client_catches_up(proxy: ProxyProcess, origin
 
 
 # == item 4: deep pipelining ===================================================================================
+PIPELINED = {
+    # What each of the 1,000 requests is, by the way it ends: a refusal that takes no body, one whose body is read
+    # and dropped, a CONNECT (whose head ends llhttp's parse), and requests forwarded to the origin.
+    "get-refused": (b"GET http://a/p HTTP/1.1\r\nHost: a\r\n\r\n", 407),
+    "post-refused": (b"POST http://a/p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", 407),
+    "connect-refused": (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 407),
+    "get-bad-request": (b"GET /not-absolute HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n"
+                        b"Connection: keep-alive\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), PIPELINED.values(), ids=PIPELINED.keys())
+def test_a_thousand_pipelined_refusals_in_one_write(proxy: ProxyProcess, request_bytes: bytes,
+                                                    status: int) -> None:
+    before = len(proxy.stderr_lines)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        sock.sendall(request_bytes * 1000)
+        first = read_response(sock)
+        assert status_of(first) == status, first[:300]
+        if status == 400:  # a request the proxy cannot route closes the connection (RFC 9112 section 11.2)
+            assert sock.recv(10) == b""
+        else:
+            assert all(status_of(r) == status for r in read_responses(sock, 999))
+    assert "Traceback" not in "".join(proxy.stderr_lines[before:])
+
+
 @pytest.mark.parametrize("credentials", [False, True], ids=["refused", "forwarded"])
 def test_a_thousand_pipelined_requests_in_one_write(proxy: ProxyProcess, credentials: bool) -> None:
     origin, _ = fast_origin(0)  # answers with the path, in one write
@@ -186,7 +212,9 @@ def test_a_thousand_pipelined_requests_in_one_write(proxy: ProxyProcess, credent
 # == low items: the last request, and the head limit ==========================================================
 LAST = {
     "connection-close": ("HTTP/1.1", "Connection: close\r\n"),
+    "connection-close-with-body": ("HTTP/1.1", "Connection: close\r\nContent-Length: 5\r\n\r\nhello"),
     "http10": ("HTTP/1.0", ""),
+    "http10-with-body": ("HTTP/1.0", "Content-Length: 5\r\n\r\nhello"),
     "http10-connection-close": ("HTTP/1.0", "Connection: close\r\n"),
 }
 
@@ -197,7 +225,10 @@ def test_request_after_the_last_one_is_not_processed(proxy: ProxyProcess, origin
                                                      extra: str, credentials: bool) -> None:
     """Squid's behaviour: the last request is answered in full, then a clean close; what followed is dropped."""
     auth = f"Proxy-Authorization: {ALICE}\r\n" if credentials else ""
-    first = f"GET http://127.0.0.1:{origin.port}/first {version}\r\nHost: x\r\n{auth}{extra}\r\n"
+    method = "POST" if "Content-Length" in extra else "GET"
+    head, _, body = extra.partition("\r\n\r\n")
+    head = head + "\r\n" if body else extra
+    first = f"{method} http://127.0.0.1:{origin.port}/first {version}\r\nHost: x\r\n{auth}{head}\r\n{body}"
     after = f"GET http://127.0.0.1:{origin.port}/after HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {ALICE}\r\n\r\n"
     seen = len(origin.seen)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
