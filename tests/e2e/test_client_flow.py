@@ -308,3 +308,17 @@ def test_endless_trailer_or_chunk_line_is_bounded(proxy: ProxyProcess, origin: O
         except ConnectionResetError:
             rest = b""
     assert closed or rest == b"" or status_of(rest) in (400, 431), rest[:200]
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["refused", "forwarded"])
+def test_request_after_one_asking_for_an_upgrade(proxy: ProxyProcess, origin: OriginServer, credentials: bool) -> None:
+    """llhttp stops after a request with Upgrade as it does after CONNECT; this proxy upgrades nothing (the field
+    is hop-by-hop), so the bytes after it are the next request, answered in turn."""
+    auth = f"Proxy-Authorization: {ALICE}\r\n" if credentials else ""
+    upgrade = (f"GET http://127.0.0.1:{origin.port}/ws HTTP/1.1\r\nHost: x\r\n{auth}Connection: Upgrade\r\n"
+               "Upgrade: websocket\r\n\r\n")
+    after = f"GET http://127.0.0.1:{origin.port}/after HTTP/1.1\r\nHost: x\r\n{auth}\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall((upgrade + after).encode())
+        answered = read_responses(sock, 2, timeout=10)
+    assert [status_of(r) for r in answered] == ([200, 200] if credentials else [407, 407])

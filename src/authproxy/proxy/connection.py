@@ -83,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading = True  # whether the transport is reading
         self.last_request = False  # a request without keep-alive was parsed: nothing after it is processed
         self.closing_after = False  # the request being parsed is that last one
+        self.connect_head = False  # the last head parsed was a CONNECT's
         self.refusal: tuple[int, str] | None = None  # a malformed request, answered after those ahead of it
         self.body_seen = False  # the slice being parsed carried request body bytes
         self.framing_gap = 0  # chunked-body bytes parsed since the last body byte: a trailer or chunk line
@@ -176,11 +177,14 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             # A CONNECT head ended at this offset: what follows is tunnel data if the CONNECT is accepted, the
             # next request if it is refused. Hold it until the CONNECT is decided (expect_tunnel, exchange_done).
+            # (llhttp stops the same way after a request with Upgrade; this proxy upgrades nothing, so what
+            # follows that one is simply the next request.)
             rest = bytes(chunk[exc.args[0]:])
             self.parser = httptools.HttpRequestParser(self)
             if rest:
                 self.pending, self.pending_at = rest + self.pending[self.pending_at:], 0
-            self.paused.add("upgrade")
+            if self.connect_head:
+                self.paused.add("upgrade")
         except httptools.HttpParserCallbackError:
             if not self.stopping:  # not our own stop: a bug in a callback, which must stay visible
                 raise
@@ -380,7 +384,8 @@ class ClientConnection(asyncio.Protocol):
                       framing.chunked)
         # Connection: close, or HTTP/1.0 without keep-alive: the last request (RFC 9112 section 9.6); bytes after
         # a CONNECT head belong to its tunnel instead.
-        self.closing_after = not keep_alive and method != b"CONNECT"
+        self.connect_head = method == b"CONNECT"
+        self.closing_after = not keep_alive and not self.connect_head
         self.receiving = None if ex.body_complete else ex
         self.framing_gap = 0
         if self.active is None:
