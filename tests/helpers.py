@@ -316,9 +316,15 @@ class SipProxyProcess:
 
 
 def start_sip_proxy(tmp: Path, users: Path, next_hop: str, *args: str,
-                    listen: tuple[str, ...] = ("udp:127.0.0.1:0", "tcp:127.0.0.1:0")) -> SipProxyProcess:
-    """``authproxy sip serve`` on free ports, forwarding to ``next_hop``."""
+                    listen: tuple[str, ...] = ("udp:127.0.0.1:0", "tcp:127.0.0.1:0"),
+                    config_text: str | None = None) -> SipProxyProcess:
+    """``authproxy sip serve`` on free ports, forwarding to ``next_hop``; ``config_text`` is a TOML file for
+    ``--config``."""
     log_path = tmp / f"sip-access-{time.monotonic_ns()}.log"
+    if config_text is not None:
+        config = tmp / f"sip-{time.monotonic_ns()}.toml"
+        config.write_text(config_text)
+        args = ("--config", str(config), *args)
     cmd = [sys.executable, "-m", "authproxy", "sip", "serve", "--users", str(users), "--next-hop", next_hop,
            "--access-log", str(log_path), *(a for spec in listen for a in ("--listen", spec)), *args]
     proc, match, lines = _started(cmd, r"sip listening on (.*?);")

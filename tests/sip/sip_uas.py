@@ -5,7 +5,7 @@ Each verifier is one hop asking for credentials: a proxy (407, its realm) and/or
 checked in that order, so one server plays "proxy in front of registrar". A retransmission (same Call-ID, CSeq
 and top Via branch: RFC 3261 section 17.2.3) gets the response the first copy got, never a second verification
 (which would call its nc a replay). ``drop_first`` drops that many datagrams unanswered, to make the client
-retransmit.
+retransmit. ``tcp`` serves TCP instead of UDP (each message answered on its connection).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from authproxy.auth.verifier import Verifier
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
 from authproxy.sip.fields import SipError
 from authproxy.sip.message import SipRequest, SipResponse, response_to
-from authproxy.sip.parse import parse_datagram
+from authproxy.sip.parse import parse_datagram, parse_stream
 from authproxy.sip.verify import authenticate
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore
@@ -56,7 +56,7 @@ class Seen:
 class Uas:
     def __init__(self, users: dict[str, str], *, roles: tuple[Role, ...] = (ORIGIN,),
                  algorithms: tuple[str, ...] = ("MD5",), qop: tuple[str, ...] = ("auth",),
-                 drop_first: int = 0) -> None:
+                 drop_first: int = 0, tcp: bool = False) -> None:
         self.hops: list[Hop] = []
         for role in roles:
             realm = REALMS[role]
@@ -69,12 +69,16 @@ class Uas:
         self.seen: list[Seen] = []
         self.datagrams = 0
         self._answered: dict[tuple[str, str, str | None], bytes] = {}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tcp = tcp
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
+        if tcp:
+            self.sock.listen(16)
         self.port: int = self.sock.getsockname()[1]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=self._accept if tcp else self._serve, daemon=True)
 
     def __enter__(self) -> Uas:
         self._thread.start()
@@ -97,6 +101,36 @@ class Uas:
             answer = self.answer(data)
             if answer is not None:
                 self.sock.sendto(answer, addr)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._serve_stream, args=(conn,), daemon=True).start()
+
+    def _serve_stream(self, conn: socket.socket) -> None:
+        """One TCP connection: messages framed by Content-Length (RFC 3261 section 18.3), each answered on it."""
+        buffer = b""
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65535)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buffer += chunk
+                while (framed := parse_stream(buffer)) is not None:
+                    _message, used = framed
+                    self.datagrams += 1
+                    answer = self.answer(buffer[:used])
+                    buffer = buffer[used:]
+                    if answer is not None:
+                        conn.sendall(answer)
 
     def answer(self, data: bytes) -> bytes | None:
         try:
