@@ -110,7 +110,7 @@ def test_body_of_a_refused_request_that_never_arrives(conn: tuple[ClientConnecti
     connection, transport = conn
     connection.data_received(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + body)
     assert transport.written.startswith(b"HTTP/1.1 407 ") and b"Connection: keep-alive" in transport.written
-    assert connection.state() == "body"
+    assert connection.state() == "draining"
     expires(connection, transport, "read_timeout")
 
 
@@ -118,17 +118,21 @@ def test_chunked_body_of_a_refused_request_that_stops(conn: tuple[ClientConnecti
     connection, transport = conn
     connection.data_received(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
     assert transport.written.startswith(b"HTTP/1.1 407 ")
-    assert connection.state() == "body"
+    assert connection.state() == "draining"
     expires(connection, transport, "read_timeout")
 
 
-def test_body_timer_restarts_with_every_byte(conn: tuple[ClientConnection, Transport]) -> None:
+def test_a_trickled_refused_body_gets_read_timeout_in_all(conn: tuple[ClientConnection, Transport]) -> None:
+    """Draining a refused body: bytes keep coming, but the timer runs from the refusal, not from each byte."""
     connection, transport = conn
     connection.data_received(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
-    connection.check_timeouts(time.monotonic() + TIMEOUTS["read_timeout"] - 1.0)
-    connection.data_received(b"x" * 10)  # a byte arrives: the gap starts again
-    connection.check_timeouts(time.monotonic() + TIMEOUTS["read_timeout"] - 1.0)
+    refused = time.monotonic()
+    connection.data_received(b"x" * 10)
+    connection.check_timeouts(refused + TIMEOUTS["read_timeout"] - 1.0)
     assert not transport.closed
+    connection.data_received(b"x" * 10)
+    connection.check_timeouts(refused + TIMEOUTS["read_timeout"] + 1.5)
+    assert transport.closed
 
 
 def test_sending(conn: tuple[ClientConnection, Transport]) -> None:
@@ -153,5 +157,5 @@ def test_sending_ends_when_the_client_reads(conn: tuple[ClientConnection, Transp
 def test_every_state_but_tunnel_and_preparing_has_a_timer() -> None:
     from authproxy.proxy.connection import _TIMERS
 
-    assert set(_TIMERS) == {"head", "body", "origin", "sending", "idle"}
+    assert set(_TIMERS) == {"head", "body", "draining", "origin", "sending", "idle"}
     assert {option for option, _, _ in _TIMERS.values()} == set(TIMEOUTS)

@@ -89,6 +89,7 @@ class ClientConnection(asyncio.Protocol):
         self.framing_gap = 0  # chunked-body bytes parsed since the last body byte: a trailer or chunk line
         # The client not reading: since when, and the origin (or tunnel) transport we paused for it.
         self.write_paused_at = 0.0
+        self.answered_at = 0.0  # when the last exchange ended (its answer written)
         self.held_source: asyncio.Transport | None = None
 
     # == asyncio.Protocol =====================================================================================
@@ -415,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, ex: Exchange, *, keep_client: bool, abort: bool = False) -> None:
         if self.active is not ex:
             return
-        self.last_activity = time.monotonic()  # the idle timer starts when the answer is done
+        self.last_activity = self.answered_at = time.monotonic()  # the idle timer starts when the answer is done
         if self.held_source is not None:
             self._release_source()
         if ex.method == b"CONNECT":
@@ -522,16 +523,19 @@ class ClientConnection(asyncio.Protocol):
         """The state the connection is in, which names the timer that applies (issue 9 item 3).
 
         The first that holds: the client is not reading what it is owed ("sending"); a request body is arriving
-        and we are reading it, whether it is forwarded, held for authentication, or dropped after a refusal
-        ("body"); a request is with the origin ("origin") or still being resolved, connected or authenticated
-        ("preparing"); a request head is arriving ("head"); nothing ("idle"). A CONNECT tunnel is "tunnel".
+        and we are reading it, forwarded or held for authentication ("body"), or dropped after a refusal
+        ("draining"); a request is with the origin ("origin") or still being resolved, connected or
+        authenticated ("preparing"); a request head is arriving ("head"); nothing ("idle"). A CONNECT tunnel
+        is "tunnel".
         """
         if self.tunnel is not None or self.tunnel_exchange is not None:
             return "tunnel"
         if self.writing_paused:
             return "sending"
         if self.receiving is not None and not self.paused:
-            return "body"
+            # A body still arriving for a request already answered (a refusal) is read only to find the next
+            # request: it gets read_timeout in all, not per byte, so a trickle cannot hold the connection.
+            return "draining" if self.receiving.done else "body"
         ex = self.active
         if ex is not None and not ex.done:
             return "origin" if ex.upstream is not None else "preparing"
@@ -583,6 +587,7 @@ class ClientConnection(asyncio.Protocol):
 _TIMERS: dict[str, tuple[str, Callable[[ClientConnection], float], Callable[[ClientConnection, float], None]]] = {
     "head": ("header_timeout", lambda c: c.head_started, ClientConnection._head_expired),
     "body": ("read_timeout", lambda c: c.last_activity, ClientConnection._body_expired),
+    "draining": ("read_timeout", lambda c: c.answered_at, ClientConnection._body_expired),
     "origin": ("read_timeout", ClientConnection._origin_since, ClientConnection._origin_expired),
     "sending": ("write_timeout", lambda c: c.write_paused_at, ClientConnection._sending_expired),
     "idle": ("idle_timeout", lambda c: c.last_activity, ClientConnection._idle_expired),
