@@ -3,7 +3,8 @@
 Invariant (h11's): any bytes are a SIP message or a SipError, through both framings; a parsed message builds
 back to what parses the same; a parsed request is challenged (401 and 407) and verified, or refused with our
 own error (SipError, AuthHeaderError, or ValueError for ACK/CANCEL, which are never challenged), never anything
-else; the challenge parses back to its offers.
+else; the challenge parses back to its offers; the proxy (authproxy.sip.proxy) takes the bytes from a client and from
+its next hop and never raises, and everything it sends parses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers
 from authproxy.sip.fields import SipError
 from authproxy.sip.message import SipRequest
 from authproxy.sip.parse import parse_datagram, parse_stream
+from authproxy.sip.proxy import NextHop, Send, SipProxy
 from authproxy.sip.verify import authenticate
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore
@@ -31,6 +33,9 @@ _VERIFIERS = [Verifier(AuthPolicy(REALM, schemes=("digest",), digest_algorithms=
                        NonceIssuer(b"f" * 32, REALM, 300.0), role) for role in (PROXY, ORIGIN)]
 _STORE = MemoryUserStore([UserEntry("alice", REALM,
                                     {a: compute_ha1(a, "alice", REALM, "pw") for a in BASE_ALGORITHMS})])
+_HOP = NextHop("192.0.2.99", 5060)
+_PROXY = SipProxy(_VERIFIERS[0], _STORE, MemoryNonceCounterStore(), next_hop=_HOP,
+                  local={"udp": ("192.0.2.10", 5060)}, random=lambda n: b"k" * n)
 
 
 def check_sip(data: bytes) -> None:
@@ -54,6 +59,10 @@ def check_sip(data: bytes) -> None:
                 list(offers)
             with contextlib.suppress(AuthHeaderError):
                 authenticate(verifier, message, _STORE, MemoryNonceCounterStore(), NOW, transport="udp")
+    for source in (("192.0.2.1", 5060), _HOP.address):
+        for action in _PROXY.datagram(data, source, "udp", NOW):
+            if isinstance(action, Send):
+                parse_datagram(action.data)  # what the proxy sends is well formed: this raises otherwise
 
 
 def seed_messages() -> list[bytes]:

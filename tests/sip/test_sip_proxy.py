@@ -327,3 +327,23 @@ def test_no_input_raises() -> None:
     for data in (b"", b"\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n", b"INVITE sip:a SIP/2.0\r\n" * 3, bytes(range(256))):
         (record,) = proxy.datagram(data, CLIENT, "udp", NOW)  # never an exception: one DROPPED line
         assert isinstance(record, SipRecord) and record.action == DROPPED
+
+
+def test_the_ack_of_its_own_407_ends_at_the_proxy() -> None:
+    proxy = make_proxy()
+    invite = options("z9hG4bKinv", method="INVITE")
+    _send, challenge = only_send(proxy.datagram(invite.to_bytes(), CLIENT, "udp", NOW))
+    assert isinstance(challenge, SipResponse) and challenge.status == 407 and challenge.to.tag
+    # Section 17.1.1.3: the ACK of a non-2xx has the INVITE's branch and the response's To (with its tag).
+    ack = SipRequest(method="ACK", uri=invite.uri, headers=tuple(
+        (n, challenge.get("To") or "" if n == "To" else "1 ACK" if n == "CSeq" else v) for n, v in invite.headers))
+    assert proxy.datagram(ack.to_bytes(), CLIENT, "udp", NOW) == []  # absorbed: not forwarded, no line
+    dialog = SipRequest(method="ACK", uri=invite.uri, headers=tuple(
+        (n, "<sip:bob@example.org>;tag=uas-tag" if n == "To" else v) for n, v in ack.headers))
+    send, forwarded = only_send(proxy.datagram(dialog.to_bytes(), CLIENT, "udp", NOW))  # a 2xx's ACK goes on
+    assert send.to == HOP.address and isinstance(forwarded, SipRequest) and forwarded.method == "ACK"
+
+
+def test_warning_text_stays_a_quoted_string() -> None:
+    proxy = make_proxy()
+    assert proxy._warning('say "hi" \\ bye') == "399 authproxy \"say 'hi' / bye\""

@@ -191,6 +191,8 @@ class SipProxy:
         remembered = request.method != "ACK"  # no response to an ACK; every copy is forwarded (section 16.11)
         key = (top.branch or "", top.host, str(top.port), request.call_id, str(request.cseq))
         fingerprint = hashlib.blake2b(data, digest_size=16).digest()
+        if request.method == "ACK" and request.to.tag == self._to_tag(request):
+            return []  # the ACK of a non-2xx this proxy sent (a 407 to an INVITE): it ends here (section 17.2.1)
         if remembered:
             entry = self._transactions.get(key)
             if entry is not None and entry.fingerprint == fingerprint:
@@ -256,7 +258,7 @@ class SipProxy:
         stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
         offers = offers_for(self.verifier, now=now, rand=self.random(16), transport=transport,
                             stale=result.stale)
-        warning = ("Warning", f'399 {self.name} "{result.outcome.client_text(PROXY)}"')
+        warning = ("Warning", self._warning(result.outcome.client_text(PROXY)))
         response = challenge_response(stamped, PROXY, offers, to_tag=self._to_tag(request), transport=transport,
                                       extra_headers=[warning])
         return self._sent(request, response.to_bytes(), source, transport, now, result.outcome, result.user,
@@ -269,7 +271,7 @@ class SipProxy:
             return [SipRecord(now, source, transport, DROPPED, None, request.method, request.uri, None, outcome,
                               call_id=request.call_id, reason=why)]
         stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
-        headers = [*extra, ("Warning", f'399 {self.name} "{why}"')]
+        headers = [*extra, ("Warning", self._warning(why))]
         response = response_to(stamped, status, _REASONS[status], to_tag=self._to_tag(request), headers=headers)
         return self._sent(request, response.to_bytes(), source, transport, now, outcome, None,
                           record if remember else None)
@@ -283,6 +285,10 @@ class SipProxy:
         return [Send(wire, self._reply_to(request.vias[0], source, transport), transport),
                 SipRecord(now, source, transport, ANSWERED, status, request.method, request.uri, user, outcome,
                           call_id=request.call_id)]
+
+    def _warning(self, text: str) -> str:
+        """A Warning value (section 20.43: 399, miscellaneous), the text kept a plain quoted-string."""
+        return f'399 {self.name} "{text.replace(chr(92), "/").replace(chr(34), chr(39))}"'
 
     def _to_tag(self, request: SipRequest) -> str:
         # Derived, not random: a stateless server answers every copy of a request with the same To tag.
@@ -371,7 +377,12 @@ class SipProxy:
         if found != _ANSWER_FIELDS:
             return None
         status = error.status_hint if error.status_hint in _REASONS else 400
-        warning = f'Warning: 399 {self.name} "{error.message}"'.encode()
-        return b"\r\n".join([f"SIP/2.0 {status} {_REASONS[status]}".encode(), *copied, warning,
-                             b"Content-Length: 0", b"", b""])
+        warning = f"Warning: {self._warning(error.message)}".encode()
+        answer = b"\r\n".join([f"SIP/2.0 {status} {_REASONS[status]}".encode(), *copied, warning,
+                               b"Content-Length: 0", b"", b""])
+        try:
+            parse_datagram(answer, self.limits)
+        except SipError:
+            return None  # a copied field is itself what is malformed (a Via we could not route back by)
+        return answer
 
