@@ -134,3 +134,30 @@ def test_read_timeout_counts_from_the_request_on_a_pooled_connection(session_tmp
     finally:
         origin.close()
         proxy.stop()
+
+
+def test_body_of_a_queued_request_waits_with_it(quick: ProxyProcess, origin: OriginServer) -> None:
+    """A request's body is not timed while the proxy holds it back behind a request still being answered."""
+    def answer(conn: socket.socket, path: str) -> bool:
+        # An answer trickled over 2.5 s, a byte every 0.5 s (within read_timeout, 1 s): the queued body's gap is
+        # then longer than read_timeout, and the proxy's doing, not the client's.
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"okay!":
+            time.sleep(0.5)
+            conn.sendall(bytes([byte]))
+        return True
+
+    slow = ScriptedOrigin(answer)
+    first = f"GET http://{slow.authority}/slow HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {ALICE}\r\n\r\n"
+    second = (f"POST http://127.0.0.1:{origin.port}/p HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {ALICE}\r\n"
+              "Content-Length: 10\r\n\r\n12345")
+    try:
+        with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
+            sock.sendall((first + second).encode())
+            assert status_of(read_response(sock)) == 200
+            sock.sendall(b"67890")  # the rest of the body, once the first answer is in
+            response = read_response(sock)
+        assert status_of(response) == 200, response[:300]
+        assert origin.seen[-1]["body"] == b"1234567890"
+    finally:
+        slow.close()

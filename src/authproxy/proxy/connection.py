@@ -532,7 +532,7 @@ class ClientConnection(asyncio.Protocol):
             return "tunnel"
         if self.writing_paused:
             return "sending"
-        if self.receiving is not None and not self.paused:
+        if self.receiving is not None and self.reading:  # not when we hold it back (a request queued, ...)
             # A body still arriving for a request already answered (a refusal) is read only to find the next
             # request: it gets read_timeout in all, not per byte, so a trickle cannot hold the connection.
             return "draining" if self.receiving.done else "body"
