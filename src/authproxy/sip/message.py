@@ -4,7 +4,7 @@ A message is its start line, its header fields in order as ``(name, value)`` pai
 the name in its full conventional spelling, compact forms expanded: section 7.3.3), and its body as bytes.
 Typed views read the fields a proxy needs: ``vias``, ``from_``, ``to``, ``call_id``, ``cseq``,
 ``max_forwards``, ``content_length``. :func:`authproxy.sip.parse.parse_datagram` checks all of them when it
-parses, so on a parsed message they never raise.
+parses, so on a parsed message they never raise; each is computed once per message (the message is frozen).
 
 ``to_bytes()`` is the wire form (``compact=True`` uses the compact names); parsing it gives back an equal
 message.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
 from authproxy.sip.fields import (
@@ -103,7 +104,7 @@ class SipMessage:
             raise SipError(f"{name} is missing (section 8.1.1)")
         return value
 
-    @property
+    @cached_property
     def vias(self) -> tuple[Via, ...]:
         """Every Via value, topmost first (section 20.42)."""
         vias = tuple(Via.parse(v) for v in self.values("Via"))
@@ -111,28 +112,28 @@ class SipMessage:
             raise SipError("Via is missing (section 8.1.1.7)")
         return vias
 
-    @property
+    @cached_property
     def from_(self) -> NameAddr:
         return NameAddr.parse(self._required("From"))
 
-    @property
+    @cached_property
     def to(self) -> NameAddr:
         return NameAddr.parse(self._required("To"))
 
-    @property
+    @cached_property
     def call_id(self) -> str:
         return parse_call_id(self._required("Call-ID"))
 
-    @property
+    @cached_property
     def cseq(self) -> CSeq:
         return CSeq.parse(self._required("CSeq"))
 
-    @property
+    @cached_property
     def max_forwards(self) -> int | None:
         value = self.get("Max-Forwards")
         return None if value is None else parse_count(value, "Max-Forwards", maximum=MAX_FORWARDS_LIMIT)
 
-    @property
+    @cached_property
     def content_length(self) -> int | None:
         value = self.get("Content-Length")
         return None if value is None else parse_count(value, "Content-Length", maximum=2**31 - 1)
@@ -251,15 +252,21 @@ def replace_top_via(message: _M, via: Via | None) -> _M:
     """``message`` with its topmost Via value (the first element of the first Via line, section 7.3.1)
     replaced by ``via``, or removed when ``via`` is None (a proxy pops its own from a response, section
     16.7 step 3); a line left empty goes."""
-    headers = list(message.headers)
-    for i, (name, value) in enumerate(headers):
+    return message.replace_headers(top_via_replaced(message.headers, via))
+
+
+def top_via_replaced(headers: Headers, via: Via | None) -> list[tuple[str, str]]:
+    """The header fields of :func:`replace_top_via`, as a list (for a caller that changes more before it builds
+    one message)."""
+    out = list(headers)
+    for i, (name, value) in enumerate(out):
         if name == "Via":
             rest = split_list(value)[1:]
             if via is not None:
                 rest.insert(0, str(via))
             if rest:
-                headers[i] = (name, ", ".join(rest))
+                out[i] = (name, ", ".join(rest))
             else:
-                del headers[i]
+                del out[i]
             break
-    return message.replace_headers(headers)
+    return out

@@ -51,9 +51,10 @@ from authproxy.sip.message import (
     SipResponse,
     replace_top_via,
     response_to,
+    top_via_replaced,
 )
 from authproxy.sip.parse import DEFAULT_LIMITS, Limits, parse_datagram
-from authproxy.sip.verify import authenticate, without_own_credentials
+from authproxy.sip.verify import authenticate, is_own_field
 
 #: Section 17.1.1.1 T1, and 64*T1: how long a transaction is remembered (Timer F / Timer J).
 T1 = 0.5
@@ -237,14 +238,15 @@ class SipProxy:
         branch = BRANCH_PREFIX + hmac.new(self._key, "\0".join((
             request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
             request.to.tag or "", request.uri)).encode("utf-8"), hashlib.sha256).hexdigest()[:24]
-        request = replace_top_via(request, top.with_received(source[0], source[1]))
-        request = without_own_credentials(request, PROXY, self.verifier.policy.realm)
         hop = self.next_hop
         host, port = self.local[hop.transport]
         ours = Via(hop.transport.upper(), f"[{host}]" if ":" in host else host, port, (("branch", branch),))
         max_forwards = request.max_forwards
+        realm, own_field = self.verifier.policy.realm, PROXY.credentials_field.lower()
         headers = [("Via", str(ours))]
-        for name, value in request.headers:
+        for name, value in top_via_replaced(request.headers, top.with_received(source[0], source[1])):
+            if name.lower() == own_field and is_own_field(value, realm):
+                continue  # section 22.3: this proxy's credentials stop here; other realms' go on
             if name == "Max-Forwards" and max_forwards is not None:
                 value = str(max_forwards - 1)
             headers.append((name, value))

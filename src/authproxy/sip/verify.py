@@ -56,8 +56,14 @@ def without_own_credentials(request: SipRequest, role: Role, realm: str) -> SipR
     credentials of the proxies after it stay)."""
     key = role.credentials_field.lower()
     kept = tuple((name, value) for name, value in request.headers
-                 if name.lower() != key or not _is_own(parse_credentials(value), realm))
+                 if name.lower() != key or not is_own_field(value, realm))
     return request.replace_headers(kept)
+
+
+def is_own_field(value: str, realm: str) -> bool:
+    """Whether the credentials field value ``value`` answers ``realm`` (Digest: its realm; Basic, which has
+    none: whoever asked for Basic). AuthHeaderError when it does not parse."""
+    return _is_own(parse_credentials(value), realm)
 
 
 def verify_request(verifier: Verifier, request: SipRequest, now: float, *, transport: str,
