@@ -190,7 +190,8 @@ class ClientConnection(asyncio.Protocol):
             if not self.stopping:  # not our own stop: a bug in a callback, which must stay visible
                 raise
         except httptools.HttpParserError as exc:
-            self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
+            if not self.last_request:  # else: bytes after the last request, which llhttp will not parse
+                self._refuse_head(400, f"the request is not valid HTTP/1.1: {exc}")
         else:
             if self.in_head or self.receiving is not None:
                 self._check_unfinished(len(chunk))
@@ -406,11 +407,10 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete()
         if self.closing_after:
             # The last request on this connection: it is answered in full, then we close; what the client sent
-            # after it is never parsed (Squid does the same).
+            # after it is never parsed (Squid does the same). llhttp refuses any byte after it in this slice
+            # (HPE_CLOSED_CONNECTION, ignored below): no exception is raised here for the usual close.
             self.last_request = True
             self.pending, self.pending_at = b"", 0
-            self.stopping = True
-            raise _Stop
 
     # == exchanges ============================================================================================
     def exchange_done(self, ex: Exchange, *, keep_client: bool, abort: bool = False) -> None:
