@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from authproxy.proxy.throttle import FailureThrottle, client_key, retry_after
@@ -323,13 +323,21 @@ def test_check_never_exceeds_the_configured_lockouts(events: list[tuple[str, str
 
 
 @settings(max_examples=150, deadline=None)
+@example(events=[("f", 0, "alice", 0.0), ("f", 0, "carol", 0.0), ("s", 2, "carol", 0.0), ("f", 1, "carol", 0.0),
+                 ("s", 1, "alice", 0.0), ("f", 1, "alice", 0.0), ("s", 2, "bob", 0.0)])
 @given(st.lists(st.tuples(st.sampled_from(["f", "f", "f", "s", "junk"]), st.integers(0, 11),
                           st.sampled_from(["alice", "bob", "carol"]), st.floats(0, 3)), max_size=120))
 def test_floods_never_lift_a_lockout_nor_lock_a_familiar_address(
         events: list[tuple[str, int, str, float]]) -> None:
     """Whatever the mix of failures, junk names and successes in tiny tables: a lockout seen holds until it
-    ends, a user's familiar address is never locked by the name's lockout, and memory stays bounded."""
-    t = FailureThrottle(max_failures=2, window=10, lockout=50, max_user_lockout=30, max_entries=4,
+    ends, a user's familiar address is never locked by the name's lockout, and memory stays bounded.
+
+    The user table has room for the three real names twice over (a failure entry and a signed-in entry each):
+    the promise is that failures, junk names included, never push out a known address. Other users signing in
+    can, once every other entry is locked or signed in (the documented bound; with max_entries=4 a third name
+    signing in while two are locked drops the least recent one's known addresses): that case has its own test,
+    test_signed_in_names_and_failures_share_the_user_bound_but_failures_never_take_a_signed_in_names_room."""
+    t = FailureThrottle(max_failures=2, window=10, lockout=50, max_user_lockout=30, max_entries=6,
                         max_per_prefix=2)
     addresses = [f"10.0.{i // 4}.{i % 4}" for i in range(12)]
     locked: dict[str, float] = {}  # address -> when its lockout seen by check ends
@@ -354,7 +362,7 @@ def test_floods_never_lift_a_lockout_nor_lock_a_familiar_address(
                 assert t.check(address, None, now) is not None, (address, until, now)
         for address, name in familiar:
             assert t.check(address, name, now) == t.check(address, None, now)
-        assert len(t) <= 8
+        assert len(t) <= 12
 
 
 def test_signed_in_names_and_failures_share_the_user_bound_but_failures_never_take_a_signed_in_names_room() -> None:
