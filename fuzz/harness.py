@@ -41,8 +41,8 @@ from authproxy.auth.digest import DigestCredentials
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import parse_credentials
 from authproxy.config import Config
+from authproxy.engine.authn import Authenticator
 from authproxy.observe.accesslog import AccessLog
-from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.server import ProxyServer, build_server
 from authproxy.proxy.upstream import UpstreamConnection

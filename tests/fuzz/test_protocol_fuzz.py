@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from authproxy.proxy.connection import ClientConnection
+from authproxy.engine.connection import Connection
 
 from request_strategies import auth_values, request_heads
 
@@ -98,19 +98,19 @@ def test_every_seed_credential_passes_the_invariant() -> None:
 # == the harness can fail ======================================================================================
 def test_harness_reports_an_exception_escaping_data_received(proto: harness.ProtocolHarness,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: ClientConnection) -> None:
+    def broken(self: Connection) -> None:
         raise ValueError("boom")
 
-    monkeypatch.setattr(ClientConnection, "_run", broken)
+    monkeypatch.setattr(Connection, "_run", broken)
     with pytest.raises(harness.InvariantError, match="data_received raised ValueError"):
         proto.run(harness.seed_requests()[0])
 
 
 def test_harness_reports_a_bad_write(proto: harness.ProtocolHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    def garbage(self: ClientConnection) -> None:
-        self.transport.write(b"HTTP/1.0 200 OK\r\n\r\n")
+    def garbage(self: Connection) -> None:
+        self.sink.send(b"HTTP/1.0 200 OK\r\n\r\n")
 
-    monkeypatch.setattr(ClientConnection, "_run", garbage)
+    monkeypatch.setattr(Connection, "_run", garbage)
     with pytest.raises(harness.InvariantError, match="no status line"):
         proto.run(harness.seed_requests()[0])
 

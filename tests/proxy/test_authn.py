@@ -13,7 +13,7 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import Allow, Reject
 from authproxy.config import Config
-from authproxy.proxy.authn import Authenticator, PendingPassword
+from authproxy.engine.authn import Authenticator, PendingPassword
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import open_user_store
 from authproxy.users.memory import MemoryUserStore

@@ -1,8 +1,9 @@
 """Every state of a client connection has a timer (issue 9 item 3), checked with a fake clock.
 
-ClientConnection.check_timeouts(now) takes the time as an argument: these tests drive a real ClientConnection of a
-real ProxyServer over a recording transport, put it in each state with real request bytes, and move ``now``
-instead of waiting. tests/e2e/test_client_timers.py shows the same over sockets with short configured timeouts.
+ClientConnection.check_timeouts(now) (the engine's Connection.timer) takes the time as an argument: these tests
+drive a real ClientConnection of a real ProxyServer over a recording transport, put it in each state with real
+request bytes, and move ``now`` instead of waiting. tests/e2e/test_client_timers.py shows the same over sockets
+with short configured timeouts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from authproxy.config import Config
+from authproxy.engine.states import TIMERS, Timer
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.server import build_server
 
@@ -66,6 +68,11 @@ def conn(users_file: Path) -> tuple[ClientConnection, Transport]:
     return connection, transport
 
 
+def state(connection: ClientConnection) -> str:
+    """The engine's name for the state the connection is in (authproxy.engine.states.ConnState)."""
+    return connection.engine.conn_state.value
+
+
 def expires(connection: ClientConnection, transport: Transport, option: str) -> float:
     """Check that the connection's timer is ``option``: nothing just before it runs out, an ending just after.
 
@@ -83,7 +90,7 @@ def expires(connection: ClientConnection, transport: Transport, option: str) -> 
 
 def test_idle(conn: tuple[ClientConnection, Transport]) -> None:
     connection, transport = conn
-    assert connection.state() == "idle"
+    assert state(connection) == "idle"
     expires(connection, transport, "idle_timeout")
     assert transport.written == b""
 
@@ -92,14 +99,14 @@ def test_idle_after_an_answer(conn: tuple[ClientConnection, Transport]) -> None:
     connection, transport = conn
     connection.data_received(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n")
     assert transport.written.startswith(b"HTTP/1.1 407 ")
-    assert connection.state() == "idle"
+    assert state(connection) == "idle"
     expires(connection, transport, "idle_timeout")
 
 
 def test_head(conn: tuple[ClientConnection, Transport]) -> None:
     connection, transport = conn
     connection.data_received(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-    assert connection.state() == "head"
+    assert state(connection) == "head"
     expires(connection, transport, "header_timeout")
     assert transport.written.startswith(b"HTTP/1.1 408 ")
 
@@ -110,7 +117,7 @@ def test_body_of_a_refused_request_that_never_arrives(conn: tuple[ClientConnecti
     connection, transport = conn
     connection.data_received(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + body)
     assert transport.written.startswith(b"HTTP/1.1 407 ") and b"Connection: keep-alive" in transport.written
-    assert connection.state() == "draining"
+    assert state(connection) == "draining"
     expires(connection, transport, "read_timeout")
 
 
@@ -118,7 +125,7 @@ def test_chunked_body_of_a_refused_request_that_stops(conn: tuple[ClientConnecti
     connection, transport = conn
     connection.data_received(b"POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
     assert transport.written.startswith(b"HTTP/1.1 407 ")
-    assert connection.state() == "draining"
+    assert state(connection) == "draining"
     expires(connection, transport, "read_timeout")
 
 
@@ -140,7 +147,7 @@ def test_sending(conn: tuple[ClientConnection, Transport]) -> None:
     connection, transport = conn
     connection.data_received(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
     connection.pause_writing()
-    assert connection.state() == "sending" and not transport.reading
+    assert state(connection) == "sending" and not transport.reading
     expires(connection, transport, "write_timeout")
     assert transport.aborted
 
@@ -149,13 +156,12 @@ def test_sending_ends_when_the_client_reads(conn: tuple[ClientConnection, Transp
     connection, transport = conn
     connection.pause_writing()
     connection.resume_writing()
-    assert connection.state() == "idle"
+    assert state(connection) == "idle"
     expires(connection, transport, "idle_timeout")
     assert not transport.aborted
 
 
 def test_every_state_but_tunnel_and_preparing_has_a_timer() -> None:
-    from authproxy.proxy.connection import _TIMERS
-
-    assert set(_TIMERS) == {"head", "body", "draining", "origin", "sending", "idle"}
-    assert {option for option, _, _ in _TIMERS.values()} == set(TIMEOUTS)
+    timed = {state.value: timer.value for state, timer in TIMERS.items() if timer is not Timer.NONE}
+    assert set(timed) == {"head", "body", "draining", "origin", "sending", "idle"}
+    assert set(timed.values()) == set(TIMEOUTS)

@@ -1,4 +1,4 @@
-"""The pure head-rewriting functions of authproxy.proxy.forward and the made-up responses."""
+"""The pure head-rewriting functions of authproxy.engine.forward and the made-up responses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from authproxy.auth.errors import ProtocolError
-from authproxy.proxy import forward
-from authproxy.proxy.responses import made_up_response
+from authproxy.engine import forward
+from authproxy.engine.responses import made_up_response
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authproxy.auth.errors import ConfigError
+from authproxy.engine.decision import Allowed, Decision, Refused
 from authproxy.proxy.policy import (
-    Allowed,
-    Decision,
     DestinationPolicy,
     OwnSockets,
-    Refused,
     UserRule,
     classify_address,
     embedded_ipv4,

@@ -1,4 +1,4 @@
-"""authproxy.proxy.throttle: windows, lockouts, Retry-After, known addresses, the user-lockout cap, bounds, /64s."""
+"""authproxy.engine.throttle: windows, lockouts, Retry-After, known addresses, the user-lockout cap, bounds, /64s."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from authproxy.proxy.throttle import FailureThrottle, client_key, retry_after
+from authproxy.engine.throttle import FailureThrottle, client_key, retry_after
 
 A, B, C = "192.0.2.1", "198.51.100.2", "203.0.113.3"
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from authproxy.auth.errors import ConfigError
+from authproxy.engine.decision import Allowed, Decision, Refused
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -529,24 +530,7 @@ def _loop_refusal(shown: str, ip: IPAddress, port: int) -> Refused:
 # == the decision ======================================================================================================
 
 
-@dataclass(frozen=True)
-class Allowed:
-    """Connect to ``address`` (the one that was checked), with socket family ``family``."""
-
-    address: str
-    family: int
-
-
-@dataclass(frozen=True)
-class Refused:
-    """Answer ``status`` with RFC 9209 error type ``error`` and ``detail`` (one sentence for a person)."""
-
-    status: int
-    error: str
-    detail: str
-
-
-Decision: TypeAlias = Allowed | Refused
+# Allowed, Refused and Decision are the engine's (authproxy.engine.decision): the shape of the answer it acts on.
 
 
 def _literal(host: str) -> IPAddress | None:

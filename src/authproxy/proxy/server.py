@@ -21,15 +21,17 @@ from authproxy.auth.errors import AuthProxyError, ConfigError
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.store import UserStore
 from authproxy.config import Config, replace
+from authproxy.engine.authn import Authenticator
+from authproxy.engine.decision import Decision, Refused
+from authproxy.engine.origin import HeadLimits
+from authproxy.engine.responses import made_up_response
+from authproxy.engine.throttle import FailureThrottle, client_key
 from authproxy.observe.accesslog import AccessLog, AccessRecord
-from authproxy.proxy.authn import Authenticator
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
-from authproxy.proxy.policy import Decision, OwnSockets, Refused, resolve_and_check
-from authproxy.proxy.responses import made_up_response
-from authproxy.proxy.throttle import FailureThrottle, client_key
+from authproxy.proxy.policy import OwnSockets, resolve_and_check
 from authproxy.proxy.tls import start_handshake, tls_context
-from authproxy.proxy.upstream import HeadLimits, Pool
+from authproxy.proxy.upstream import Pool
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import describe_capabilities, open_serving_store
@@ -54,6 +56,9 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        # The engine's clocks (authproxy.engine.commands.ProxyState): playbook tests give it fake ones.
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.wall: Callable[[], float] = time.time
 
     async def start(self, reuse_port: bool = False) -> None:
         host, port = self.config.listen_address
@@ -82,6 +87,10 @@ class ProxyServer:
             self.throttle.purge(now)
         self.access_log.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    @property
+    def logging(self) -> bool:
+        return self.access_log.enabled
 
     @property
     def via_name(self) -> bytes:
@@ -193,9 +202,7 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            conn.draining = True
-            if conn.active is None and conn.tunnel is None:
-                conn.close()
+            conn.engine.drain()
         deadline = time.monotonic() + grace
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -1,38 +1,27 @@
-"""CONNECT tunnels (RFC 9110 section 9.3.6): bytes relayed both ways with back-pressure.
+"""The far end of a CONNECT tunnel (RFC 9110 section 9.3.6), the asyncio side.
 
-Each side's ``pause_writing`` pauses reading on the other, so a fast sender never grows a write buffer beyond
-the transport's high-water mark, whichever direction it sends in.
+``TunnelUpstream`` reports what the far end does to the client connection's engine (``TunnelRelay``: data,
+FIN, close, back-pressure) and is the engine's ``TunnelSink``: each side's ``pause_writing`` pauses reading on
+the other, so a fast sender never grows a write buffer beyond the transport's high-water mark.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-
-class TunnelClientSide(Protocol):
-    """The client connection as the tunnel's origin side sees it."""
-
-    transport: asyncio.Transport
-    client_eof: bool
-
-    def tunnel_closed(self) -> None: ...
-
-    def pause_reading(self, reason: str) -> None: ...
-
-    def resume_reading(self, reason: str) -> None: ...
+if TYPE_CHECKING:
+    from authproxy.engine.tunnel import TunnelRelay
 
 
 class TunnelUpstream(asyncio.Protocol):
     """The origin side of a CONNECT tunnel."""
 
-    __slots__ = ("client", "closed", "down_bytes", "eof", "transport")
+    __slots__ = ("client", "closed", "transport")
 
-    def __init__(self, client: TunnelClientSide) -> None:
+    def __init__(self, client: TunnelRelay) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.down_bytes = 0
-        self.eof = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -40,30 +29,23 @@ class TunnelUpstream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.down_bytes += len(data)
-        self.client.transport.write(data)
+        self.client.tunnel_data(data)
 
     def eof_received(self) -> bool:
-        # Half-close: pass the origin's FIN on and keep reading the client's side (RFC 9112 section 9.6),
-        # unless the client has finished sending too, and the tunnel is over.
-        self.eof = True
-        if self.client.client_eof:
-            return False
-        if self.client.transport.can_write_eof() and not self.client.transport.is_closing():
-            self.client.transport.write_eof()
-            return True
-        return False
+        # Half-close: pass the origin's FIN on and keep reading the client's side (RFC 9112 section 9.6).
+        return self.client.tunnel_far_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client.tunnel_closed()
 
     def pause_writing(self) -> None:
-        self.client.pause_reading("tunnel")
+        self.client.tunnel_writing_paused()
 
     def resume_writing(self) -> None:
-        self.client.resume_reading("tunnel")
+        self.client.tunnel_writing_resumed()
 
+    # -- TunnelSink ----------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -71,6 +53,14 @@ class TunnelUpstream(asyncio.Protocol):
     def write_eof(self) -> None:
         if self.transport is not None and not self.closed and self.transport.can_write_eof():
             self.transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

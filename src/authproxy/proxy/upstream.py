@@ -1,353 +1,101 @@
-"""Connections to origins: an asyncio.Protocol per connection and a keep-alive pool per host:port.
+"""Connections to origins, the asyncio side: a Protocol per connection and a keep-alive pool per host:port.
 
-An ``UpstreamConnection`` parses responses with httptools and hands each event to its current owner (the
-exchange it serves). Between exchanges it sits in the ``Pool`` with no owner; if the origin speaks or closes
-while idle, the connection is dropped from the pool (RFC 9112 section 9.3: an idle connection may be closed at
-any time by either side).
+An ``UpstreamConnection`` feeds what it reads to its ``authproxy.engine.origin.Origin`` (which parses responses
+and hands them to the exchange it serves) and does what the Origin asks (write, pause, close, go back to the
+pool). Between exchanges it sits in the ``Pool``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from collections.abc import Callable
 
-import httptools
-
-
-class ResponseSink(Protocol):
-    """What an UpstreamConnection reports to (the exchange it serves)."""
-
-    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                      keep_alive: bool) -> None: ...
-
-    def upstream_body(self, data: bytes) -> None: ...
-
-    def upstream_complete(self) -> None: ...
-
-    def upstream_flush(self) -> None: ...
-
-    def upstream_lost(self, exc: Exception | None) -> None: ...
-
-    def upstream_error(self, message: str, *, status: int = 502, error: str = "http_protocol_error") -> None: ...
-
-    def upstream_pause_writing(self) -> None: ...
-
-    def upstream_resume_writing(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class HeadLimits:
-    """What an origin's response head may cost: the request head's limits, applied to responses.
-
-    ``max_size`` bounds the whole head (status line and fields, and any interim 1xx heads before it), and so
-    any one line of it: past it, the 502 says ``http_response_header_size`` when one line holds more than half
-    the head, ``http_response_header_section_size`` otherwise (RFC 9209 section 2.3). ``max_fields`` bounds the
-    number of fields; ``timeout`` the seconds from the head's first byte to its end. The same byte bound
-    covers what a chunked body carries between two chunks of data (chunk extensions, the trailer section),
-    which llhttp and httptools would otherwise take without end.
-    """
-
-    max_size: int = 65536
-    max_fields: int = 100
-    timeout: float = 30.0
+from authproxy.engine.origin import HeadLimits, Origin
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to an origin, reused across requests while the origin keeps it open.
+    """One connection to an origin, reused across requests while the origin keeps it open. The Origin's
+    OriginSink."""
 
-    Memory an origin can make it hold is bounded (issue 9 item 2): a head's bytes are counted as they arrive,
-    in ``data_received`` (httptools gathers a field whole before it calls ``on_header``, so a field without
-    end is only seen there), and its fields as they are parsed. A read that ends inside a head costs one
-    ``rfind`` to know the current line's length; a head is measured exactly only when the bytes read with it
-    exceed the limit. A head that arrives in one read, the usual case, costs one comparison per field.
+    __slots__ = ("_pool", "_timer", "closed", "key", "origin", "transport")
 
-    Time is bounded too: the server's read_timeout closes an origin silent for that long, but restarts on every
-    byte, so a head trickled one byte a second would hold the exchange forever. A head must therefore end within
-    ``HeadLimits.timeout`` (header_timeout, as for a request head) of its first byte: 504. The timer is armed
-    only when a head spans reads. A body may trickle: streaming responses are legitimate, and the client sees
-    every byte of progress.
-    """
-
-    __slots__ = (
-        "_body_bytes",
-        "_head_bytes",
-        "_head_only",
-        "_head_size",
-        "_head_timer",
-        "_headers",
-        "_in_head",
-        "_line",
-        "_max_fields",
-        "_max_head",
-        "_pool",
-        "_reason",
-        "_stall",
-        "closed",
-        "key",
-        "last_activity",
-        "owner",
-        "parser",
-        "received_any",
-        "transport",
-    )
-
-    def __init__(self, key: tuple[str, int], pool: Pool) -> None:
+    def __init__(self, key: tuple[str, int], pool: Pool, clock: Callable[[], float]) -> None:
         self.key = key
         self._pool = pool
         self.transport: asyncio.Transport | None = None
-        self.owner: ResponseSink | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
-        self._head_only = False
         self.closed = False
-        self.received_any = False
-        self.last_activity = 0.0
-        self._in_head = False
-        self._head_bytes = 0  # bytes received while a head was incomplete (may include a body's first bytes)
-        self._head_size = 0  # bytes of the status lines and fields parsed so far
-        self._line = 0  # length of the head's last, unfinished line (only tracked when a head spans reads)
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body_bytes = 0
-        self._stall = 0  # bytes since the last body byte: chunk framing, extensions, trailers
-        self._max_head = pool.limits.max_size
-        self._max_fields = pool.limits.max_fields
+        self._timer: asyncio.TimerHandle | None = None
+        self.origin = Origin(key, self, clock, pool)
 
-    @property
-    def where(self) -> str:
-        host, port = self.key
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    # -- asyncio.Protocol ----------------------------------------------------------------------------------
+    # -- asyncio.Protocol: events for the Origin ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
         self.transport = transport  # type: ignore[assignment]
-        self.last_activity = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
-        self.received_any = True
-        owner, parser = self.owner, self.parser
-        if owner is None or parser is None:
-            # An idle origin sent something unasked: the connection is no longer in a known state.
-            self.close()
-            return
-        in_head = self._in_head
-        if in_head:
-            self._head_bytes += len(data)
-        body_before = self._body_bytes
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # 101 Switching Protocols: upstream_head has already refused it (we never ask for an upgrade).
-            self._fail("the origin switched protocols, which this proxy does not relay")
-        except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _Stop):
-                self._fail(f"the origin {self.where} sent a response that could not be relayed ({exc})")
-        except httptools.HttpParserError as exc:
-            self._fail(f"the origin {self.where} sent a malformed response ({exc})")
-        else:
-            if in_head:
-                if self._in_head:
-                    self._head_continues(data)
-            elif self._body_bytes == body_before and self.owner is not None:
-                # Nothing of the body in this read: chunk sizes, extensions or trailers, which llhttp skips or
-                # httptools gathers without a bound of their own.
-                self._stall += len(data)
-                if self._stall > self._max_head:
-                    self._fail(f"the origin {self.where} sent more than {self._max_head} bytes of chunk "
-                               "extensions or trailer fields", error="http_response_header_section_size")
-            else:
-                self._stall = 0
-        owner.upstream_flush()
-
-    def _head_continues(self, data: bytes) -> None:
-        """A read ended inside a response head: bound the line in progress, the head, and its duration."""
-        newline = data.rfind(b"\n")
-        self._line = self._line + len(data) if newline < 0 else len(data) - newline - 1
-        limit = self._max_head
-        if self._head_bytes > limit:
-            if self._line > limit // 2:
-                # One line holds most of the head: name it. httptools hands the reason phrase over piece by
-                # piece and a field only when whole, so a reason as long as the line means the status line.
-                what = "its status line" if len(self._reason) + 32 >= self._line else "a header field"
-                self._fail(f"the origin {self.where} sent a response head larger than {limit} bytes, most of it "
-                           f"{what}", error="http_response_header_size")
-            else:
-                self._fail(f"the origin {self.where} sent a response head larger than {limit} bytes",
-                           error="http_response_header_section_size")
-        elif self._head_timer is None:
-            timeout = self._pool.limits.timeout
-            self._head_timer = asyncio.get_running_loop().call_later(timeout, self._head_too_slow, timeout)
-
-    def _head_too_slow(self, timeout: float) -> None:
-        self._head_timer = None
-        if self._in_head and self.owner is not None:
-            self._fail(f"the origin {self.where} did not finish its response head within {timeout:g} s",
-                       status=504, error="http_response_timeout")
+        self.origin.data_received(data)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._stop_head_timer()
+        self.stop_timer()
         self._pool.forget(self)
-        owner, self.owner = self.owner, None
-        if owner is not None:
-            owner.upstream_lost(exc)
+        self.origin.connection_lost()
 
     def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_pause_writing()
+        self.origin.writing_paused()
 
     def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_resume_writing()
+        self.origin.writing_resumed()
 
-    # -- httptools callbacks ------------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.owner is None:
-            # A message after the one asked for ended, in the same read: nobody asked for it (we never
-            # pipeline to origins). Stop; the connection is closed by whoever released it.
-            raise _Stop
-        self._headers = []
-        self._reason = b""
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            headers = self._headers
-            headers.append((name, value.strip(b" \t")))
-            if len(headers) > self._max_fields:  # checked per field: small fields cost more held than read
-                self._refuse_head(f"with more than {self._max_fields} header fields",
-                                  "http_response_header_section_size")
-        # Otherwise a trailer field (httptools reports them with the same callback): never merged into the head
-        # relayed already (RFC 9110 section 6.5.1), and not passed on, since the proxy re-chunks the body and
-        # may do so for a client that did not ask for trailers (RFC 9110 section 6.5.2).
-
-    def on_headers_complete(self) -> None:
-        parser, owner = self.parser, self.owner
-        assert parser is not None and owner is not None
-        status = parser.get_status_code()
-        if status < 200 or self._head_bytes > self._max_head:
-            # The reads so far held more than a head may: measure the head itself (rare; a head that arrives
-            # within the limit, body and all, is never measured). Interim heads always are: they add up.
-            self._measure_head(status)
-        if status >= 200:  # a 1xx is followed by another head, within the same limits (RFC 9110 section 15.2)
-            self._in_head = False
-            if self._head_timer is not None:
-                self._stop_head_timer()
-        owner.upstream_head(status, self._reason, self._headers, parser.should_keep_alive())
-        if self._head_only and status >= 200 and self.owner is not None:
-            # A response to HEAD has no body whatever its Content-Length says (RFC 9110 section 9.3.2);
-            # httptools cannot be told so, so the message ends here and the parser is dropped.
-            owner = self.owner
-            self.parser = None
-            owner.upstream_complete()
-            raise _HeadDone
-
-    def _measure_head(self, status: int) -> None:
-        """The head just parsed, with any interim heads before it, against the limit; refused past it."""
-        limit = self._max_head
-        reason, headers = self._reason, self._headers
-        size = self._head_size + len(reason) + 15 + sum(len(n) + len(v) + 4 for n, v in headers) + 2
-        if size > limit:
-            name, value = max(headers, key=lambda f: len(f[0]) + len(f[1]), default=(b"", b""))
-            if len(reason) > limit // 2:  # one line holds most of the head: name it
-                self._refuse_head(f"with a status line of {len(reason)} bytes, past the head's limit of {limit}",
-                                  "http_response_header_size")
-            if len(name) + len(value) > limit // 2:
-                self._refuse_head(f"with a header field ({name[:64].decode('latin-1')}) of {len(name) + len(value)} "
-                                  f"bytes, past the head's limit of {limit}", "http_response_header_size")
-            self._refuse_head(f"larger than {limit} bytes", "http_response_header_section_size")
-        if status < 200:
-            self._head_size = size
-
-    def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        if self.owner is not None:
-            self.owner.upstream_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.owner is not None and self.parser is not None and self.parser.get_status_code() >= 200:
-            self.owner.upstream_complete()
-
-    def _refuse_head(self, what: str, error: str) -> NoReturn:
-        self._fail(f"the origin {self.where} sent a response head {what}", error=error)
-        raise _Stop
-
-    # -- used by the exchange -----------------------------------------------------------------------------
-    def start(self, owner: ResponseSink, head_only: bool) -> None:
-        """Serve ``owner``: the next response on this connection is theirs."""
-        self.owner = owner
-        self._head_only = head_only
-        self.received_any = False
-        self._in_head = True
-        self._head_bytes = self._head_size = self._line = self._stall = 0
-        limits = self._pool.limits
-        self._max_head, self._max_fields = limits.max_size, limits.max_fields
-        if self.parser is None:  # llhttp resets itself after each complete message; reuse it
-            self.parser = httptools.HttpResponseParser(self)
-            # RFC 9112 section 6.3 rule 3: Transfer-Encoding overrides Content-Length. llhttp refuses the
-            # pair unless told to take it; the exchange then drops the length and closes this connection after.
-            self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
-
-    def http_version(self) -> str:
-        """The HTTP version of the response being read ("1.1", "1.0")."""
-        return self.parser.get_http_version() if self.parser is not None else "1.1"
+    # -- OriginSink: commands from the Origin ---------------------------------------------------------------
+    @property
+    def last_activity(self) -> float:
+        return self.origin.last_activity
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def start_timer(self, seconds: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timer_fired)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.origin.timer_fired()
+
     def release(self, reusable: bool) -> None:
-        """The exchange is done with this connection: back to the pool, or closed."""
-        self.owner = None
         if reusable and not self.closed:
             self._pool.put(self)
         else:
             self.close()
 
     def close(self) -> None:
-        self.owner = None
-        self._stop_head_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
         self._pool.forget(self)
 
     def abort(self) -> None:
-        self.owner = None
-        self._stop_head_timer()
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
         self._pool.forget(self)
-
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _fail(self, message: str, *, status: int = 502, error: str = "http_protocol_error") -> None:
-        """The origin broke the protocol or a limit: it is cut (never pooled) and the exchange told why."""
-        owner, self.owner = self.owner, None
-        self.abort()
-        if owner is not None:
-            owner.upstream_error(message, status=status, error=error)
-
-
-class _Stop(Exception):
-    """Raised out of a parser callback to stop parsing this connection's input."""
-
-
-class _HeadDone(_Stop):
-    """Raised out of the parser to stop reading a response to HEAD at the end of its head."""
 
 
 class Pool:
@@ -356,7 +104,7 @@ class Pool:
     def __init__(self, size: int, idle_timeout: float = 30.0, limits: HeadLimits | None = None) -> None:
         self.size = size
         self.idle_timeout = idle_timeout
-        self.limits = limits or HeadLimits()
+        self.limits = limits or HeadLimits()  # for each Origin, read at the start of each response
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
 
     def get(self, key: tuple[str, int]) -> UpstreamConnection | None:
@@ -370,9 +118,9 @@ class Pool:
     def put(self, conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.size:
-            conn.close()
+            conn.origin.close()
             return
-        conn.last_activity = time.monotonic()
+        conn.origin.last_activity = conn.origin.clock()
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -384,11 +132,10 @@ class Pool:
         """Close connections idle for longer than ``idle_timeout`` (called by the housekeeping timer)."""
         for idle in list(self._idle.values()):
             for conn in [c for c in idle if now - c.last_activity > self.idle_timeout]:
-                conn.close()
+                conn.origin.close()
 
     def close_all(self) -> None:
         for idle in list(self._idle.values()):
             for conn in list(idle):
-                conn.close()
+                conn.origin.close()
         self._idle.clear()
-

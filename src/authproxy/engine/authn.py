@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from authproxy.auth.driver import Suspended, advance, body_hash, check_password
 from authproxy.auth.errors import UserStoreError
@@ -23,8 +24,10 @@ from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.roles import PROXY
 from authproxy.auth.store import UserEntry, UserStore
 from authproxy.auth.verifier import Allow, Flow, NeedBodyHash, NeedPasswordCheck, Reject, Verifier
-from authproxy.config import Config
-from authproxy.state.base import NonceCounterStore
+
+if TYPE_CHECKING:
+    from authproxy.config import Config
+    from authproxy.state.base import NonceCounterStore
 
 Outcome = Allow | Reject
 

@@ -1,0 +1,367 @@
+"""The proxy's protocol logic as playbooks: these bytes in, these commands out (no sockets, no loop, no sleeps).
+
+Each test drives ``authproxy.engine.connection.Connection`` through the recording sinks of ``engine_support`` and
+reads back what it asked the driver to do.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from authproxy.auth.outcomes import Outcome
+from authproxy.engine.commands import ConnectFailure
+from authproxy.engine.decision import Allowed, Refused
+from authproxy.engine.states import TIMERS, ConnState, ExchangeState, Timer
+
+from engine_support import BASIC, ORIGIN_ADDRESS, Playbook, get, status_of
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def state_of(p: Playbook) -> ExchangeState:
+    assert p.conn.active is not None
+    return p.conn.active.state
+
+
+# == the 407 exchange and forwarding ==========================================================================
+def test_no_credentials_get_407_with_a_challenge_and_keep_alive() -> None:
+    p = Playbook()
+    p.conn.data_received(get(auth=None))
+    commands = p.sink.take()
+    assert [c[0] for c in commands] == ["send"]
+    response = commands[0][1]
+    assert status_of(response) == 407
+    assert b"\r\nProxy-Authenticate: Digest " in response and b"\r\nProxy-Authenticate: Basic " in response
+    assert b"Connection: keep-alive" in response
+    assert p.sink.records[0].outcome is Outcome.MISSING
+    assert p.conn.conn_state is ConnState.IDLE
+
+
+def test_signed_in_request_is_forwarded_without_credentials_and_relayed() -> None:
+    p = Playbook()
+    p.conn.data_received(get("http://origin.test/a?b=1"))
+    assert p.sink.take() == [("decide", "alice", "origin.test", 80), ("pause_reading",),
+                             ("open_origin", "origin.test", ORIGIN_ADDRESS, 80)]
+    assert state_of(p) is ExchangeState.CONNECTING
+    origin = p.connect()
+    [(name, head)] = p.origin_take()
+    assert name == "origin.write"
+    assert head.startswith(b"GET /a?b=1 HTTP/1.1\r\nHost: origin.test\r\n")
+    assert b"Proxy-Authorization" not in head and b"\r\nVia: 1.1 authproxy\r\n" in head
+    assert state_of(p) is ExchangeState.WAITING
+    origin.data_received(OK)
+    sent = p.sink.sent()
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b"\r\n\r\nok")
+    assert b"Via: 1.1 authproxy" in sent
+    assert p.origin_take() == [("origin.release", True)]
+    record = p.sink.records[-1]
+    assert (record.user, record.status, record.outcome, record.peer) == ("alice", 200, Outcome.OK, "origin.test:80")
+
+
+def test_keep_alive_reuses_the_pooled_origin_and_authenticates_each_request() -> None:
+    p = Playbook()
+    p.conn.data_received(get())
+    origin = p.connect()
+    origin.data_received(OK)
+    p.sink.take()
+    p.origin_take()
+    p.sink.pooled = origin
+    p.conn.data_received(get())
+    assert [c[0] for c in p.sink.take()] == ["decide"]  # no open_origin: the pooled connection is used
+    assert p.origin_take()[0][0] == "origin.write"
+    origin.data_received(OK)
+    assert status_of(p.sink.sent()) == 200
+    # The next request on the same connection without credentials is challenged again.
+    p.conn.data_received(get(auth=None))
+    assert status_of(p.sink.sent()) == 407
+
+
+def test_a_thousand_pipelined_requests_in_one_read_are_answered_in_order_without_recursion() -> None:
+    p = Playbook()
+    data = b"".join(get(f"http://origin.test/{i}", auth=None) for i in range(1000))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)  # a recursive pipeline would need one frame or more per request
+    try:
+        p.conn.data_received(data)
+    finally:
+        sys.setrecursionlimit(limit)
+    sent = b"".join(c[1] for c in p.sink.commands if c[0] == "send")
+    assert sent.count(b"HTTP/1.1 407 ") == 1000
+    assert [r.target for r in p.sink.records] == [f"http://origin.test/{i}" for i in range(1000)]
+    assert not p.conn.closed and p.conn.conn_state is ConnState.IDLE
+    assert ("pause_reading",) not in p.sink.commands or p.sink.commands[-1] == ("resume_reading",)
+
+
+def test_pipelined_request_waits_for_the_one_ahead_and_reading_pauses() -> None:
+    p = Playbook()
+    p.conn.data_received(get("http://origin.test/1") + get("http://origin.test/2"))
+    assert ("open_origin", "origin.test", ORIGIN_ADDRESS, 80) in p.sink.take()
+    assert len(p.conn.queue) == 1 and not p.conn.reading
+    origin = p.connect()
+    origin.data_received(OK)
+    assert status_of(p.sink.sent()) == 200
+    p.sink.pooled = origin
+    # The second starts from the loop, once the first is answered.
+    assert p.conn.active is not None and p.conn.active.target == b"http://origin.test/2"
+
+
+# == CONNECT ==================================================================================================
+def test_connect_opens_a_tunnel_and_relays_both_ways_with_half_close() -> None:
+    p = Playbook()
+    p.conn.data_received(f"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n"
+                         f"Proxy-Authorization: {BASIC}\r\n\r\n\x16\x03early".encode())
+    assert ("open_tunnel", "origin.test", ORIGIN_ADDRESS, 443) in p.sink.take()
+    p.conn.data_received(b"more")  # before the tunnel is up: held
+    tunnel = p.origin("tunnel").io
+    p.sink.exchanges.pop().tunnel_connected(tunnel)
+    assert p.sink.sent() == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert p.origin_take() == [("tunnel.write", b"\x16\x03early"), ("tunnel.write", b"more")]
+    assert p.conn.conn_state is ConnState.TUNNEL
+    p.conn.data_received(b"up")
+    p.conn.tunnel_data(b"down")
+    assert p.origin_take() == [("tunnel.write", b"up")] and p.sink.sent() == b"down"
+    assert p.conn.tunnel_far_eof() is True and p.sink.take() == [("write_eof",)]
+    assert p.conn.eof_received() is False
+    assert p.origin_take() == [("tunnel.close",)]
+    p.conn.tunnel_closed()
+    assert p.sink.take() == [("close",)]
+    record = p.sink.records[-1]
+    assert record.tunnel and record.status == 200 and record.sent_bytes == len(
+        b"HTTP/1.1 200 Connection established\r\n\r\n") + 4
+
+
+def test_connect_whose_origin_cannot_be_reached_gets_502_and_the_next_request_is_parsed() -> None:
+    p = Playbook()
+    p.conn.data_received(f"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n"
+                         f"Proxy-Authorization: {BASIC}\r\n\r\n".encode() + get(auth=None))
+    p.sink.take()
+    p.fail_connect(ConnectFailure.REFUSED)
+    sent = p.sink.sent()
+    assert status_of(sent) == 502
+    assert sent.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 407 " in sent  # the request held behind it
+
+
+# == refusals =================================================================================================
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET http://origin.test/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"\x16\x03\x01garbage\r\n\r\n", 400),
+    (b"GET /relative HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"POST http://origin.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+    (b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    (b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n" + b"X: 1\r\n" * 101 + b"\r\n", 431),
+])
+def test_malformed_requests_are_refused_and_closed(raw: bytes, status: int) -> None:
+    p = Playbook()
+    p.conn.data_received(raw)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == status
+    assert b"Connection: close" in commands[0][1] and b"Proxy-Status: authproxy; error=" in commands[0][1]
+    assert commands[-1] == ("close",)
+    assert not any(c[0] in ("decide", "open_origin") for c in commands)
+
+
+def test_destination_refused_by_the_policy_gets_its_status() -> None:
+    p = Playbook()
+    p.sink.decision = Refused(403, "destination_ip_prohibited", "no")
+    p.conn.data_received(get())
+    response = p.sink.sent()
+    assert status_of(response) == 403 and b"error=destination_ip_prohibited" in response
+
+
+def test_a_request_whose_via_names_this_proxy_is_a_loop() -> None:
+    p = Playbook()
+    p.conn.data_received(get(extra="Via: 1.1 authproxy\r\n"))
+    assert status_of(p.sink.sent()) == 508
+
+
+def test_body_over_the_limit_gets_413() -> None:
+    p = Playbook(max_body_size=10)
+    p.conn.data_received(get(extra="Content-Length: 11\r\n") + b"x" * 11)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == 413 and commands[-1] == ("close",)
+
+
+def test_failed_sign_ins_lock_the_address_out_with_429() -> None:
+    p = Playbook(throttle_max_failures=2)
+    wrong = "Basic " + __import__("base64").b64encode(b"alice:wrong").decode()
+    for _ in range(2):
+        p.conn.data_received(get(auth=wrong))
+        assert status_of(p.sink.sent()) == 407
+    p.conn.data_received(get())
+    response = p.sink.sent()
+    assert status_of(response) == 429 and b"Retry-After: " in response
+
+
+@pytest.mark.parametrize(("failure", "status", "error"), [
+    (ConnectFailure.REFUSED, 502, b"connection_refused"),
+    (ConnectFailure.DNS, 502, b"dns_error"),
+    (ConnectFailure.TIMEOUT, 504, b"connection_timeout"),
+    (ConnectFailure.OTHER, 502, b"destination_unavailable"),
+])
+def test_origin_that_cannot_be_reached(failure: ConnectFailure, status: int, error: bytes) -> None:
+    p = Playbook()
+    p.conn.data_received(get())
+    p.sink.take()
+    p.fail_connect(failure)
+    commands = p.sink.take()
+    assert ("resume_reading",) in commands or p.conn.reading
+    response = b"".join(c[1] for c in commands if c[0] == "send")
+    assert status_of(response) == status and error in response
+
+
+def test_origin_that_answers_garbage_gets_502_and_is_cut() -> None:
+    p = Playbook()
+    p.conn.data_received(get())
+    origin = p.connect()
+    p.origin_take()
+    origin.data_received(b"SPDY/3 nonsense\r\n\r\n")
+    assert status_of(p.sink.sent()) == 502
+    assert ("origin.abort",) in p.origin_take()
+
+
+def test_destination_decided_later_pauses_reading_until_decided() -> None:
+    p = Playbook()
+    p.sink.decision = None  # the name is not cached: the driver resolves it
+    p.conn.data_received(get())
+    assert p.sink.take() == [("decide", "alice", "origin.test", 80), ("pause_reading",)]
+    assert p.conn.active is not None and p.conn.active.state is ExchangeState.DECIDING
+    p.sink.exchanges.pop().decided(Allowed(ORIGIN_ADDRESS, 2))
+    assert ("open_origin", "origin.test", ORIGIN_ADDRESS, 80) in p.sink.take()
+
+
+# == timers (a fake clock) ====================================================================================
+def test_idle_connection_is_closed_after_idle_timeout() -> None:
+    p = Playbook(idle_timeout=5)
+    p.clock.now += 5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == []
+    p.clock.now += 0.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("close",)]
+
+
+def test_slow_request_head_gets_408() -> None:
+    p = Playbook(header_timeout=3)
+    p.conn.data_received(b"GET http://origin.test/ HTTP/1.1\r\nHost: ori")
+    assert p.conn.conn_state is ConnState.HEAD
+    p.clock.now += 3.5
+    p.conn.timer(p.clock.now)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == 408 and commands[-1] == ("close",)
+
+
+def test_silent_origin_gets_504_after_read_timeout_and_a_cut_after_the_head() -> None:
+    p = Playbook(read_timeout=7)
+    p.conn.data_received(get())
+    p.connect()
+    p.sink.take()
+    p.clock.now += 8
+    p.conn.timer(p.clock.now)
+    response = p.sink.sent()
+    assert status_of(response) == 504 and b"http_response_timeout" in response
+    # Once the head is relayed, all that is left is to cut the connection.
+    q = Playbook(read_timeout=7)
+    q.conn.data_received(get())
+    origin = q.connect()
+    origin.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    q.sink.take()
+    q.clock.now += 8
+    q.conn.timer(q.clock.now)
+    assert q.sink.take() == [("abort",)]
+
+
+def test_origin_head_that_spans_reads_arms_the_head_timer() -> None:
+    p = Playbook(header_timeout=4)
+    p.conn.data_received(get())
+    origin = p.connect()
+    p.origin_take()
+    origin.data_received(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    assert p.origin_take() == [("origin.start_timer", 4)]
+    origin.timer_fired()
+    assert status_of(p.sink.sent()) == 504
+
+
+# == back-pressure ============================================================================================
+def test_client_not_reading_pauses_the_origin_and_the_client_side() -> None:
+    p = Playbook()
+    p.conn.data_received(get())
+    origin = p.connect()
+    p.origin_take()
+    p.sink.take()
+    p.conn.writing_paused()
+    assert p.origin_take() == [("origin.pause_reading",)]
+    assert ("pause_reading",) in p.sink.take()
+    p.conn.writing_resumed()
+    assert p.origin_take() == [("origin.resume_reading",)]
+    origin.writing_paused()  # the origin does not take the body as fast as the client sends it
+    assert ("pause_reading",) in p.sink.take() or not p.conn.reading
+    assert "upstream" in p.conn.paused
+    origin.writing_resumed()
+    assert "upstream" not in p.conn.paused
+
+
+def test_request_body_is_held_while_connecting_then_forwarded() -> None:
+    p = Playbook()
+    p.conn.data_received(get(extra="Content-Length: 5\r\n") + b"hel")
+    p.conn.data_received(b"lo")  # read while connecting: held, not parsed
+    p.connect()
+    assert ("wake",) in p.sink.take()  # parsing goes on from the event loop, not inside this step
+    p.conn.woken()
+    writes = [c[1] for c in p.origin_take() if c[0] == "origin.write"]
+    assert writes[0].startswith(b"GET / HTTP/1.1") and b"Content-Length: 5" in writes[0]
+    assert b"".join(writes[1:]) == b"hello"
+
+
+def test_client_that_closes_mid_body_is_closed() -> None:
+    p = Playbook()
+    p.conn.data_received(get(extra="Content-Length: 50\r\n") + b"x" * 10)
+    p.connect()
+    assert p.conn.eof_received() is False
+
+
+def test_every_state_has_a_timer_rule() -> None:
+    assert set(TIMERS) == set(ConnState)
+    assert [s for s, t in TIMERS.items() if t is Timer.NONE] == [
+        ConnState.CLOSED, ConnState.TUNNEL, ConnState.PREPARING]
+
+
+def test_request_body_that_stops_arriving_gets_408() -> None:
+    p = Playbook(read_timeout=6)
+    p.conn.data_received(get(extra="Content-Length: 10\r\n") + b"abc")
+    p.connect()
+    p.conn.woken()
+    p.sink.take()
+    assert p.conn.conn_state is ConnState.BODY
+    p.clock.now += 6.5
+    p.conn.timer(p.clock.now)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == 408 and commands[-1] == ("close",)
+
+
+def test_client_that_reads_nothing_it_is_owed_is_aborted_after_write_timeout() -> None:
+    p = Playbook(write_timeout=9)
+    p.conn.data_received(get(auth=None) * 3)
+    p.sink.take()
+    p.conn.writing_paused()
+    assert p.conn.conn_state is ConnState.SENDING and p.sink.take() == [("pause_reading",)]
+    p.clock.now += 9.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("abort",)]
+
+
+def test_refused_body_trickled_a_byte_at_a_time_is_drained_for_read_timeout_in_all() -> None:
+    p = Playbook(read_timeout=6)
+    p.conn.data_received(get(auth=None, extra="Content-Length: 1000\r\n"))
+    assert status_of(p.sink.sent()) == 407
+    assert p.conn.conn_state is ConnState.DRAINING
+    for _ in range(5):
+        p.clock.now += 1
+        p.conn.data_received(b"x")
+        p.conn.timer(p.clock.now)
+    assert p.sink.take() == []
+    p.clock.now += 1.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("close",)]
