@@ -9,6 +9,10 @@ its PID (process group), also on failure and Ctrl-C. A peer that cannot be insta
 
     .venv/bin/python bench/run.py            # the full run (make bench)
     .venv/bin/python bench/run.py --quick    # smoke test: 1 repeat, 3 s runs, Squid and authproxy only
+    .venv/bin/python bench/run.py --quick --scenarios sip   # the SIP row alone
+
+The SIP row (bench/sippeers.py, bench/sipload.py): authenticated OPTIONS over UDP through ``authproxy sip
+serve`` and through kamailio (as shipped, and with nonce_count on), the same load on the load CPU.
 """
 
 from __future__ import annotations
@@ -66,10 +70,12 @@ from peers import (
     start_peer,
     write_origin_files,
 )
+from sippeers import SIP_PEERS, SipRow, sip_markdown
 
 RESULTS = ROOT / "bench" / "results"
 DIRECT = "direct"
 SCENARIOS = ("keepalive", "digest", "close", "connect")
+SIP = "sip"
 SCENARIO_TITLES = {
     "keepalive": "keep-alive GET, Basic",
     "digest": "keep-alive GET, Digest",
@@ -111,6 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--downloads", type=int,
                    help="least 100 MiB downloads per CONNECT run, which also lasts half the wrk duration (default 3)")
     p.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}")
+    p.add_argument("--scenarios", default=",".join((*SCENARIOS, SIP)),
+                   help=f"comma-separated subset of {','.join((*SCENARIOS, SIP))} (default all); the SIP row runs "
+                        f"{', '.join(SIP_PEERS)} whatever --peers says")
     p.add_argument("--idle", default="1000,10000", help="idle-connection counts to hold (default 1000,10000)")
     p.add_argument("--profile", dest="profile", action="store_true", default=None,
                    help="py-spy profile of authproxy under keep-alive Basic load (default on unless --quick)")
@@ -132,6 +141,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown peers: {', '.join(unknown)}")
     args.peer_names = names
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in (*SCENARIOS, SIP)]
+    if unknown:
+        p.error(f"unknown scenarios: {', '.join(unknown)}")
+    if not any(s in SCENARIOS for s in args.scenarios):
+        args.peer_names, args.profile = [], False  # the SIP row alone: no HTTP proxy to start or profile
     args.idle_counts = [int(x) for x in args.idle.split(",") if x.strip()]
     return args
 
@@ -217,7 +232,7 @@ class Bench:
 
     def run_matrix(self) -> None:
         for repeat in range(self.args.repeats):
-            for scenario in SCENARIOS:
+            for scenario in [s for s in SCENARIOS if s in self.args.scenarios]:
                 for name in self.order(repeat):
                     if scenario == "digest" and (name == DIRECT or not PEERS[name].digest):
                         continue
@@ -423,8 +438,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def targets(summary: dict[str, dict[str, dict[str, float]]], memory: dict[str, dict[str, float]]
-            ) -> list[dict[str, Any]]:
+def targets(summary: dict[str, dict[str, dict[str, float]]], memory: dict[str, dict[str, float]],
+            sip: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     def m(name: str, scenario: str, key: str) -> float | None:
         return _metric(summary, name, scenario, key)
 
@@ -446,6 +461,9 @@ def targets(summary: dict[str, dict[str, dict[str, float]]], memory: dict[str, d
         ("idle RSS ≤ 30 MiB (MiB)", memory.get("authproxy", {}).get("idle"), 30.0, "<="),
         ("10k idle connections < 200 MiB (MiB)", memory.get("authproxy", {}).get("idle_10000"), 200.0, "<"),
     ]
+    if sip is not None:
+        rows.append(("SIP OPTIONS/s ≥ 0.5× kamailio as shipped (×kamailio)", sip["ratios"].get("authproxy/kamailio"),
+                     0.5, ">="))
     if BASELINE in summary:
         # The same code at an earlier revision (--baseline): what this tree's changes cost or bought.
         def base(scenario: str, key: str) -> float | None:
@@ -479,6 +497,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     peers = data["peers"]
     meta = data["meta"]
     names = [DIRECT, *[n for n in PEERS if n in peers]]
+    if not peers:  # the SIP row alone (--scenarios sip)
+        lines = [f"Run of {meta['date']} on {meta['cpus']} CPUs ({meta['pinning']}); {meta['repeats']} repeat(s), "
+                 "medians; the SIP row alone.", *sip_markdown(data["sip"], meta["duration"]), ""]
+        met = {None: "—", True: "met", False: "**not met**"}
+        lines += [f"- {t['target']}: {_n(t['value'], 2)} ({met[t['met']]})" for t in data["targets"]
+                  if t["target"].startswith("SIP")]
+        lines.append(f"- Versions: {'; '.join(f'{k}: {v}' for k, v in meta['versions'].items())}.")
+        return "\n".join(lines) + "\n"
 
     def cell(name: str, scenario: str, key: str, digits: int, ratios: bool) -> str:
         v = _metric(summary, name, scenario, key)
@@ -536,6 +562,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{cell(name, 'connect', 'mbps', 0, True)} | "
             + " / ".join(_n(_metric(summary, name, sc, "cpu_pct")) for sc in ("keepalive", "close", "connect"))
             + " |")
+    if data.get("sip") is not None:
+        lines += sip_markdown(data["sip"], meta["duration"])
     counts = meta["idle_counts"]
     lines += ["", "| proxy | idle RSS MiB | " + " | ".join(f"{c:,} idle connections MiB (held)" for c in counts)
               + " | RSS after the load MiB |", "|---|---|" + "---|" * len(counts) + "---|"]
@@ -612,8 +640,11 @@ def make_chart(out: Path) -> str:
     return "ok"
 
 
-def versions(names: list[str]) -> dict[str, str]:
-    found = {"nginx": nginx_version(), "wrk": _first_line(["wrk", "-v"])}
+def versions(names: list[str], sip: bool = False) -> dict[str, str]:
+    found = {"nginx": nginx_version(), "wrk": _first_line(["wrk", "-v"])} if names else {}
+    if sip:
+        found["kamailio"] = _first_line(["kamailio", "-v"])
+        found["authproxy"] = _first_line([str(PEERS["authproxy"].binary), "--version"])
     for name in names:
         if shutil.which(PEERS[name].binary):
             found[name] = PEERS[name].version()
@@ -652,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="authproxy-bench-"))
     procs = ProcessSet(logs=out / "logs")
     started_at = time.monotonic()
+    sip: dict[str, Any] | None = None
     try:
         setup = Setup(workdir=workdir, user=USER, password=PASSWORD, realm=REALM, origin_port=free_port(),
                       proxy_cpu=proxy_cpu, load_cpu=load_cpu, max_fds=fds)
@@ -659,13 +691,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             add_baseline(args.baseline, workdir)
             args.peer_names.append(BASELINE)
-        write_origin_files(workdir)
-        start_origin(setup, procs)
+        if args.peer_names:
+            write_origin_files(workdir)
+            start_origin(setup, procs)
         bench = Bench(args, setup, procs)
-        bench.start_all()
-        bench.measure_memory()
-        bench.run_matrix()
-        bench.after_load()
+        if args.peer_names:
+            bench.start_all()
+            bench.measure_memory()
+            bench.run_matrix()
+            bench.after_load()
+        if SIP in args.scenarios:
+            sip_row = SipRow(setup, procs, duration=args.duration, repeats=args.repeats, log=log)
+            sip_row.run()
+            sip = sip_row.data()
         if args.profile:
             bench.run_profile(out)
     finally:
@@ -681,8 +719,10 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.node(), "kernel": platform.release(), "cpus": cpus, "pinning": pinning,
             "repeats": args.repeats, "duration": args.duration, "connections": args.connections,
-            "downloads": args.downloads, "idle_counts": args.idle_counts, "quick": args.quick,
-            "elapsed_s": round(time.monotonic() - started_at), "versions": versions(args.peer_names),
+            "downloads": args.downloads, "scenarios": args.scenarios, "idle_counts": args.idle_counts,
+            "quick": args.quick,
+            "elapsed_s": round(time.monotonic() - started_at),
+            "versions": versions(args.peer_names, SIP in args.scenarios),
         },
         "peers": {n: {"label": PEERS[n].label, "status": bench.status.get(n, "not run: not selected"),
                       "digest": PEERS[n].digest, "auth_note": PEERS[n].auth_note} for n in args.peer_names},
@@ -691,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "memory": bench.memory,
         "digest_algorithm": bench.digest_algorithm,
-        "targets": targets(summary, bench.memory),
+        "sip": sip,
+        "targets": targets(summary, bench.memory, sip),
         "profile": bench.profile,
     }
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
