@@ -114,6 +114,9 @@ class DigestScheme:
         self.role = role
         # Digest credentials by shape (see _credentials): a memo, bounded, no state of its own.
         self._shapes: dict[str, DigestCredentials] = {}
+        # The last field value read and its credentials: a caller may read one field more than once per request
+        # (the SIP proxy: to pick its realm's line, to verify it, to remove it before forwarding).
+        self._last: tuple[str, DigestCredentials] | None = None
 
     def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
         """One Digest challenge per algorithm in the configured order, which is the operator's preference (RFC
@@ -142,7 +145,20 @@ class DigestScheme:
     def _reject(self, outcome: Outcome, user: str | None, stale: bool, detail: str) -> Reject:
         return Reject(outcome, user, stale, detail, self.role)
 
+    def credentials(self, authorization: str) -> DigestCredentials:
+        """The Digest credentials of ``authorization`` through the memo of :meth:`_credentials` (for a caller
+        that reads them before :meth:`verify` does: the SIP proxy picks its own realm's field line)."""
+        return self._credentials(authorization)
+
     def _credentials(self, authorization: str) -> DigestCredentials:
+        last = self._last
+        if last is not None and last[0] == authorization:
+            return last[1]
+        dc = self._credentials_by_shape(authorization)
+        self._last = (authorization, dc)
+        return dc
+
+    def _credentials_by_shape(self, authorization: str) -> DigestCredentials:
         """The Digest credentials of ``authorization``, parsed once per shape.
 
         A client sends the same field again and again with only ``nc``, ``response`` and perhaps ``cnonce``

@@ -74,6 +74,20 @@ def is_token(text: str) -> bool:
 def canonical_name(name: str) -> str:
     """The full, conventionally spelt name of field ``name`` (compact forms expanded, section 7.3.3); a name we
     do not know stays as given. Field names are case-insensitive (section 7.3.1)."""
+    known = _SEEN_NAMES.get(name)
+    if known is not None:
+        return known
+    full = _canonical_name(name)
+    if len(_SEEN_NAMES) < 4096:  # bounded: names come off the wire
+        _SEEN_NAMES[name] = full
+    return full
+
+
+#: Names already made canonical (a memo: the same few dozen names arrive in every message).
+_SEEN_NAMES: dict[str, str] = {}
+
+
+def _canonical_name(name: str) -> str:
     if not is_token(name):
         raise SipError("header field name is not a token")
     if len(name) == 1:
@@ -86,6 +100,11 @@ def canonical_name(name: str) -> str:
 def split_list(value: str) -> list[str]:
     """The elements of a comma list (section 7.3.1), trimmed. Commas inside a quoted-string (with its
     quoted-pairs) or inside ``<...>`` do not split; empty elements are an error."""
+    if "," not in value and '"' not in value and "<" not in value:  # one element (a Via, most often)
+        element = value.strip(_WS)
+        if not element:
+            raise SipError("empty element in a header field list")
+        return [element]
     out: list[str] = []
     start = 0
     quoted = angle = False

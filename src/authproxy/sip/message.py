@@ -40,6 +40,15 @@ MAX_FORWARDS_LIMIT = 255
 Headers = tuple[tuple[str, str], ...]
 
 
+class CheckedHeaders(tuple[tuple[str, str], ...]):
+    """Header fields already held to what :func:`_check_headers` requires (canonical names; values without
+    control characters, outer whitespace or invalid UTF-8): the parser, which checks all of that as it reads,
+    builds its messages with them, so a parsed message is not checked a second time. Only this package makes
+    them, from text it has checked."""
+
+    __slots__ = ()
+
+
 def _check_utf8(text: str) -> None:
     # Section 25: SIP text is UTF-8; a lone surrogate cannot go on the wire.
     if not text.isascii():
@@ -72,16 +81,24 @@ class SipMessage:
     body: bytes = b""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _check_headers(self.headers))
+        if type(self.headers) is not CheckedHeaders:
+            object.__setattr__(self, "headers", _check_headers(self.headers))
         if not isinstance(self.body, bytes):
             raise SipError("the body must be bytes")
 
     # -- reading fields -------------------------------------------------------------------------------------
 
+    @cached_property
+    def _index(self) -> dict[str, list[str]]:
+        # Field values by lower-cased (canonical) name, in order: every lookup after the first is a dict get.
+        index: dict[str, list[str]] = {}
+        for fname, value in self.headers:
+            index.setdefault(fname.lower(), []).append(value)
+        return index
+
     def get_all(self, name: str) -> list[str]:
         """The values of every field line named ``name`` (any case, compact or full), in order."""
-        key = canonical_name(name).lower()
-        return [value for fname, value in self.headers if fname.lower() == key]
+        return list(self._index.get(canonical_name(name).lower(), ()))
 
     def get(self, name: str) -> str | None:
         """The value of the one field line named ``name``, None when absent; SipError when repeated."""
@@ -156,10 +173,16 @@ class SipMessage:
 
     def to_bytes(self, *, compact: bool = False) -> bytes:
         """The message on the wire: start line, one line per field (compact names when asked), CRLF, body."""
+        if not compact:
+            return wire(self._start_line(), self.headers, self.body)
         lines = [self._start_line()]
         for name, value in self.headers:
-            lines.append(f"{COMPACT_OF.get(name, name) if compact else name}: {value}")
+            lines.append(f"{COMPACT_OF.get(name, name)}: {value}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+
+    def start_line(self) -> str:
+        """The start line (section 7.1 / 7.2), without its CRLF."""
+        return self._start_line()
 
 
 def _check_method(method: str) -> None:
@@ -216,6 +239,13 @@ class SipResponse(SipMessage):
 
 
 Message = SipRequest | SipResponse
+
+
+def wire(start_line: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
+    """A message's wire form from its parts, without building a message: for fields taken from a parsed
+    message (checked when parsed) plus fields this package made, as a proxy forwards them (section 16.6)."""
+    return (start_line + "\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)
+            + "\r\n").encode("utf-8") + body
 
 
 def with_to_tag(to: str, tag: str) -> str:

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from authproxy.sip.fields import SINGLE_FIELDS, SipError, canonical_name
-from authproxy.sip.message import SIP_VERSION, Message, SipRequest, SipResponse
+from authproxy.sip.message import SIP_VERSION, CheckedHeaders, Message, SipRequest, SipResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,9 @@ DEFAULT_LIMITS = Limits()
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _BAD_BYTES_RE = re.compile(rb"[\x00\r\n]")
+# The other control characters (CTL but HTAB, CR, LF, NUL: those are found line by line), which no header field
+# value may hold (section 25.1; the message's own check, done here once over all the field lines).
+_OTHER_CONTROL_RE = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _too_large(what: str) -> SipError:
@@ -82,7 +85,7 @@ def _check_version(version: str) -> None:
         raise SipError("malformed SIP-Version")
 
 
-def _fields(lines: list[bytes], limits: Limits) -> tuple[tuple[str, str], ...]:
+def _fields(lines: list[bytes], limits: Limits) -> CheckedHeaders:
     """The header fields of ``lines`` (CRLF already removed), unfolded (section 7.3.1)."""
     logical: list[str] = []
     for raw in lines:
@@ -114,7 +117,9 @@ def _fields(lines: list[bytes], limits: Limits) -> tuple[tuple[str, str], ...]:
                 raise SipError(f"{name} appears more than once")
             seen.add(key)
         fields.append((name, value.strip(" \t")))
-    return tuple(fields)
+    # Canonical names, values stripped and decoded from UTF-8, no control character (checked by the caller):
+    # all that SipMessage checks, so it does not check again.
+    return CheckedHeaders(fields)
 
 
 def _message(head: bytes, body: bytes, limits: Limits) -> Message:
@@ -127,6 +132,8 @@ def _message(head: bytes, body: bytes, limits: Limits) -> Message:
         raise SipError("bare CR, LF or NUL in the start line")
     a, b, c = _start_line(_decode(first))
     fields = _fields(lines[1:], limits)
+    if _OTHER_CONTROL_RE.search(head, len(first)) is not None:
+        raise SipError("control character in a header field value")
     message: Message
     if a.upper().startswith("SIP/"):
         _check_version(a)

@@ -52,6 +52,7 @@ from authproxy.sip.message import (
     replace_top_via,
     response_to,
     top_via_replaced,
+    wire,
 )
 from authproxy.sip.parse import DEFAULT_LIMITS, Limits, parse_datagram
 from authproxy.sip.verify import authenticate, is_own_field
@@ -140,6 +141,9 @@ class SipProxy:
         self.max_transactions = max_transactions
         self.max_per_source = max_transactions_per_source
         self._key = random(32)
+        # This proxy's Via but its branch (section 16.6 step 8), built and checked once.
+        host, port = local[next_hop.transport]
+        self._via_prefix = str(Via(next_hop.transport.upper(), f"[{host}]" if ":" in host else host, port))
         self._transactions: OrderedDict[tuple[str, ...], _Transaction] = OrderedDict()
         self._by_branch: dict[str, tuple[str, ...]] = {}
         self._per_source: dict[str, int] = {}
@@ -239,13 +243,11 @@ class SipProxy:
             request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
             request.to.tag or "", request.uri)).encode("utf-8"), hashlib.sha256).hexdigest()[:24]
         hop = self.next_hop
-        host, port = self.local[hop.transport]
-        ours = Via(hop.transport.upper(), f"[{host}]" if ":" in host else host, port, (("branch", branch),))
         max_forwards = request.max_forwards
         realm, own_field = self.verifier.policy.realm, PROXY.credentials_field.lower()
-        headers = [("Via", str(ours))]
+        headers = [("Via", f"{self._via_prefix};branch={branch}")]  # the branch: 'z9hG4bKap' and hex, a token
         for name, value in top_via_replaced(request.headers, top.with_received(source[0], source[1])):
-            if name.lower() == own_field and is_own_field(value, realm):
+            if name.lower() == own_field and is_own_field(value, realm, self.verifier):
                 continue  # section 22.3: this proxy's credentials stop here; other realms' go on
             if name == "Max-Forwards" and max_forwards is not None:
                 value = str(max_forwards - 1)
@@ -253,7 +255,8 @@ class SipProxy:
         if max_forwards is None:  # section 16.6 step 3; before Content-Length, which stays last
             at = next((i for i, (name, _) in enumerate(headers) if name == "Content-Length"), len(headers))
             headers.insert(at, ("Max-Forwards", "70"))
-        return Send(request.replace_headers(headers).to_bytes(), hop.address, hop.transport), branch
+        # Built straight to bytes: every field is the parsed request's (checked when parsed) or made here.
+        return Send(wire(request.start_line(), headers, request.body), hop.address, hop.transport), branch
 
     def _challenge(self, request: SipRequest, result: Reject, source: Address, transport: str, now: float,
                    record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
@@ -343,14 +346,15 @@ class SipProxy:
             return self._drop(response, source, transport, now, "a response with no Via after this proxy's")
         if response.status == 100:
             return []  # section 16.7 step 3: 100 Trying is hop-by-hop
-        onward = replace_top_via(response, None)
+        # This proxy's Via popped (section 16.7 step 3), the rest as parsed: built straight to bytes.
+        onward = wire(response.start_line(), top_via_replaced(response.headers, None), response.body)
         key = self._by_branch.get(branch)
         entry = None if key is None else self._transactions.get(key)
         if entry is not None:
-            return [Send(onward.to_bytes(), entry.source, entry.transport)]
+            return [Send(onward, entry.source, entry.transport)]
         via = vias[1]  # section 18.2.2: received (or sent-by), at rport (or the sent-by port)
         to = ((via.received or via.host).strip("[]"), via.rport or via.port or 5060)
-        return [Send(onward.to_bytes(), to, via.transport.lower())]
+        return [Send(onward, to, via.transport.lower())]
 
     @staticmethod
     def _drop(response: SipResponse, source: Address, transport: str, now: float, why: str) -> list[Action]:

@@ -22,8 +22,10 @@ every other policy. Outcomes are the verifier's: :class:`~authproxy.auth.verifie
 from __future__ import annotations
 
 from authproxy.auth import driver
+from authproxy.auth.digest_scheme import DigestScheme
 from authproxy.auth.driver import NonceCounts
-from authproxy.auth.headers import Credentials, parse_credentials
+from authproxy.auth.errors import AuthHeaderError
+from authproxy.auth.headers import parse_credentials
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import Role
 from authproxy.auth.store import UserStore
@@ -32,23 +34,47 @@ from authproxy.sip.challenge import TLS_TRANSPORTS
 from authproxy.sip.message import SipRequest
 
 
-def _is_own(creds: Credentials, realm: str) -> bool:
-    if creds.scheme_key == "digest":
-        return creds.param("realm") == realm
+def _shape(value: str, verifier: Verifier | None) -> tuple[str, str | None]:
+    """The scheme (lower-cased) and realm of a credentials field value; AuthHeaderError when it does not parse.
+
+    Digest goes through the verifier's Digest memo (the HTTP side's, parsed once per shape: a UA sends the same
+    field again with only nc, response and cnonce changed), which the verifier then reads again at no cost."""
+    if verifier is not None:
+        space = value.find(" ")
+        scheme = verifier.schemes.get(value[:space].lower()) if space > 0 else None
+        if isinstance(scheme, DigestScheme):
+            try:
+                return "digest", scheme.credentials(value).realm
+            except AuthHeaderError:
+                pass  # not complete Digest credentials (another hop's may be odd): the generic parse decides
+    creds = parse_credentials(value)
+    return creds.scheme_key, creds.param("realm")
+
+
+def _is_own(scheme: str, field_realm: str | None, realm: str) -> bool:
+    if scheme == "digest":
+        return field_realm == realm
     # Basic carries no realm: it is meant for whoever asked for Basic, i.e. the first hop that takes it.
-    return creds.scheme_key == "basic"
+    return scheme == "basic"
 
 
-def own_credentials(request: SipRequest, role: Role, realm: str) -> str | None:
+def _own(request: SipRequest, role: Role, realm: str, verifier: Verifier | None) -> tuple[str, str] | None:
+    for value in request.get_all(role.credentials_field):
+        scheme, field_realm = _shape(value, verifier)
+        if _is_own(scheme, field_realm, realm):
+            return value, scheme
+    return None
+
+
+def own_credentials(request: SipRequest, role: Role, realm: str, verifier: Verifier | None = None) -> str | None:
     """The value of the first ``role.credentials_field`` line that answers ``realm`` (section 22.3), or None.
 
     Every line is parsed, so one that does not parse is an AuthHeaderError even when it is another hop's: a
-    request carrying garbage credentials is refused (400) rather than passed on.
+    request carrying garbage credentials is refused (400) rather than passed on. With ``verifier``, Digest
+    lines are read through its memo.
     """
-    for value in request.get_all(role.credentials_field):
-        if _is_own(parse_credentials(value), realm):
-            return value
-    return None
+    own = _own(request, role, realm, verifier)
+    return None if own is None else own[0]
 
 
 def without_own_credentials(request: SipRequest, role: Role, realm: str) -> SipRequest:
@@ -60,10 +86,11 @@ def without_own_credentials(request: SipRequest, role: Role, realm: str) -> SipR
     return request.replace_headers(kept)
 
 
-def is_own_field(value: str, realm: str) -> bool:
+def is_own_field(value: str, realm: str, verifier: Verifier | None = None) -> bool:
     """Whether the credentials field value ``value`` answers ``realm`` (Digest: its realm; Basic, which has
-    none: whoever asked for Basic). AuthHeaderError when it does not parse."""
-    return _is_own(parse_credentials(value), realm)
+    none: whoever asked for Basic). AuthHeaderError when it does not parse. With ``verifier``, Digest is read
+    through its memo."""
+    return _is_own(*_shape(value, verifier), realm)
 
 
 def verify_request(verifier: Verifier, request: SipRequest, now: float, *, transport: str,
@@ -73,10 +100,11 @@ def verify_request(verifier: Verifier, request: SipRequest, now: float, *, trans
     field line for the verifier's realm. ``transport`` is where the request came in (Basic only over TLS, when
     allowed)."""
     role = verifier.role
-    value = own_credentials(request, role, verifier.policy.realm)
-    if value is None:
+    own = _own(request, role, verifier.policy.realm, verifier)
+    if own is None:
         return Reject(Outcome.MISSING, None, False, f"no {role.credentials_field} for this realm", role)
-    if parse_credentials(value).scheme_key == "basic" and not (
+    value, scheme = own
+    if scheme == "basic" and not (
             allow_basic and transport.lower() in TLS_TRANSPORTS):
         return Reject(Outcome.UNSUPPORTED_SCHEME, None, False,
                       "Basic is accepted over TLS only, and only when allowed (RFC 3261 section 22.1)", role)
