@@ -116,7 +116,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     config = load()
     _ensure_users(config)
-    from authproxy.proxy.server import run
+    from authproxy.proxy.workers import run
 
     run(config, reload=load)  # SIGHUP reads the file again, with the same flags on top
     return 0

@@ -143,6 +143,10 @@ class Connection(RequestReader, TunnelRelay):
     # == events from the client's transport ===================================================================
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.shared.monotonic()
+        tunnel = self.tunnel
+        if tunnel is not None:  # the tunnel's fast path, inline
+            tunnel.write(data)
+            return
         if self.tunnel_data_from_client(data):
             return
         if self.last_request:

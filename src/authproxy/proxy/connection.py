@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 from authproxy.engine.commands import ConnectFailure
@@ -59,6 +59,8 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # ClientSink.send is the transport's own write: no frame of ours on every response and tunnel read.
+        self.send: Callable[[bytes], None] = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         self.engine.data_received(data)
@@ -83,9 +85,6 @@ class ClientConnection(asyncio.Protocol):
         self.engine.writing_resumed()
 
     # == ClientSink: commands from the engine =================================================================
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)
-
     def send_many(self, parts: list[bytes]) -> None:
         self.transport.writelines(parts)
 
