@@ -8,11 +8,15 @@ another exception. Messages name the rule that failed and never echo what the pe
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from authproxy.auth.errors import AuthProxyError
+
+_T = TypeVar("_T")
 
 
 class SipError(AuthProxyError):
@@ -71,23 +75,10 @@ def is_token(text: str) -> bool:
     return _TOKEN_RE.fullmatch(text) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # a memo, bounded: the same few dozen names arrive in every message
 def canonical_name(name: str) -> str:
     """The full, conventionally spelt name of field ``name`` (compact forms expanded, section 7.3.3); a name we
     do not know stays as given. Field names are case-insensitive (section 7.3.1)."""
-    known = _SEEN_NAMES.get(name)
-    if known is not None:
-        return known
-    full = _canonical_name(name)
-    if len(_SEEN_NAMES) < 4096:  # bounded: names come off the wire
-        _SEEN_NAMES[name] = full
-    return full
-
-
-#: Names already made canonical (a memo: the same few dozen names arrive in every message).
-_SEEN_NAMES: dict[str, str] = {}
-
-
-def _canonical_name(name: str) -> str:
     if not is_token(name):
         raise SipError("header field name is not a token")
     if len(name) == 1:
@@ -191,6 +182,15 @@ def _format_params(params: Params) -> str:
     return "".join(parts)
 
 
+def _unchecked(cls: type[_T], *values: Any) -> _T:
+    """An instance of the frozen, slotted dataclass ``cls`` from values its parser has already held to every
+    rule ``__post_init__`` checks (the grammar matched them): parsing checks once, not twice."""
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, values, strict=True):  # type: ignore[attr-defined]
+        object.__setattr__(obj, name, value)
+    return obj
+
+
 def _param(params: Params, name: str) -> str | None:
     for pname, value in params:
         if pname == name:
@@ -203,6 +203,10 @@ def _param(params: Params, name: str) -> str | None:
 _VIA_RE = re.compile(
     rf"({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?"
 )
+
+
+#: ``received`` values known to be IP addresses.
+_ADDRESSES: set[str] = set()
 
 
 def _check_port(port: int | None) -> None:
@@ -231,15 +235,21 @@ class Via:
                 raise SipError("Via sent-protocol is not three tokens")
         if _HOST_RE.fullmatch(self.host) is None:
             raise SipError("Via sent-by host is malformed")
-        _check_port(self.port)
         object.__setattr__(self, "transport", self.transport.upper())
         object.__setattr__(self, "params", _check_params(self.params))
+        self._check_values()
+
+    def _check_values(self) -> None:
+        # What the grammar does not say: port range, received an IP address, rport a port, branch a token.
+        _check_port(self.port)
         received = self.received
-        if received is not None:
+        if received is not None and received not in _ADDRESSES:
             try:
                 ipaddress.ip_address(received.strip("[]"))
             except ValueError:
                 raise SipError("Via received is not an IP address (section 18.2.1)") from None
+            if len(_ADDRESSES) < 4096:  # bounded: a memo of the few addresses a proxy hears from
+                _ADDRESSES.add(received)
         rport = _param(self.params, "rport")
         if rport is not None and (not rport.isascii() or not rport.isdigit() or not 0 < int(rport) < 65536):
             raise SipError("Via rport is not a port number (RFC 3581 section 3)")
@@ -287,7 +297,12 @@ class Via:
         if m is None:
             raise SipError("malformed Via")
         port = None if m.group(5) is None else int(m.group(5))
-        return cls(m.group(3), m.group(4), port, _parse_params(value, m.end()), m.group(1), m.group(2))
+        params = _parse_params(value, m.end())  # names lower-cased tokens, each once
+        if CONTROL_RE.search(value) is not None:  # the full checks say what is wrong
+            return cls(m.group(3), m.group(4), port, params, m.group(1), m.group(2))
+        via = _unchecked(cls, m.group(3).upper(), m.group(4), port, params, m.group(1), m.group(2))
+        via._check_values()
+        return via
 
 
 # --- From, To, Contact: name-addr / addr-spec with parameters, sections 20.10, 20.20, 20.39 ---------------
@@ -335,6 +350,9 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
+        # The grammar matched the URI and the parameters (lower-cased tokens, each once): with no control
+        # character anywhere, nothing is left for __post_init__ to check.
+        make = cls if CONTROL_RE.search(value) is not None else lambda *v: _unchecked(cls, *v)
         m = _NAME_ADDR_RE.match(value)
         if m is not None:
             quoted, tokens, uri = m.groups()
@@ -343,11 +361,11 @@ class NameAddr:
                 display = _QUOTED_PAIR_RE.sub(r"\1", quoted[1:-1])
             elif tokens is not None:
                 display = tokens.strip(_WS)
-            return cls(uri, display, _parse_params(value, m.end()))
+            return make(uri, display, _parse_params(value, m.end()))
         m = _ADDR_SPEC_RE.match(value)
         if m is None:
             raise SipError("malformed name-addr or addr-spec")
-        return cls(m.group(), None, _parse_params(value, m.end()))
+        return make(m.group(), None, _parse_params(value, m.end()))
 
 
 # --- the single-valued fields ------------------------------------------------------------------------------

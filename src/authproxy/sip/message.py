@@ -12,10 +12,9 @@ message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from authproxy.sip.fields import (
     COMPACT_OF,
@@ -38,6 +37,31 @@ SIP_VERSION = "SIP/2.0"
 MAX_FORWARDS_LIMIT = 255
 
 Headers = tuple[tuple[str, str], ...]
+_V = TypeVar("_V")
+
+
+class _once(Generic[_V]):  # a decorator, named like functools.cached_property
+    """``functools.cached_property`` without its per-read lock (Python 3.11 takes one): the value is computed
+    on the first read and stored in the instance, where every later read finds it. A message is frozen and
+    read by one thread."""
+
+    def __init__(self, func: Callable[[Any], _V]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _once[_V]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _V: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _V | _once[_V]:
+        if obj is None:
+            return self
+        value = self.func(obj)
+        obj.__dict__[self.name] = value
+        return value
 
 
 class CheckedHeaders(tuple[tuple[str, str], ...]):
@@ -47,6 +71,19 @@ class CheckedHeaders(tuple[tuple[str, str], ...]):
     them, from text it has checked."""
 
     __slots__ = ()
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    """The index key of field name ``name``: its canonical name, lower-cased (memoised; bounded)."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
 
 
 def _check_utf8(text: str) -> None:
@@ -88,7 +125,7 @@ class SipMessage:
 
     # -- reading fields -------------------------------------------------------------------------------------
 
-    @cached_property
+    @_once
     def _index(self) -> dict[str, list[str]]:
         # Field values by lower-cased (canonical) name, in order: every lookup after the first is a dict get.
         index: dict[str, list[str]] = {}
@@ -98,11 +135,11 @@ class SipMessage:
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field line named ``name`` (any case, compact or full), in order."""
-        return list(self._index.get(canonical_name(name).lower(), ()))
+        return list(self._index.get(_key(name), ()))
 
     def get(self, name: str) -> str | None:
         """The value of the one field line named ``name``, None when absent; SipError when repeated."""
-        values = self.get_all(name)
+        values = self._index.get(_key(name), ())
         if len(values) > 1:
             raise SipError(f"{canonical_name(name)} appears more than once")
         return values[0] if values else None
@@ -121,7 +158,7 @@ class SipMessage:
             raise SipError(f"{name} is missing (section 8.1.1)")
         return value
 
-    @cached_property
+    @_once
     def vias(self) -> tuple[Via, ...]:
         """Every Via value, topmost first (section 20.42)."""
         vias = tuple(Via.parse(v) for v in self.values("Via"))
@@ -129,28 +166,28 @@ class SipMessage:
             raise SipError("Via is missing (section 8.1.1.7)")
         return vias
 
-    @cached_property
+    @_once
     def from_(self) -> NameAddr:
         return NameAddr.parse(self._required("From"))
 
-    @cached_property
+    @_once
     def to(self) -> NameAddr:
         return NameAddr.parse(self._required("To"))
 
-    @cached_property
+    @_once
     def call_id(self) -> str:
         return parse_call_id(self._required("Call-ID"))
 
-    @cached_property
+    @_once
     def cseq(self) -> CSeq:
         return CSeq.parse(self._required("CSeq"))
 
-    @cached_property
+    @_once
     def max_forwards(self) -> int | None:
         value = self.get("Max-Forwards")
         return None if value is None else parse_count(value, "Max-Forwards", maximum=MAX_FORWARDS_LIMIT)
 
-    @cached_property
+    @_once
     def content_length(self) -> int | None:
         value = self.get("Content-Length")
         return None if value is None else parse_count(value, "Content-Length", maximum=2**31 - 1)

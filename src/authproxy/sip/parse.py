@@ -48,6 +48,7 @@ DEFAULT_LIMITS = Limits()
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _BAD_BYTES_RE = re.compile(rb"[\x00\r\n]")
+_CONTENT_LENGTH_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:(.*?)(?=\r\n|\Z)", re.IGNORECASE | re.DOTALL)
 # The other control characters (CTL but HTAB, CR, LF, NUL: those are found line by line), which no header field
 # value may hold (section 25.1; the message's own check, done here once over all the field lines).
 _OTHER_CONTROL_RE = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -85,15 +86,31 @@ def _check_version(version: str) -> None:
         raise SipError("malformed SIP-Version")
 
 
-def _fields(lines: list[bytes], limits: Limits) -> CheckedHeaders:
-    """The header fields of ``lines`` (CRLF already removed), unfolded (section 7.3.1)."""
-    logical: list[str] = []
-    for raw in lines:
+def _lines(block: bytes, limits: Limits) -> list[str]:
+    """The field lines of ``block`` (the head after the start line), decoded. One regex and one decode for the
+    whole block when it is short enough that no line can be too long; else line by line, which says which
+    rule a line breaks first."""
+    crlf = block.count(b"\r\n")  # no NUL, and every CR and every LF in a CRLF: what _BAD_BYTES_RE finds
+    if len(block) <= limits.max_line_length and b"\x00" not in block and block.count(b"\r") == crlf \
+            and block.count(b"\n") == crlf:
+        try:
+            return block.decode("utf-8").split("\r\n")
+        except UnicodeDecodeError:
+            pass  # the line-by-line reading below names the error
+    out = []
+    for raw in block.split(b"\r\n"):
         if len(raw) > limits.max_line_length:
             raise _too_large("header line")
         if _BAD_BYTES_RE.search(raw) is not None:
             raise SipError("bare CR, LF or NUL in a header line")
-        line = _decode(raw)
+        out.append(_decode(raw))
+    return out
+
+
+def _fields(lines: list[str], limits: Limits) -> CheckedHeaders:
+    """The header fields of ``lines`` (decoded, CRLF already removed), unfolded (section 7.3.1)."""
+    logical: list[str] = []
+    for line in lines:
         if line[:1] in (" ", "\t"):
             if not logical:
                 raise SipError("continuation line before the first header field")
@@ -124,14 +141,13 @@ def _fields(lines: list[bytes], limits: Limits) -> CheckedHeaders:
 
 def _message(head: bytes, body: bytes, limits: Limits) -> Message:
     """The message whose head (start line and fields, without the blank line) is ``head``."""
-    lines = head.split(b"\r\n")
-    first = lines[0]
+    first, crlf, block = head.partition(b"\r\n")
     if len(first) > limits.max_line_length:
         raise _too_large("start line")
     if _BAD_BYTES_RE.search(first) is not None:
         raise SipError("bare CR, LF or NUL in the start line")
     a, b, c = _start_line(_decode(first))
-    fields = _fields(lines[1:], limits)
+    fields = _fields(_lines(block, limits) if crlf else [], limits)
     if _OTHER_CONTROL_RE.search(head, len(first)) is not None:
         raise SipError("control character in a header field value")
     message: Message
@@ -149,14 +165,13 @@ def _message(head: bytes, body: bytes, limits: Limits) -> Message:
 
 def _content_length(head: bytes) -> int | None:
     """Content-Length read from the raw head, before the whole message is parsed (to frame a stream)."""
-    for raw in head.split(b"\r\n")[1:]:
-        name, colon, value = raw.partition(b":")
-        if colon and name.rstrip(b" \t").lower() in (b"content-length", b"l"):
-            digits = value.strip(b" \t")
-            if not digits.isdigit() or len(digits) > 10:
-                raise SipError("Content-Length is not a number")
-            return int(digits)
-    return None
+    m = _CONTENT_LENGTH_RE.search(head)  # the first field line so named, as a split on CRLF finds it
+    if m is None:
+        return None
+    digits = m.group(1).strip(b" \t")
+    if not digits.isdigit() or len(digits) > 10:
+        raise SipError("Content-Length is not a number")
+    return int(digits)
 
 
 def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
