@@ -147,7 +147,7 @@ class Connection(RequestReader, TunnelRelay):
         if tunnel is not None:  # the tunnel's fast path, inline
             tunnel.write(data)
             return
-        if self.tunnel_data_from_client(data):
+        if self.tunnel_exchange is not None and self.tunnel_data_from_client(data):
             return
         if self.last_request:
             return  # read and dropped after the last request, so that our close is a clean FIN, not a reset

@@ -220,7 +220,8 @@ class Origin:
             self._measure_head(status)
         if status >= 200:  # a 1xx is followed by another head, within the same limits (RFC 9110 section 15.2)
             self._in_head = False
-            self._stop_timer()
+            if self._timer:
+                self._stop_timer()
         owner.upstream_head(status, self._reason, self._headers, parser.should_keep_alive())
         if self._head_only and status >= 200 and self.owner is not None:
             # A response to HEAD has no body whatever its Content-Length says (RFC 9110 section 9.3.2);
