@@ -5,8 +5,10 @@ own realm. The next hop is the tests' own UAS (tests/sip/sip_uas.py) answering 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -369,7 +371,8 @@ def kamailio(tmp_path: Path) -> Iterator[int]:
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text(KAMAILIO_CFG.format(port=port, modules=f"{modules}/"))
     proc = subprocess.Popen([exe, "-f", str(cfg), "-DD", "-E", "-Y", str(tmp_path), "-P", str(tmp_path / "k.pid"),
-                             "-m", "32", "-M", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-m", "32", "-M", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         client = UdpClient(port)
         client.sock.settimeout(0.2)
@@ -383,8 +386,16 @@ def kamailio(tmp_path: Path) -> Iterator[int]:
         client.close()
         yield port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        # kamailio forks its workers into its process group; on a loaded machine they take a while to stop, so
+        # the whole group gets SIGTERM, then SIGKILL if it is not gone in time.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def test_kamailio_as_the_next_hop(tmp_path: Path, users: Path, kamailio: int) -> None:
