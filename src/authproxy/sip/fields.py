@@ -285,7 +285,11 @@ class Via:
             params["received"] = host
         if self.wants_rport:
             params["rport"] = str(port)
-        return Via(self.transport, self.host, self.port, tuple(params.items()), self.protocol, self.version)
+        # This Via is checked; what changed is received (an IP address?) and rport (a port?): checked here.
+        via = _unchecked(Via, self.transport, self.host, self.port, tuple(params.items()), self.protocol,
+                         self.version)
+        via._check_values()
+        return via
 
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
