@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from authproxy.auth.basic import encode_basic
+from authproxy.auth.policy import AuthPolicy
 from authproxy.config import Config
 from authproxy.engine.authenticate import Authentication
 from authproxy.engine.authn import Authenticator, PendingPassword
@@ -45,9 +46,10 @@ class Clock:
 
 
 class State:
-    """What every connection shares (``ProxyState``), in memory: one user, alice."""
+    """What every connection shares (``ProxyState``), in memory: one user, alice. ``policy`` replaces the
+    config's auth policy (a scheme of the test's own)."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, policy: AuthPolicy | None = None, **options: Any) -> None:
         known = {f.name for f in dataclasses.fields(Config)}
         settings = {"users": "unused.users", "realm": REALM, "access_log": "", "throttle_max_failures": 0,
                     **options}
@@ -57,7 +59,7 @@ class State:
         self.wall: Callable[[], float] = self.clock
         store = MemoryUserStore([make_entry("alice", PASSWORD, REALM)])
         self.auth = Authenticator(self.config, store, MemoryNonceCounterStore(), nonce_key=b"k" * 32,
-                                  clock=self.clock)
+                                  clock=self.clock, policy=policy)
         c = self.config
         self.throttle: FailureThrottle | None = None
         if c.throttle_max_failures:
@@ -197,8 +199,8 @@ class Sink:
 class Playbook:
     """One client connection to an engine, with its state, clock and recording sinks."""
 
-    def __init__(self, **options: Any) -> None:
-        self.state = State(**options)
+    def __init__(self, policy: AuthPolicy | None = None, **options: Any) -> None:
+        self.state = State(policy, **options)
         self.sink = Sink()
         self.conn = Connection(self.state, self.sink, "192.0.2.7")
         self.origin_log: list[Command] = []

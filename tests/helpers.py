@@ -20,6 +20,11 @@ from typing import NotRequired, TypedDict
 
 import trustme
 
+from authproxy.auth.flow import Allow, ConnectionAuth, Flow, NeedPasswordCheck, NeedUser, Reject
+from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.policy import AuthPolicy
+from authproxy.auth.roles import Role
 from authproxy.users.native import add_user
 
 USERS = {
@@ -454,3 +459,39 @@ def loaded_by(module: str) -> list[str]:
                          check=True, timeout=60)
     loaded: list[str] = json.loads(out.stdout)
     return loaded
+
+
+class Handshake:
+    """A test scheme shaped like NTLM (tests/auth/test_schemes.py, tests/engine/test_playbooks.py): leg 1
+    "Handshake hello" is answered with a server token; leg 2 "Handshake <token> <name> <password>" must echo the
+    token this connection was given, and signs the connection in. The token lives on the connection, nowhere
+    else."""
+
+    name = "handshake"
+    connection_bound = True
+
+    def __init__(self, policy: AuthPolicy, issuer: NonceIssuer, role: Role) -> None:
+        self.role = role
+        self.realm = policy.realm
+        self.issued = 0
+
+    def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
+        return ["Handshake"]
+
+    def verify(self, method: str, target: str, authorization: str, now: float,
+               connection: ConnectionAuth | None) -> Flow:
+        assert connection is not None  # the verifier never calls a connection-bound scheme without one
+        words = authorization.split()
+        if words[1:] == ["hello"]:
+            self.issued += 1
+            token = f"t{self.issued}"
+            connection.handshakes[self.name] = token
+            return Reject(Outcome.MISSING, None, False, "handshake leg 1", self.role, challenge=f"Handshake {token}")
+        token = connection.handshakes.pop(self.name, None)
+        if token is None or len(words) != 4 or words[1] != token:
+            return Reject(Outcome.BAD_NONCE, None, False, "no such handshake on this connection", self.role)
+        entry = yield NeedUser(words[2])
+        ok = entry is not None and (yield NeedPasswordCheck(entry, words[3], self.realm))
+        if entry is None or not ok:
+            return Reject(Outcome.BAD_PASSWORD, words[2], False, "handshake refused", self.role)
+        return Allow(entry.name, self.name, None, self.role)

@@ -12,7 +12,7 @@ from authproxy.auth import driver
 from authproxy.auth.basic import encode_basic
 from authproxy.auth.digest import BASE_ALGORITHMS, compute_ha1
 from authproxy.auth.errors import ConfigError
-from authproxy.auth.flow import Allow, ConnectionAuth, Flow, NeedPasswordCheck, NeedUser, Reject
+from authproxy.auth.flow import Allow, ConnectionAuth, Reject
 from authproxy.auth.headers import parse_challenges
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.outcomes import Outcome
@@ -24,7 +24,7 @@ from authproxy.auth.verifier import Verifier
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore
 
-from helpers import digest_authorization
+from helpers import Handshake, digest_authorization
 
 REALM = "schemes"
 NOW = 1_700_000_000.0
@@ -86,40 +86,6 @@ def test_scheme_names_are_case_insensitive_and_unoffered_ones_refused() -> None:
 
 
 # --- a connection-bound scheme -------------------------------------------------------------------------------
-
-
-class Handshake:
-    """A test scheme shaped like NTLM: leg 1 "Handshake hello" is answered with a server token; leg 2
-    "Handshake <token> <name> <password>" must echo the token this connection was given, and signs the
-    connection in. The token lives on the connection, nowhere else."""
-
-    name = "handshake"
-    connection_bound = True
-
-    def __init__(self, policy: AuthPolicy, issuer: NonceIssuer, role: Role) -> None:
-        self.role = role
-        self.issued = 0
-
-    def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
-        return ["Handshake"]
-
-    def verify(self, method: str, target: str, authorization: str, now: float,
-               connection: ConnectionAuth | None) -> Flow:
-        assert connection is not None  # the verifier never calls a connection-bound scheme without one
-        words = authorization.split()
-        if words[1:] == ["hello"]:
-            self.issued += 1
-            token = f"t{self.issued}"
-            connection.handshakes[self.name] = token
-            return Reject(Outcome.MISSING, None, False, "handshake leg 1", self.role, challenge=f"Handshake {token}")
-        token = connection.handshakes.pop(self.name, None)
-        if token is None or len(words) != 4 or words[1] != token:
-            return Reject(Outcome.BAD_NONCE, None, False, "no such handshake on this connection", self.role)
-        entry = yield NeedUser(words[2])
-        ok = entry is not None and (yield NeedPasswordCheck(entry, words[3], REALM))
-        if entry is None or not ok:
-            return Reject(Outcome.BAD_PASSWORD, words[2], False, "handshake refused", self.role)
-        return Allow(entry.name, self.name, None, self.role)
 
 
 def answer(token: str, password: str = "pw") -> str:

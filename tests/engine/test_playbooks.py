@@ -10,12 +10,17 @@ import sys
 
 import pytest
 
+from authproxy.auth.basic import encode_basic
 from authproxy.auth.outcomes import Outcome
+from authproxy.auth.policy import AuthPolicy
+from authproxy.auth.schemes import SCHEMES
 from authproxy.engine.commands import ConnectFailure
+from authproxy.engine.connection import Connection
 from authproxy.engine.decision import Allowed, Refused
 from authproxy.engine.states import TIMERS, ConnState, ExchangeState, Timer
 
-from engine_support import BASIC, ORIGIN_ADDRESS, Playbook, get, status_of
+from engine_support import BASIC, ORIGIN_ADDRESS, PASSWORD, REALM, Playbook, get, status_of
+from helpers import Handshake
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -365,3 +370,57 @@ def test_refused_body_trickled_a_byte_at_a_time_is_drained_for_read_timeout_in_a
     p.clock.now += 1.5
     p.conn.timer(p.clock.now)
     assert p.sink.take() == [("close",)]
+
+
+# == a connection-bound scheme (NTLM, Negotiate: RFC 4559 section 4) ==========================================
+def handshake_playbook() -> Playbook:
+    """A proxy offering the tests' two-leg Handshake scheme (tests/helpers.py) before Digest and Basic."""
+    policy = AuthPolicy(realm=REALM, schemes=("handshake", "digest", "basic"),
+                        known_schemes={"handshake": Handshake, **SCHEMES})
+    return Playbook(policy)
+
+
+def test_a_connection_bound_handshake_signs_in_its_connection_only() -> None:
+    p = handshake_playbook()
+    p.conn.data_received(get(auth="Handshake hello"))
+    [(_, leg1)] = p.sink.take()
+    # Leg 1: a 407 carrying only the scheme's next leg, on a connection kept open (the handshake lives on it).
+    assert status_of(leg1) == 407 and b"\r\nProxy-Authenticate: Handshake t1\r\n" in leg1
+    assert b"Digest" not in leg1 and b"Connection: keep-alive" in leg1
+    p.conn.data_received(get(auth="Handshake t1 alice " + PASSWORD))
+    assert p.sink.take()[0] == ("decide", "alice", "origin.test", 80)
+    p.connect().data_received(OK)
+    assert status_of(p.sink.sent()) == 200
+    # Signed in: the next request on this connection needs no credentials ...
+    p.conn.data_received(get(auth=None))
+    assert ("decide", "alice", "origin.test", 80) in p.sink.take()
+    p.connect().data_received(OK)
+    assert status_of(p.sink.sent()) == 200 and p.sink.records[-1].user == "alice"
+    # ... while Basic on it is still checked on its own (a wrong password is refused, whatever came before) ...
+    p.conn.data_received(get(auth="Basic " + encode_basic("alice", "wrong")))
+    [(_, refused)] = p.sink.take()
+    assert status_of(refused) == 407 and p.sink.records[-1].outcome is Outcome.BAD_PASSWORD
+    # ... and another connection is not signed in.
+    other = Connection(p.state, p.sink, "192.0.2.8")
+    other.data_received(get(auth=None))
+    [(_, fresh)] = p.sink.take()
+    assert status_of(fresh) == 407 and b"Proxy-Authenticate: Handshake\r\n" in fresh
+    last = p.sink.records[-1]
+    assert last.outcome is Outcome.MISSING
+
+
+def test_a_handshake_leg_from_another_connection_is_refused() -> None:
+    p = handshake_playbook()
+    p.conn.data_received(get(auth="Handshake hello"))
+    p.sink.take()
+    other = Connection(p.state, p.sink, "192.0.2.8")
+    other.data_received(get(auth="Handshake t1 alice " + PASSWORD))
+    [(_, refused)] = p.sink.take()
+    assert status_of(refused) == 407 and p.sink.records[-1].outcome is Outcome.BAD_NONCE
+
+
+def test_basic_and_digest_alone_keep_no_connection_state() -> None:
+    p = Playbook()
+    assert not p.state.auth.connection_bound
+    p.conn.data_received(get())
+    assert p.conn.auth_state is None

@@ -70,7 +70,8 @@ class Authentication(Relay):
             else:
                 self.dest = forward.parse_absolute_target(self.target)
             authorization = self._proxy_authorization()
-            step = shared.auth.start(self.method.decode("ascii"), self.target_text, authorization)
+            step = shared.auth.start(self.method.decode("ascii"), self.target_text, authorization,
+                                     self.conn.connection_auth() if shared.auth.connection_bound else None)
         except AuthProxyError as exc:
             self.outcome = Outcome.BAD_REQUEST
             self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
@@ -98,7 +99,7 @@ class Authentication(Relay):
             self.route()
         elif isinstance(step, Reject):
             self.user, self.outcome = step.user, step.outcome
-            self.challenge(step.stale)
+            self.challenge(step.stale, step.challenge)
         elif isinstance(step, PendingBody):
             self.pending_body = step
             limit = self.conn.shared.config.auth_int_max_body
@@ -162,8 +163,11 @@ class Authentication(Relay):
         self.outcome = Outcome.BAD_REQUEST
         self.refuse(exc.status_hint, exc.message, error="http_request_error", close=True)
 
-    def challenge(self, stale: bool) -> None:
-        """407 with a fresh challenge (RFC 9110 section 15.5.8: at least one Proxy-Authenticate)."""
+    def challenge(self, stale: bool, leg: str | None = None) -> None:
+        """407 with a fresh challenge (RFC 9110 section 15.5.8: at least one Proxy-Authenticate), or, mid-way
+        through a connection-bound scheme's handshake (NTLM, Negotiate: RFC 4559 section 4), that scheme's next
+        leg alone, on a connection kept open (the handshake lives on it)."""
         auth = self.conn.shared.auth
         detail = f"{self.outcome.client_text(auth.role)} (realm {auth.realm!r})"
-        self.refuse(407, detail, extra=auth.challenge_fields(stale))
+        fields = auth.challenge_fields(stale) if leg is None else [(auth.role.challenge_field, leg)]
+        self.refuse(407, detail, extra=fields)

@@ -21,9 +21,18 @@ from typing import TYPE_CHECKING
 from authproxy.auth.driver import Suspended, advance, body_hash, check_password
 from authproxy.auth.errors import UserStoreError
 from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.policy import AuthPolicy
 from authproxy.auth.roles import PROXY
 from authproxy.auth.store import UserEntry, UserStore
-from authproxy.auth.verifier import Allow, Flow, NeedBodyHash, NeedPasswordCheck, Reject, Verifier
+from authproxy.auth.verifier import (
+    Allow,
+    ConnectionAuth,
+    Flow,
+    NeedBodyHash,
+    NeedPasswordCheck,
+    Reject,
+    Verifier,
+)
 
 if TYPE_CHECKING:
     from authproxy.config import Config
@@ -54,17 +63,23 @@ class Authenticator:
     """The proxy's side of authentication: one per server, shared by every connection."""
 
     def __init__(self, config: Config, store: UserStore, counters: NonceCounterStore,
-                 nonce_key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+                 nonce_key: bytes | None = None, clock: Callable[[], float] = time.time,
+                 policy: AuthPolicy | None = None) -> None:
+        """``policy`` replaces the config's (``Config.auth_policy``): how a scheme outside the registry of
+        ``authproxy.auth.schemes`` plugs in (an ``AuthPolicy`` with a larger ``known_schemes``)."""
         self.realm = config.realm
         self.store = store
         self.counters = counters
         self.clock = clock
-        policy = config.auth_policy
+        policy = policy or config.auth_policy
         # Kept so a reload (SIGHUP) can build a new Authenticator that still accepts the nonces in flight.
         self.nonce_key = nonce_key or secrets.token_bytes(32)
         issuer = NonceIssuer(self.nonce_key, config.realm, config.nonce_lifetime)
         self.verifier = Verifier(policy, issuer, PROXY)  # the proxy's role: 407 and the Proxy-* fields
         self.role = self.verifier.role
+        # Whether an offered scheme authenticates connections (NTLM, Negotiate): only then does each client
+        # connection keep a ConnectionAuth, so Basic and Digest alone cost nothing per connection.
+        self.connection_bound = any(s.connection_bound for s in self.verifier.schemes.values())
         self.cache_ttl = config.basic_cache_ttl
         # sha256(salt, Basic field) -> (expiry, the entry it was verified against, the Allow to answer).
         self._basic: dict[bytes, tuple[float, UserEntry, Allow]] = {}
@@ -77,8 +92,10 @@ class Authenticator:
         return [(self.role.challenge_field, v) for v in values]
 
     # -- running a flow -------------------------------------------------------------------------------------
-    def start(self, method: str, target: str, authorization: str | None) -> Step:
-        """Begin verifying one request. Raises AuthHeaderError (400) for malformed credentials."""
+    def start(self, method: str, target: str, authorization: str | None,
+              connection: ConnectionAuth | None = None) -> Step:
+        """Begin verifying one request. Raises AuthHeaderError (400) for malformed credentials. ``connection``
+        is the client connection's state for connection-bound schemes (see ``connection_bound``)."""
         try:
             self.store.refresh()
         except UserStoreError as exc:
@@ -88,7 +105,7 @@ class Authenticator:
             known = self._basic_known(authorization)
             if known is not None:
                 return known
-        flow = self.verifier.verify(method, target, authorization, self.clock())
+        flow = self.verifier.verify(method, target, authorization, self.clock(), connection)
         return self._settle(authorization, self._run(flow, None, authorization))
 
     def resume_body(self, pending: PendingBody, body: bytes) -> Step:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from authproxy.auth.flow import ConnectionAuth
 from authproxy.auth.outcomes import Outcome
 from authproxy.engine.exchange import Exchange
 from authproxy.engine.requests import RequestReader
@@ -73,6 +74,9 @@ class Connection(RequestReader, TunnelRelay):
         self.pending_at = 0
         self.running = False  # _run is on the stack
         self.wake_asked = False  # a woken() is due from the driver
+        # A connection-bound scheme's handshake and sign-in (NTLM, Negotiate): made on first use, gone with the
+        # connection. Basic and Digest never touch it: each of their requests is checked on its own.
+        self.auth_state: ConnectionAuth | None = None
         self.last_request = False  # a request without keep-alive was parsed: nothing after it is processed
         self.closing_after = False  # the request being parsed is that last one
         self.connect_head = False  # the last head parsed was a CONNECT's
@@ -170,9 +174,16 @@ class Connection(RequestReader, TunnelRelay):
         # _run closes once the last answer is written.
         return bool(self.active is not None or self.queue or self.pending)
 
+    def connection_auth(self) -> ConnectionAuth:
+        """This connection's state for connection-bound schemes."""
+        if self.auth_state is None:
+            self.auth_state = ConnectionAuth()
+        return self.auth_state
+
     def connection_lost(self) -> None:
         self.closed = True
         self.pending = b""
+        self.auth_state = None
         self.tunnel_lost()
         for ex in (self.active, self.receiving, *self.queue):
             if ex is not None and ex is not self.tunnel_exchange:
