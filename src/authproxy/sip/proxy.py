@@ -239,9 +239,9 @@ class SipProxy:
         """The request as it goes to the next hop (section 16.6 steps 2-8, 16.11): a pure function of the
         request and its source, so a retransmission is forwarded as the first copy was."""
         top = request.vias[0]
-        branch = BRANCH_PREFIX + hmac.new(self._key, "\0".join((
+        branch = BRANCH_PREFIX + hmac.digest(self._key, "\0".join((  # one C call
             request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
-            request.to.tag or "", request.uri)).encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+            request.to.tag or "", request.uri)).encode("utf-8"), "sha256").hex()[:24]
         hop = self.next_hop
         max_forwards = request.max_forwards
         realm, own_field = self.verifier.policy.realm, PROXY.credentials_field.lower()
@@ -298,7 +298,7 @@ class SipProxy:
     def _to_tag(self, request: SipRequest) -> str:
         # Derived, not random: a stateless server answers every copy of a request with the same To tag.
         material = f"{request.call_id}\0{request.from_.tag or ''}".encode()
-        return hmac.new(self._key, material, hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self._key, material, "sha256").hex()[:16]
 
     @staticmethod
     def _reply_to(top: Via, source: Address, transport: str) -> Address:
