@@ -28,6 +28,8 @@ SLICE = 16384
 class RequestReader:
     """The parsing half of a client connection."""
 
+    __slots__ = ()  # the attributes are Connection's slots
+
     # Set by Connection; declared here for the type checker.
     shared: ProxyState
     parser: httptools.HttpRequestParser

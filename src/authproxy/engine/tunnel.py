@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class TunnelRelay:
     """The tunnel half of a client connection."""
 
+    __slots__ = ()  # the attributes are Connection's slots
+
     # Set by Connection; declared here for the type checker.
     sink: ClientSink
     active: Exchange | None

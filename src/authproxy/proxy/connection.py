@@ -36,6 +36,8 @@ WRITE_LOW = 16 * 1024
 class ClientConnection(asyncio.Protocol):
     """asyncio.Protocol for a client of the proxy, and the engine's ClientSink."""
 
+    __slots__ = ("_wake", "client", "closed", "engine", "send", "server", "tasks", "transport")
+
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
