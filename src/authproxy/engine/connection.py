@@ -23,7 +23,6 @@ import httptools
 from authproxy.auth.flow import ConnectionAuth
 from authproxy.auth.outcomes import Outcome
 from authproxy.engine.exchange import Exchange
-from authproxy.engine.requests import RequestReader
 from authproxy.engine.responses import made_up_response
 from authproxy.engine.states import TIMERS, ConnState, Timer
 from authproxy.engine.tunnel import TunnelRelay
@@ -36,51 +35,25 @@ if TYPE_CHECKING:
 _EXCHANGE_REASONS = frozenset({"auth", "connect", "body", "upstream"})
 
 
-class Connection(RequestReader, TunnelRelay):
+class Connection(TunnelRelay):
     """The protocol logic of one client connection (uvicorn's httptools fast path is the model)."""
 
     # One per client connection, and 10,000 idle ones are a figure the bench measures: no __dict__ each.
     __slots__ = (
-        "active",
         "answered_at",
         "auth_state",
-        "body_seen",
         "client",
         "client_eof",
         "closed",
-        "closing_after",
-        "connect_head",
         "draining",
-        "framing_gap",
-        "head_bytes",
-        "head_new",
-        "head_started",
-        "header_size",
-        "headers",
-        "held_source",
-        "in_head",
         "last_activity",
-        "last_request",
-        "parser",
         "paused",
-        "pending",
-        "pending_at",
         "queue",
         "reading",
-        "ready",
-        "receiving",
         "refusal",
         "running",
         "shared",
         "sink",
-        "stopping",
-        "trailer_count",
-        "tunnel",
-        "tunnel_down",
-        "tunnel_eof",
-        "tunnel_exchange",
-        "tunnel_pending",
-        "url",
         "wake_asked",
         "write_paused_at",
         "writing_paused_now",

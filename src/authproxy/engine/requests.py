@@ -28,7 +28,29 @@ SLICE = 16384
 class RequestReader:
     """The parsing half of a client connection."""
 
-    __slots__ = ()  # the attributes are Connection's slots
+    # The parsing state (a Connection is one per client: no __dict__ each).
+    __slots__ = (
+        "active",
+        "body_seen",
+        "closing_after",
+        "connect_head",
+        "framing_gap",
+        "head_bytes",
+        "head_new",
+        "head_started",
+        "header_size",
+        "headers",
+        "in_head",
+        "last_request",
+        "parser",
+        "pending",
+        "pending_at",
+        "ready",
+        "receiving",
+        "stopping",
+        "trailer_count",
+        "url",
+    )
 
     # Set by Connection; declared here for the type checker.
     shared: ProxyState

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from authproxy.engine.requests import RequestReader
+
 if TYPE_CHECKING:
     from authproxy.engine.commands import ClientSink, TunnelSink
     from authproxy.engine.exchange import Exchange
     from authproxy.engine.origin import Origin
 
 
-class TunnelRelay:
+class TunnelRelay(RequestReader):
     """The tunnel half of a client connection."""
 
-    __slots__ = ()  # the attributes are Connection's slots
+    __slots__ = (
+        "held_source",
+        "tunnel",
+        "tunnel_down",
+        "tunnel_eof",
+        "tunnel_exchange",
+        "tunnel_pending",
+    )
 
     # Set by Connection; declared here for the type checker.
     sink: ClientSink
