@@ -7,26 +7,22 @@ the other, so a fast sender never grows a write buffer beyond the transport's hi
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
+
+from authproxy.proxy.outgoing import OutgoingConnection
 
 if TYPE_CHECKING:
     from authproxy.engine.tunnel import TunnelRelay
 
 
-class TunnelUpstream(asyncio.Protocol):
+class TunnelUpstream(OutgoingConnection):
     """The origin side of a CONNECT tunnel."""
 
-    __slots__ = ("client", "closed", "transport")
+    __slots__ = ("client",)
 
     def __init__(self, client: TunnelRelay) -> None:
+        super().__init__()
         self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.client.tunnel_data(data)
@@ -45,22 +41,10 @@ class TunnelUpstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.client.tunnel_writing_resumed()
 
-    # -- TunnelSink ----------------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
+    # -- TunnelSink (write, pause_reading, resume_reading: OutgoingConnection's) ----------------------------
     def write_eof(self) -> None:
         if self.transport is not None and not self.closed and self.transport.can_write_eof():
             self.transport.write_eof()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -11,27 +11,23 @@ import asyncio
 from collections.abc import Callable
 
 from authproxy.engine.origin import HeadLimits, Origin
+from authproxy.proxy.outgoing import OutgoingConnection
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(OutgoingConnection):
     """One connection to an origin, reused across requests while the origin keeps it open. The Origin's
     OriginSink."""
 
-    __slots__ = ("_pool", "_timer", "closed", "key", "origin", "transport")
+    __slots__ = ("_pool", "_timer", "key", "origin")
 
     def __init__(self, key: tuple[str, int], pool: Pool, clock: Callable[[], float]) -> None:
+        super().__init__()
         self.key = key
         self._pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self.origin = Origin(key, self, clock, pool)
 
     # -- asyncio.Protocol: events for the Origin ------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
-        self.transport = transport  # type: ignore[assignment]
-
     def data_received(self, data: bytes) -> None:
         self.origin.data_received(data)
 
@@ -50,22 +46,10 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.origin.writing_resumed()
 
-    # -- OriginSink: commands from the Origin ---------------------------------------------------------------
+    # -- OriginSink: commands from the Origin (write, pause_reading, resume_reading: OutgoingConnection's) --
     @property
     def last_activity(self) -> float:
         return self.origin.last_activity
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def start_timer(self, seconds: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(seconds, self._timer_fired)
