@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import requests
 
 from authproxy.client import AsyncProxyTransport, ProxyAdapter, ProxyTransport
 
-from helpers import Echo, OriginHandler, OriginServer, ProxyProcess, start_proxy
+from helpers import Echo, Listener, OriginHandler, OriginServer, ProxyProcess, start_proxy
 
 ALGORITHMS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess", "SHA-512-256", "SHA-512-256-sess")
 
@@ -73,40 +72,6 @@ def relay(a: socket.socket, b: socket.socket) -> None:
     t.join(5)
     a.close()
     b.close()
-
-
-class Listener:
-    """A TCP listener on 127.0.0.1 that runs ``handle(conn)`` in a thread per connection."""
-
-    def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.handle = handle
-        self.tls = tls
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            self.handle(conn)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass

@@ -154,23 +154,17 @@ class OriginServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class ScriptedOrigin:
-    """A raw TCP origin on 127.0.0.1 that answers each request head it reads with ``answer(conn, path)``, which
-    writes whatever bytes it likes (a hostile origin) and returns False to close the connection. It counts
-    connections, so a test can tell whether the proxy reused one, and records how each one ended."""
+class Listener:
+    """A TCP listener on 127.0.0.1 that runs ``handle(conn)`` in a thread per connection."""
 
-    def __init__(self, answer: Callable[[socket.socket, str], bool]) -> None:
-        self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+    def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None, *,
+                 backlog: int | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=backlog)
         self.port: int = self.sock.getsockname()[1]
+        self.handle = handle
+        self.tls = tls
         self.connections = 0
-        self.errors: list[BaseException] = []  # what a write to the proxy raised (the proxy cut the connection)
-        self.done = threading.Event()  # set each time an answer ends
         threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def authority(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
         while True:
@@ -179,30 +173,63 @@ class ScriptedOrigin:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    path = head.split(b" ", 2)[1].decode("latin-1")
-                    try:
-                        if not self.answer(conn, path):
-                            return
-                    finally:
-                        self.done.set()
-            except OSError as exc:
-                self.errors.append(exc)
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.handle(conn)
+        except (OSError, ssl.SSLError):
+            pass  # the peer went away: the test reads what it needs from its own side
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ScriptedOrigin:
+    """A raw TCP origin on 127.0.0.1 that answers each request head it reads with ``answer(conn, path)``, which
+    writes whatever bytes it likes (a hostile origin) and returns False to close the connection. It counts
+    connections, so a test can tell whether the proxy reused one, and records how each one ended."""
+
+    def __init__(self, answer: Callable[[socket.socket, str], bool]) -> None:
+        self.answer = answer
+        self.errors: list[BaseException] = []  # what a write to the proxy raised (the proxy cut the connection)
+        self.done = threading.Event()  # set each time an answer ends
+        self.listener = Listener(self._serve, backlog=64)
+        self.port = self.listener.port
+
+    @property
+    def connections(self) -> int:
+        return self.listener.connections
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode("latin-1")
+                try:
+                    if not self.answer(conn, path):
+                        return
+                finally:
+                    self.done.set()
+        except OSError as exc:
+            self.errors.append(exc)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def make_tls(tmp: Path) -> tuple[ssl.SSLContext, Path]:
@@ -350,6 +377,61 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a proxy process holds, read from /proc (Linux): for leak and bound claims."""
+
+    fds: int
+    client_sockets: int  # accepted connections still open (the listening socket excluded)
+    origin_sockets: int  # connections to the test origin (idle pooled ones included)
+    other_sockets: int
+    rss: int
+
+    def __str__(self) -> str:
+        return (f"fds={self.fds} client_sockets={self.client_sockets} origin_sockets={self.origin_sockets} "
+                f"other_sockets={self.other_sockets} rss={self.rss / 1048576:.1f}MiB")
+
+
+def _tcp_endpoints(pid: int) -> dict[str, tuple[int, int, str]]:
+    """inode -> (local port, remote port, state) for every TCP socket in the proxy's network namespace."""
+    table: dict[str, tuple[int, int, str]] = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            table[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state)
+    return table
+
+
+def usage(proxy: ProxyProcess, origin_port: int) -> Usage:
+    """The proxy's file descriptors, sockets told apart by their TCP endpoints (client side: the proxy's port as
+    the local port; origin side: ``origin_port`` as the remote port), and its RSS."""
+    pid = proxy.proc.pid
+    endpoints = _tcp_endpoints(pid)
+    fds = client = upstream = other = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed while we looked
+        fds += 1
+        match = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if match is None:
+            continue
+        local, remote, state = endpoints.get(match.group(1), (0, 0, ""))
+        if local == proxy.port and state != "0A":  # 0A: LISTEN
+            client += 1
+        elif remote == origin_port:
+            upstream += 1
+        else:
+            other += 1
+    return Usage(fds, client, upstream, other, rss_bytes(pid))
 
 
 def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = False) -> bytes:

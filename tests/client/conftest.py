@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from client_support import FakeProxy, Listener, Proxies, RedirectOrigin, Seen, TLSFront, relay
-from helpers import OriginServer, ProxyProcess
+from client_support import FakeProxy, Proxies, RedirectOrigin, Seen, TLSFront, relay
+from helpers import Listener, OriginServer, ProxyProcess
 
 
 @pytest.fixture(scope="session")

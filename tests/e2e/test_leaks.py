@@ -8,20 +8,26 @@ file descriptor must return to the baseline.
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import OriginServer, ProxyProcess, basic_authorization, raw_exchange, start_proxy, status_of
+from helpers import (
+    OriginServer,
+    ProxyProcess,
+    Usage,
+    basic_authorization,
+    raw_exchange,
+    start_proxy,
+    status_of,
+    usage,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -47,60 +53,6 @@ def proxy(session_tmp: Path, users_file: Path) -> Iterator[ProxyProcess]:
     proc = start_proxy(session_tmp, users_file, "--access-log", "", "--config", str(config))
     yield proc
     proc.stop()
-
-
-# == measuring the proxy from /proc =============================================================================
-@dataclass(frozen=True)
-class Usage:
-    fds: int
-    client_sockets: int  # accepted connections still open (the listening socket excluded)
-    origin_sockets: int  # connections to the test origin (idle pooled ones included)
-    other_sockets: int
-    rss: int
-
-    def __str__(self) -> str:
-        return (f"fds={self.fds} client_sockets={self.client_sockets} origin_sockets={self.origin_sockets} "
-                f"other_sockets={self.other_sockets} rss={self.rss / 1048576:.1f}MiB")
-
-
-def _tcp_endpoints(pid: int) -> dict[str, tuple[int, int, str]]:
-    """inode -> (local port, remote port, state) for every TCP socket in the proxy's network namespace."""
-    table: dict[str, tuple[int, int, str]] = {}
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-            table[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state)
-    return table
-
-
-def usage(proxy: ProxyProcess, origin_port: int) -> Usage:
-    pid = proxy.proc.pid
-    endpoints = _tcp_endpoints(pid)
-    fds = client = upstream = other = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed while we looked
-        fds += 1
-        match = re.fullmatch(r"socket:\[(\d+)\]", target)
-        if match is None:
-            continue
-        local, remote, state = endpoints.get(match.group(1), (0, 0, ""))
-        if local == proxy.port and state != "0A":  # 0A: LISTEN
-            client += 1
-        elif remote == origin_port:
-            upstream += 1
-        else:
-            other += 1
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    return Usage(fds, client, upstream, other, rss_kib * 1024)
 
 
 # == the aborted conversations =================================================================================

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_leaks import usage
 
 from helpers import (
     USERS,
@@ -27,6 +26,7 @@ from helpers import (
     read_response,
     start_proxy,
     status_of,
+    usage,
 )
 
 ALICE = basic_authorization("alice", USERS["alice"])

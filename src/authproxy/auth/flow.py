@@ -8,9 +8,9 @@ they were decided in, so the caller names the right fields (``Proxy-Authenticate
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from authproxy.auth.outcomes import REJECT_OUTCOMES, Outcome
 from authproxy.auth.roles import PROXY, Role
@@ -138,3 +138,23 @@ class ConnectionAuth:
 
     handshakes: dict[str, Any] = field(default_factory=dict)
     signed_in: Allow | None = None
+
+
+# --- running a generator flow -----------------------------------------------------------------------------
+
+_Step = TypeVar("_Step")
+_Answer = TypeVar("_Answer")
+_Result = TypeVar("_Result")
+
+
+def drive(flow: Generator[_Step, _Answer, _Result], send: Callable[[_Step], _Answer]) -> _Result:
+    """Run a generator flow to its end with a synchronous ``send`` (what each yielded step is answered with), and
+    return what it returns: the one loop for the responder's flows (HTTP and SIP), for tests and simple callers.
+    """
+    step = next(flow)
+    while True:
+        try:
+            step = flow.send(send(step))
+        except StopIteration as stop:
+            result: _Result = stop.value
+            return result

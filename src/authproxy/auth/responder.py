@@ -40,7 +40,6 @@ import hmac
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from authproxy.auth.basic import encode_basic
 from authproxy.auth.digest import (
@@ -55,6 +54,7 @@ from authproxy.auth.digest import (
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.errors import ProxyAuthError as ProxyAuthError  # re-exported: its import path before
 from authproxy.auth.errors import ProxyError as ProxyError  # re-exported: its import path before
+from authproxy.auth.flow import drive as drive  # re-exported: run a Flow with a synchronous send
 from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params, parse_challenges
 from authproxy.auth.roles import ORIGIN, PROXY, Role
 
@@ -576,13 +576,3 @@ class Responder:
 
 
 Flow = Generator[Send, ProxyResponse, ProxyResponse]
-
-
-def drive(flow: Flow, send: Callable[[Send], ProxyResponse]) -> ProxyResponse:
-    """Run ``flow`` to the end with a synchronous ``send``; for tests and simple callers."""
-    step = next(flow)
-    while True:
-        try:
-            step = flow.send(send(step))
-        except StopIteration as stop:
-            return cast(ProxyResponse, stop.value)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import replace
 
 from authproxy.auth.errors import ProxyAuthError
+from authproxy.auth.flow import drive as drive  # re-exported: run an Exchange with a synchronous send
 from authproxy.auth.headers import parse_challenges
 from authproxy.auth.responder import MAX_ROUNDS, ProxyRequest, ProxyResponse, Responder, Send
 from authproxy.auth.roles import ORIGIN, PROXY, Role, role_for_status
@@ -148,14 +149,3 @@ class SipAuthenticator:
     def _branch(self, request: SipRequest) -> str:
         branch = request.vias[0].branch
         return branch if branch is not None else new_branch(self._random)
-
-
-def drive(exchange: Exchange, send: Callable[[SipRequest], SipResponse]) -> SipResponse:
-    """Run ``exchange`` to the end with a synchronous ``send``; for tests and simple callers."""
-    attempt = next(exchange)
-    while True:
-        try:
-            attempt = exchange.send(send(attempt))
-        except StopIteration as stop:
-            result: SipResponse = stop.value
-            return result
