@@ -102,3 +102,37 @@ def _no_throttle(tmp_path: Path) -> Path:
     config = tmp_path / "no-throttle.toml"
     config.write_text("throttle_max_failures = 0\n")
     return config
+
+
+def test_auth_int_reads_the_body_for_an_unknown_user_too(tmp_path: Path, users_file: Path,
+                                                         origin: OriginServer) -> None:
+    """With qop=auth-int the digest covers the body, so a wrong password is answered only once the body is in;
+    an unknown name must wait for it as well, or a 407 arriving before the body is sent tells that the name
+    does not exist."""
+    config = tmp_path / "auth-int.toml"
+    config.write_text('qop = ["auth", "auth-int"]\nthrottle_max_failures = 0\n')
+    proxy = start_proxy(tmp_path, users_file, "--config", str(config))
+    uri = f"http://127.0.0.1:{origin.port}/upload"
+    body = b"hello"
+    try:
+        for user in ("alice", "nobody"):
+            challenge = challenges_of(raw_exchange(proxy.port, get(origin)))[0]
+            auth = digest_authorization(challenge, user, "not-the-password", "POST", uri, qop="auth-int",
+                                        body=body)
+            head = (f"POST {uri} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                    f"Proxy-Authorization: {auth}\r\n\r\n").encode()
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(head)
+                sock.settimeout(0.5)
+                try:
+                    early = sock.recv(65536)
+                except TimeoutError:
+                    early = b""
+                assert early == b"", (user, early)  # nothing before the body: the digest needs it
+                sock.settimeout(10)
+                sock.sendall(body)
+                assert status_of(read_response(sock)) == 407, user
+        log = proxy.access_log()
+        assert "auth=bad-password" in log and "auth=unknown-user" in log
+    finally:
+        proxy.stop()

@@ -226,19 +226,20 @@ class DigestScheme:
                 entry = None
         else:
             entry = yield NeedUser(dc.username)
+        body_hash: str | None = None
+        if dc.qop == "auth-int":
+            # Asked for whether or not the user exists: an unknown name answered before its body is read would
+            # tell a guesser which names exist (the 407 would come before the body is sent; issue 9 item 9).
+            body_hash = yield NeedBodyHash(alg.base)
         if entry is None or alg.base not in entry.digest_algorithms(policy.realm):
             # The response is computed all the same (with an HA1 nobody has), so that this refusal costs what
             # a wrong password costs and its timing does not tell a guesser which names exist (issue 9 item 9).
             request_digest(alg, ha1="0" * alg.hex_length, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop,
-                           method=method, uri=dc.uri, body_hash=None if dc.qop == "auth" else "0" * alg.hex_length)
+                           method=method, uri=dc.uri, body_hash=body_hash)
             if entry is None:
                 return self._reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
             return self._reject(Outcome.NO_DIGEST_SECRET, entry.name, False, f"no {alg.base} HA1 for this realm")
         ha1 = entry.ha1[alg.base].lower()
-
-        body_hash: str | None = None
-        if dc.qop == "auth-int":
-            body_hash = yield NeedBodyHash(alg.base)
         expected = request_digest(
             alg,
             ha1=ha1,
