@@ -66,6 +66,8 @@ def _sip_parser(subparsers: Any) -> None:
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain for tls: listeners")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
     serve.add_argument("--via-host", metavar="HOST", help="the host in this proxy's Via (default: the listen host)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="processes sharing the listeners (default 1; 0: one per CPU)")
 
 
 def _run_sip(args: argparse.Namespace) -> int:
@@ -80,6 +82,7 @@ def _run_sip(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "via_host": args.via_host,
+        "workers": args.workers,
     }
     config = load_sip_config(args.config, overrides)
     from authproxy.sip.serve import run

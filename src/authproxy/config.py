@@ -266,7 +266,8 @@ class SipConfig:
     max_transactions: int = 20_000  # remembered transactions (retransmissions), 32 s each
     max_transactions_per_source: int = 2_000  # of those, per source address; past it: 503
     max_message_size: int = 65535
-    max_connections: int = 1000  # TCP and TLS connections, both directions
+    max_connections: int = 1000  # TCP and TLS connections, both directions (per worker)
+    workers: int = 1  # processes sharing the listeners (SO_REUSEPORT); 0: one per CPU
 
     listeners: tuple[tuple[str, str, int], ...] = field(init=False, repr=False, compare=False)
     auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
@@ -301,6 +302,8 @@ class SipConfig:
         for key in ("max_transactions", "max_transactions_per_source", "max_connections"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
+        if self.workers < 0:
+            raise ConfigError("workers: must not be negative")
         if not 1024 <= self.max_message_size <= 65535:
             raise ConfigError("max_message_size: must be 1024-65535 (a UDP datagram's bound)")
 

@@ -37,6 +37,7 @@ def test_sip_table_over_shared_options_under_flags(tmp_path: Path) -> None:
     (f'next_hop = "{HOP}"\nlisten = ["sctp:127.0.0.1:5060"]', "listen"),
     (f'next_hop = "{HOP}"\nlisten = "udp:127.0.0.1:5060"', "sip.listen"),
     (f'next_hop = "{HOP}"\nmax_transactions = 0', "max_transactions"),
+    (f'next_hop = "{HOP}"\nworkers = -1', "workers"),
     (f'next_hop = "{HOP}"\ndigest_algorithms = ["MD4"]', "digest_algorithms"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:0.0.0.0:5060"]', "via_host"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]', "listen"),

@@ -126,11 +126,12 @@ class _Transaction:
 
 class SipProxy:
     """The proxy's decisions. ``local`` is this proxy's address per transport as it listens (its Via sent-by);
-    ``random`` gives random bytes (nonces, the key behind branches and To tags)."""
+    ``random`` gives random bytes (nonces, and the key behind branches and To tags unless ``key`` is given:
+    the workers of one proxy share theirs)."""
 
     def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
-                 local: dict[str, Address], random: Callable[[int], bytes], name: str = "authproxy",
-                 limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
+                 local: dict[str, Address], random: Callable[[int], bytes], key: bytes | None = None,
+                 name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
                  max_transactions_per_source: int = 2_000) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
@@ -140,7 +141,7 @@ class SipProxy:
         self.next_hop, self.local, self.random, self.name, self.limits = next_hop, local, random, name, limits
         self.max_transactions = max_transactions
         self.max_per_source = max_transactions_per_source
-        self._key = random(32)
+        self._key = key if key is not None else random(32)
         # This proxy's Via but its branch (section 16.6 step 8), built and checked once.
         host, port = local[next_hop.transport]
         self._via_prefix = str(Via(next_hop.transport.upper(), f"[{host}]" if ":" in host else host, port))

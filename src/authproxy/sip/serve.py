@@ -10,18 +10,31 @@ come back to it); over a stream, on the connection with that peer, else on a new
 18.2.2). A stream that breaks the framing gets its 400 (when one can be made) and is closed, since nothing
 after it can be framed. Bounded: ``max_connections`` streams, ``max_message_size`` per message (and so per
 stream buffer), 1 MiB unsent per stream before it is closed.
+
+With ``workers`` (``--workers N``) a supervisor (the HTTP proxy's, :func:`authproxy.proxy.workers.supervise`)
+runs N processes. Before forking it makes, for every listener, one ``SO_REUSEPORT`` socket per worker on the
+same port, and keeps them all: a worker takes its own, and a worker restarted after a crash takes its
+predecessor's. The kernel picks a socket of the group by a hash of the 4-tuple, so the group never changing
+means a peer address keeps going to the same worker. The workers share the nonce key and a shared-memory
+nonce-count table (:class:`authproxy.state.shared.SharedNonceCounterStore`): a nonce one worker issued is
+accepted by every worker, a ``(nonce, nc)`` used at one is a replay at every other. They share the key behind
+branches and To tags too, so a CANCEL or the ACK of a 407 is treated alike whichever worker it reaches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hmac
 import os
+import secrets
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from authproxy.auth.errors import ConfigError, UserStoreError
@@ -31,16 +44,30 @@ from authproxy.auth.verifier import Verifier
 from authproxy.config import SipConfig
 from authproxy.observe.accesslog import AccessLog
 from authproxy.proxy.tls import tls_context
+from authproxy.proxy.workers import supervise
 from authproxy.sip.fields import SipError
 from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits, parse_stream
 from authproxy.sip.proxy import Action, NextHop, Send, SipProxy
+from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import open_serving_store
 
 #: Unsent bytes a stream may hold before it is given up (a peer that does not read).
 MAX_UNSENT = 1 << 20
 TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class SipWorker:
+    """What one worker of ``--workers N`` gets from the supervisor: its index, the key every worker shares
+    (nonces, branches, To tags), the shared nonce counts, and its own socket for each listener, in
+    ``config.listeners`` order."""
+
+    index: int
+    key: bytes
+    counters: NonceCounterStore
+    sockets: tuple[socket.socket, ...]
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -111,13 +138,18 @@ class _Stream(asyncio.Protocol):
 class SipServer:
     """The listeners, the proxy and the log of one ``authproxy sip serve``."""
 
-    def __init__(self, config: SipConfig, *, random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, config: SipConfig, *, random: Callable[[int], bytes] = os.urandom,
+                 worker: SipWorker | None = None) -> None:
         self.config = config
         self.random = random
+        self.worker = worker
         self.store = open_serving_store(config.users, config.realm)
-        issuer = NonceIssuer(random(32), config.realm, config.nonce_lifetime)
+        key = worker.key if worker is not None else random(32)
+        issuer = NonceIssuer(key, config.realm, config.nonce_lifetime)
         self.verifier = Verifier(config.auth_policy, issuer, PROXY)
-        self.counters = MemoryNonceCounterStore()
+        self.counters: NonceCounterStore = worker.counters if worker is not None else MemoryNonceCounterStore()
+        # Branches and To tags: derived from the same shared secret, under a label of their own.
+        self._proxy_key = hmac.digest(key, b"authproxy sip branch and to-tag key", "sha256")
         self.log = AccessLog.open(config.access_log, config.access_log_format)
         self._format = format_sip_json if config.access_log_format == "json" else format_sip_squid
         self.limits = Limits(max_message_size=config.max_message_size, max_body_size=config.max_message_size)
@@ -125,6 +157,7 @@ class SipServer:
         self.bound: list[tuple[str, Address]] = []
         self.streams: dict[Address, _Stream] = {}
         self._udp: list[tuple[Address, asyncio.DatagramTransport]] = []
+        self._hop_udp: asyncio.DatagramTransport | None = None  # a worker's own socket towards a UDP next hop
         self._servers: list[asyncio.Server] = []
         self._connecting: dict[Address, list[bytes]] = {}
         self._tick: asyncio.TimerHandle | None = None
@@ -133,32 +166,41 @@ class SipServer:
         loop = asyncio.get_running_loop()
         config = self.config
         local: dict[str, Address] = {}
-        for transport, host, port in config.listeners:
-            try:
-                if transport == "udp":
-                    endpoint, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self),
-                                                                      local_addr=(host, port))
-                    address = _address(endpoint.get_extra_info("sockname"))
-                    self._udp.append((address, endpoint))
-                else:
-                    context = tls_context(config) if transport == "tls" else None
-                    server = await loop.create_server(
-                        lambda name=transport: _Stream(self, name), host, port, ssl=context,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None)
-                    self._servers.append(server)
-                    address = _address(server.sockets[0].getsockname())
-            except OSError as exc:
-                raise ConfigError(f"listen: cannot bind {transport}:{host}:{port}: {exc.strerror}") from None
+        worker = self.worker
+        for index, (transport, host, port) in enumerate(config.listeners):
+            # A worker serves the socket the supervisor made for it; one process binds its own.
+            sock = worker.sockets[index] if worker is not None else bind_listener(transport, host, port)
+            if transport == "udp":
+                endpoint, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
+                address = _address(endpoint.get_extra_info("sockname"))
+                self._udp.append((address, endpoint))
+            else:
+                context = tls_context(config) if transport == "tls" else None
+                server = await loop.create_server(
+                    lambda name=transport: _Stream(self, name), sock=sock, ssl=context, backlog=1024,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None)
+                self._servers.append(server)
+                address = _address(server.sockets[0].getsockname())
             self.bound.append((transport, address))
             local.setdefault(transport, (config.via_host or address[0], address[1]))
         hop = NextHop.parse(config.next_hop)
+        if worker is not None and hop.transport == "udp":
+            # Each worker sends to the next hop from a UDP port of its own, named in its Via, so the next hop's
+            # answers come back to the worker that forwarded the request: the one holding the client's TCP or
+            # TLS connection, and its transaction. (On the shared port they would all reach the one worker the
+            # kernel picks for the next hop's address.)
+            udp_host = next(host for transport, host, _ in config.listeners if transport == "udp")
+            self._hop_udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self), sock=bind_listener("udp", udp_host, 0))
+            local["udp"] = (local["udp"][0], _address(self._hop_udp.get_extra_info("sockname"))[1])
         try:
             infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise ConfigError(f"next_hop: cannot resolve {hop.host}: {exc.strerror}") from None
         resolved = NextHop(str(infos[0][4][0]), hop.port, hop.transport)
         self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
-                              random=self.random, limits=self.limits, max_transactions=config.max_transactions,
+                              random=self.random, key=self._proxy_key, limits=self.limits,
+                              max_transactions=config.max_transactions,
                               max_transactions_per_source=config.max_transactions_per_source)
         self._tick = loop.call_later(1.0, self._housekeeping)
 
@@ -185,7 +227,11 @@ class SipServer:
 
     def _send(self, send: Send) -> None:
         if send.transport == "udp":
-            self._udp_for(send.to).sendto(send.data, send.to)
+            hop = self._hop_udp
+            if hop is not None and self.proxy is not None and send.to == self.proxy.next_hop.address:
+                hop.sendto(send.data, send.to)
+            else:
+                self._udp_for(send.to).sendto(send.data, send.to)
             return
         stream = self.streams.get(send.to)
         if stream is not None:
@@ -233,6 +279,8 @@ class SipServer:
             self._tick.cancel()
         for _address, endpoint in self._udp:
             endpoint.close()
+        if self._hop_udp is not None:
+            self._hop_udp.close()
         for server in self._servers:
             server.close()
         for stream in list(self.streams.values()):
@@ -245,7 +293,8 @@ class SipServer:
 
     def describe(self) -> str:
         listening = " ".join(f"{transport}:{format_address(address)}" for transport, address in self.bound)
-        return (f"authproxy: sip listening on {listening}; next hop {self.config.next_hop}; realm "
+        workers = "" if self.worker is None else f"; {self.config.workers} workers"
+        return (f"authproxy: sip listening on {listening}{workers}; next hop {self.config.next_hop}; realm "
                 f"{self.config.realm!r}; Digest {', '.join(self.config.auth_policy.digest_algorithms)}; users from "
                 f"{self.store.description}")
 
@@ -254,32 +303,95 @@ def _address(sockname: tuple[str | int, ...]) -> Address:
     return (str(sockname[0]), int(sockname[1]))
 
 
+def bind_listener(transport: str, host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound where a ``transport:host:port`` listener says (TCP and TLS: not yet listening, the loop
+    does that); ``reuse_port`` puts it in an ``SO_REUSEPORT`` group with the other workers' sockets."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server does
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot bind {transport}:{host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def serve(config: SipConfig, *, announce: Callable[[str], None] = _stderr) -> None:
-    """Run the SIP proxy until SIGTERM or SIGINT."""
-    server = SipServer(config)
+async def serve(config: SipConfig, *, announce: Callable[[str], None] = _stderr,
+                worker: SipWorker | None = None) -> None:
+    """Run the SIP proxy (or one worker of it) until SIGTERM or SIGINT."""
+    server = SipServer(config, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await server.start()
-    announce(server.describe())
+    if worker is None or worker.index == 0:
+        announce(server.describe())
     try:
         await stop.wait()
     finally:
         await server.stop()
 
 
-def run(config: SipConfig) -> None:
-    """Blocking entry point (one process)."""
+def _run_loop(config: SipConfig, worker: SipWorker | None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run on
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, worker=worker))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, worker=worker))
 
+
+def run(config: SipConfig) -> None:
+    """Blocking entry point: one process, or a supervisor and ``workers`` processes on the same ports."""
+    count = config.workers or len(os.sched_getaffinity(0))
+    if count == 1:
+        _run_loop(config, None)
+        return
+    open_serving_store(config.users, config.realm)  # a users file that cannot serve stops us here, not N times
+    config = dataclasses.replace(config, workers=count)
+    # One socket per worker and listener, made (and for port 0, the port learnt) before forking and held by the
+    # supervisor for its whole life: a restarted worker takes its predecessor's socket, so the SO_REUSEPORT
+    # group never changes, and neither does the worker a peer's 4-tuple is hashed to. That is what keeps a UDP
+    # retransmission (RFC 3261 section 17: the same request again, from the same socket of the user agent to
+    # the same address of ours, so the same 4-tuple) at the worker that remembers its transaction: it gets the
+    # same treatment as the first copy although the transaction table is each worker's own. A TCP or TLS
+    # connection is one worker's for its life anyway.
+    groups: list[list[socket.socket]] = []
+    for transport, host, port in config.listeners:
+        first = bind_listener(transport, host, port, reuse_port=True)
+        port = first.getsockname()[1]
+        groups.append([first, *(bind_listener(transport, host, port, reuse_port=True) for _ in range(count - 1))])
+    key = secrets.token_bytes(32)
+    from authproxy.state.shared import SharedNonceCounterStore  # multiprocessing: only with workers
+
+    counters = SharedNonceCounterStore()
+
+    def work(index: int) -> None:
+        mine = tuple(group[index] for group in groups)
+        for group in groups:  # the other workers' sockets are theirs: this process closes its copies
+            for sock in group:
+                if sock not in mine:
+                    sock.close()
+        _run_loop(config, SipWorker(index, key, counters, mine))
+
+    supervise(count, work)
+    for group in groups:
+        for sock in group:
+            sock.close()

@@ -1,0 +1,165 @@
+"""`authproxy sip serve --workers 2` over real sockets on 127.0.0.1: replays refused across workers, a nonce one
+worker issued accepted at the other, stale=true across workers, retransmissions treated as their first copy,
+and TCP clients answered on their connection whichever worker forwarded for them.
+
+Which worker handled a request shows at the next hop: with workers, each sends to a UDP next hop from a port of
+its own, named in the Via it adds."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sip_uas import Uas
+from test_sip_client import sipsak
+from test_sip_serve import PASSWORD, REALM, UdpClient, outcomes
+
+from authproxy.sip.client import SipAuthenticator, drive
+from authproxy.sip.message import SipRequest, SipResponse
+
+from helpers import SipProxyProcess, make_users_file, start_sip_proxy
+
+NONCE_LIFETIME = 6.0
+
+
+@pytest.fixture(scope="module")
+def uas() -> Iterator[Uas]:
+    with Uas({}, roles=()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_users_file(tmp_path_factory.mktemp("sipw") / "sip.users", REALM)
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory, users: Path, uas: Uas) -> Iterator[SipProxyProcess]:
+    proc = start_sip_proxy(tmp_path_factory.mktemp("sipw-proxy"), users, f"sip:127.0.0.1:{uas.port}",
+                           "--workers", "2", "--digest-algorithms", "MD5,SHA-256",
+                           config_text=f"[sip]\nnonce_lifetime = {NONCE_LIFETIME}\n")
+    assert "2 workers" in "".join(proc.stderr_lines)
+    yield proc
+    proc.stop()
+
+
+@dataclass
+class SignedIn:
+    """A UA that signed in, the worker that forwarded for it (its Via port at the next hop), and what it sent."""
+
+    client: UdpClient
+    auth: SipAuthenticator
+    signed: SipRequest  # the authenticated request, as sent
+    worker: int
+    challenged_at: float  # when its nonce was issued (about)
+
+
+def forwarded_by(uas: Uas, call_id: str) -> list[int]:
+    """The Via ports (one per worker) the requests of ``call_id`` reached the next hop from, in order."""
+    return [seen.request.vias[0].port or 0 for seen in uas.seen if seen.request.call_id == call_id]
+
+
+def sign_in(port: int, uas: Uas) -> SignedIn:
+    client = UdpClient(port)
+    auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+    sent: list[SipRequest] = []
+
+    def send(request: SipRequest) -> SipResponse:
+        sent.append(request)
+        return client.send(request)
+
+    started = time.time()
+    assert drive(auth.exchange(client.request()), send).status == 200
+    assert len(sent) == 2  # a 407, then the answer
+    (worker,) = forwarded_by(uas, sent[-1].call_id)
+    return SignedIn(client, auth, sent[-1], worker, started)
+
+
+def on_two_workers(port: int, uas: Uas) -> tuple[SignedIn, SignedIn]:
+    """Two UAs (each its own UDP socket) that the kernel spread over the two workers: new source ports until
+    one lands on the other worker (one in two each time)."""
+    first = sign_in(port, uas)
+    for _ in range(30):
+        other = sign_in(port, uas)
+        if other.worker != first.worker:
+            return first, other
+        other.client.close()
+    raise AssertionError("30 source ports, all on one worker: SO_REUSEPORT does not spread them")
+
+
+def test_replay_refused_across_workers_and_a_nonce_accepted_at_the_other(workers: SipProxyProcess,
+                                                                        uas: Uas) -> None:
+    a, b = on_two_workers(workers.ports["udp"], uas)
+    try:
+        # A retransmission (the same bytes, from the same socket): the same 4-tuple, the same worker, the same
+        # transaction: forwarded again (at another worker it would be checked again, and be a replay), no
+        # second line.
+        reached = uas.datagrams
+        assert a.client.send(a.signed).status == 200 and uas.datagrams == reached + 1
+        # A's credentials (nonce, nc=1) in a new transaction from B's socket, so checked by B's worker, which
+        # never saw them: a replay all the same (the nonce counts are shared).
+        replay = a.signed.to_bytes().replace((a.signed.vias[0].branch or "").encode(), b"z9hG4bKreplayed")
+        refused = b.client.send_raw(replay)
+        assert refused.status == 407
+        # (Each worker flushes its own lines once a second: the file is in flush order, not arrival order.)
+        assert sorted(outcomes(workers, a.signed.call_id, 3), key=str) == [
+            ("ANSWERED", 407, "alice", "replay"), ("ANSWERED", 407, None, "missing"),
+            ("FORWARDED", None, "alice", "ok")]
+        # A's nonce (issued by A's worker), answered with a new nc from B's socket: accepted by B's worker.
+        assert time.time() - a.challenged_at < NONCE_LIFETIME - 1, "too slow to test before the nonce expires"
+        sent: list[SipRequest] = []
+
+        def send(request: SipRequest) -> SipResponse:
+            sent.append(request)
+            return b.client.send(request)
+
+        assert drive(a.auth.exchange(b.client.request()), send).status == 200
+        assert len(sent) == 1 and "nc=00000002" in (sent[0].get("Proxy-Authorization") or "")
+        assert forwarded_by(uas, sent[0].call_id) == [b.worker]
+        assert outcomes(workers, sent[0].call_id, 1) == [("FORWARDED", None, "alice", "ok")]
+    finally:
+        a.client.close()
+        b.client.close()
+
+
+def test_stale_nonce_across_workers(workers: SipProxyProcess, uas: Uas) -> None:
+    a, b = on_two_workers(workers.ports["udp"], uas)
+    try:
+        # Past A's nonce's lifetime (issued by A's worker), a right answer on it from B's socket: B's worker
+        # knows it for one of ours and expired (not forged), so 407 stale=true; the UA retries by itself.
+        time.sleep(max(0.0, a.challenged_at + NONCE_LIFETIME + 1 - time.time()))
+        answers: list[SipResponse] = []
+
+        def send(request: SipRequest) -> SipResponse:
+            answers.append(b.client.send(request))
+            return answers[-1]
+
+        assert drive(a.auth.exchange(b.client.request()), send).status == 200
+        stale, ok = answers
+        assert stale.status == 407 and all("stale=true" in value.replace('"', "").lower()
+                                           for value in stale.get_all("Proxy-Authenticate"))
+        assert outcomes(workers, ok.call_id, 2) == [("ANSWERED", 407, "alice", "stale-nonce"),
+                                                    ("FORWARDED", None, "alice", "ok")]  # both B's worker's
+        assert forwarded_by(uas, ok.call_id) == [b.worker]
+    finally:
+        a.client.close()
+        b.client.close()
+
+
+def test_tcp_clients_answered_on_their_connection_by_either_worker(workers: SipProxyProcess, uas: Uas) -> None:
+    """sipsak over TCP, one connection per run, each on the worker the kernel picks: the UDP next hop answers
+    the worker that forwarded (its own port), which holds the connection and answers on it."""
+    seen: set[int] = set()
+    for _ in range(30):
+        before = len(uas.seen)
+        done = sipsak("-E", "tcp", "-s", f"sip:alice@127.0.0.1:{workers.ports['tcp']}", "-u", "alice",
+                      "-a", PASSWORD)
+        assert done.returncode == 0, done.stdout + done.stderr
+        seen.update(seen_request.request.vias[0].port or 0 for seen_request in uas.seen[before:])
+        if len(seen) == 2:
+            return
+    raise AssertionError(f"30 TCP connections, forwarded from {seen} only")
