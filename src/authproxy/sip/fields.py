@@ -12,11 +12,12 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from authproxy.auth.errors import AuthProxyError
 
-_T = TypeVar("_T")
+_V = TypeVar("_V", bound="Via")
+_N = TypeVar("_N", bound="NameAddr")
 
 
 class SipError(AuthProxyError):
@@ -134,28 +135,33 @@ def split_list(value: str) -> list[str]:
 # leading hex digits are a token too.
 _IPV6 = r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"
 _BARE_VALUE_RE = re.compile(rf"{_IPV6}|{_TOKEN}|{_HOST}")
-_PARAM_RE = re.compile(rf'[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_IPV6}|{_TOKEN}|{_HOST}|"(?:[^"\\]|\\.)*"))?')
+_GEN_VALUE = rf'{_IPV6}|{_TOKEN}|{_HOST}|"(?:[^"\\]|\\.)*"'
+_PARAM_RE = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}))?")
+# A whole run of parameters. Each starts with ';', which no value but a quoted-string holds (and a
+# quoted-string cannot end early), so the run splits one way only: the engine never backtracks across
+# parameters, and this accepts exactly what matching _PARAM_RE again and again from the same place accepts.
+_PARAMS_RE = re.compile(rf"(?:[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*(?:{_GEN_VALUE}))?)*")
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 Params = tuple[tuple[str, str | None], ...]
 
 
 def _parse_params(text: str, pos: int) -> Params:
-    params: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
-    while pos < len(text):
-        m = _PARAM_RE.match(text, pos)
-        if m is None:
-            raise SipError("malformed header field parameter")
-        name, value = m.group(1).lower(), m.group(2)
-        if value is not None and value.startswith('"'):
-            value = _QUOTED_PAIR_RE.sub(r"\1", value[1:-1])
-        if name in seen:
-            raise SipError("a header field parameter occurs twice")
-        seen.add(name)
-        params.append((name, value))
-        pos = m.end()
-    return tuple(params)
+    """The parameters ``*( SEMI generic-param )`` from ``text[pos:]`` to its end: names lower-cased, each
+    once; a value-less parameter has the value None, a quoted-string value is unquoted. Two C calls (the
+    check of the whole run, then the pairs) rather than a match per parameter."""
+    if pos == len(text):
+        return ()
+    if _PARAMS_RE.fullmatch(text, pos) is None:
+        raise SipError("malformed header field parameter")
+    # findall gives '' for an absent value; a present one is never empty (each value form takes a character).
+    params = tuple([(name.lower(), value or None) for name, value in _PARAM_RE.findall(text, pos)])
+    if len(params) > 1 and len({name for name, _ in params}) != len(params):
+        raise SipError("a header field parameter occurs twice")
+    if '"' in text:
+        params = tuple([(name, _QUOTED_PAIR_RE.sub(r"\1", value[1:-1]) if value and value[0] == '"' else value)
+                        for name, value in params])
+    return params
 
 
 def _check_params(params: Params) -> Params:
@@ -182,13 +188,30 @@ def _format_params(params: Params) -> str:
     return "".join(parts)
 
 
-def _unchecked(cls: type[_T], *values: Any) -> _T:
-    """An instance of the frozen, slotted dataclass ``cls`` from values its parser has already held to every
-    rule ``__post_init__`` checks (the grammar matched them): parsing checks once, not twice."""
-    obj = object.__new__(cls)
-    for name, value in zip(cls.__slots__, values, strict=True):  # type: ignore[attr-defined]
-        object.__setattr__(obj, name, value)
-    return obj
+# Instances of the frozen, slotted dataclasses below from values their parser has already held to every rule
+# ``__post_init__`` checks (the grammar matched them): parsing checks once, not twice. Each slot is set by name
+# (a loop over ``__slots__`` costs twice as much, and these run for every Via, From and To of every message).
+_set = object.__setattr__
+
+
+def _new_via(cls: type[_V], transport: str, host: str, port: int | None, params: Params, protocol: str,
+             version: str) -> _V:
+    via = object.__new__(cls)
+    _set(via, "transport", transport)
+    _set(via, "host", host)
+    _set(via, "port", port)
+    _set(via, "params", params)
+    _set(via, "protocol", protocol)
+    _set(via, "version", version)
+    return via
+
+
+def _new_name_addr(cls: type[_N], uri: str, display: str | None, params: Params) -> _N:
+    na = object.__new__(cls)
+    _set(na, "uri", uri)
+    _set(na, "display", display)
+    _set(na, "params", params)
+    return na
 
 
 def _param(params: Params, name: str) -> str | None:
@@ -242,7 +265,14 @@ class Via:
     def _check_values(self) -> None:
         # What the grammar does not say: port range, received an IP address, rport a port, branch a token.
         _check_port(self.port)
-        received = self.received
+        received = rport = branch = None
+        for name, value in self.params:  # one pass (names are unique)
+            if name == "branch":
+                branch = value
+            elif name == "received":
+                received = value
+            elif name == "rport":
+                rport = value
         if received is not None and received not in _ADDRESSES:
             try:
                 ipaddress.ip_address(received.strip("[]"))
@@ -250,10 +280,8 @@ class Via:
                 raise SipError("Via received is not an IP address (section 18.2.1)") from None
             if len(_ADDRESSES) < 4096:  # bounded: a memo of the few addresses a proxy hears from
                 _ADDRESSES.add(received)
-        rport = _param(self.params, "rport")
         if rport is not None and (not rport.isascii() or not rport.isdigit() or not 0 < int(rport) < 65536):
             raise SipError("Via rport is not a port number (RFC 3581 section 3)")
-        branch = self.branch
         if branch is not None and not is_token(branch):
             raise SipError("Via branch is not a token")
 
@@ -286,8 +314,8 @@ class Via:
         if self.wants_rport:
             params["rport"] = str(port)
         # This Via is checked; what changed is received (an IP address?) and rport (a port?): checked here.
-        via = _unchecked(Via, self.transport, self.host, self.port, tuple(params.items()), self.protocol,
-                         self.version)
+        via = _new_via(Via, self.transport, self.host, self.port, tuple(params.items()), self.protocol,
+                       self.version)
         via._check_values()
         return via
 
@@ -300,11 +328,12 @@ class Via:
         m = _VIA_RE.match(value)
         if m is None:
             raise SipError("malformed Via")
-        port = None if m.group(5) is None else int(m.group(5))
+        protocol, version, transport, host, digits = m.groups()
+        port = None if digits is None else int(digits)
         params = _parse_params(value, m.end())  # names lower-cased tokens, each once
         if CONTROL_RE.search(value) is not None:  # the full checks say what is wrong
-            return cls(m.group(3), m.group(4), port, params, m.group(1), m.group(2))
-        via = _unchecked(cls, m.group(3).upper(), m.group(4), port, params, m.group(1), m.group(2))
+            return cls(transport, host, port, params, protocol, version)
+        via = _new_via(cls, transport.upper(), host, port, params, protocol, version)
         via._check_values()
         return via
 
@@ -356,7 +385,6 @@ class NameAddr:
     def parse(cls, value: str) -> NameAddr:
         # The grammar matched the URI and the parameters (lower-cased tokens, each once): with no control
         # character anywhere, nothing is left for __post_init__ to check.
-        make = cls if CONTROL_RE.search(value) is not None else lambda *v: _unchecked(cls, *v)
         m = _NAME_ADDR_RE.match(value)
         if m is not None:
             quoted, tokens, uri = m.groups()
@@ -365,11 +393,15 @@ class NameAddr:
                 display = _QUOTED_PAIR_RE.sub(r"\1", quoted[1:-1])
             elif tokens is not None:
                 display = tokens.strip(_WS)
-            return make(uri, display, _parse_params(value, m.end()))
-        m = _ADDR_SPEC_RE.match(value)
-        if m is None:
-            raise SipError("malformed name-addr or addr-spec")
-        return make(m.group(), None, _parse_params(value, m.end()))
+        else:
+            m = _ADDR_SPEC_RE.match(value)
+            if m is None:
+                raise SipError("malformed name-addr or addr-spec")
+            uri, display = m.group(), None
+        params = _parse_params(value, m.end())
+        if CONTROL_RE.search(value) is not None:
+            return cls(uri, display, params)
+        return _new_name_addr(cls, uri, display, params)
 
 
 # --- the single-valued fields ------------------------------------------------------------------------------

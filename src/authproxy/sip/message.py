@@ -278,6 +278,70 @@ class SipResponse(SipMessage):
 Message = SipRequest | SipResponse
 
 
+# -- what the parser builds -----------------------------------------------------------------------------------
+
+def _parsed_views(message: SipMessage, index: dict[str, list[str]]) -> None:
+    """:meth:`SipMessage.check` for a message the parser builds, from the index of field values it built as it
+    read (key: the canonical name lower-cased): every typed view read once, in check()'s order with its errors,
+    and stored where the once-per-message views keep their values."""
+    lines = index.get("via")
+    if lines is None:
+        raise SipError("Via is missing (section 8.1.1.7)")
+    elements = [element for line in lines for element in split_list(line)]
+    vias = tuple([Via.parse(element) for element in elements])
+    values = index.get("from")
+    if values is None:
+        raise SipError("From is missing (section 8.1.1)")
+    from_ = NameAddr.parse(values[0])  # From, To, Call-ID, CSeq: at most once, the parser saw to it
+    values = index.get("to")
+    if values is None:
+        raise SipError("To is missing (section 8.1.1)")
+    to = NameAddr.parse(values[0])
+    values = index.get("call-id")
+    if values is None:
+        raise SipError("Call-ID is missing (section 8.1.1)")
+    call_id = parse_call_id(values[0])
+    values = index.get("cseq")
+    if values is None:
+        raise SipError("CSeq is missing (section 8.1.1)")
+    cseq = CSeq.parse(values[0])
+    values = index.get("max-forwards")
+    max_forwards = None if values is None else parse_count(values[0], "Max-Forwards", maximum=MAX_FORWARDS_LIMIT)
+    values = index.get("content-length")
+    length = None if values is None else parse_count(values[0], "Content-Length", maximum=2**31 - 1)
+    if length is not None and length != len(message.body):
+        raise SipError("Content-Length does not match the body")
+    message.__dict__.update(_index=index, vias=vias, from_=from_, to=to, call_id=call_id, cseq=cseq,
+                            max_forwards=max_forwards, content_length=length)
+
+
+def parsed_request(method: str, uri: str, headers: CheckedHeaders, index: dict[str, list[str]],
+                   body: bytes) -> SipRequest:
+    """The request the parser read: ``headers`` as the parser checked them and ``index`` their values by key.
+    What ``__post_init__`` and :meth:`SipRequest.check` would check and the parser has not, is checked here;
+    the dataclass's own construction (a setattr per field, the header checks again) is skipped."""
+    _check_method(method)
+    if URI_RE.fullmatch(uri) is None:
+        raise SipError("malformed Request-URI (section 25.1)")
+    request = object.__new__(SipRequest)
+    request.__dict__.update(headers=headers, body=body, method=method, uri=uri)
+    _parsed_views(request, index)
+    if request.cseq.method != method:
+        raise SipError("the CSeq method is not the request method")  # section 8.1.1.5
+    return request
+
+
+def parsed_response(status: int, reason: str, headers: CheckedHeaders, index: dict[str, list[str]],
+                    body: bytes) -> SipResponse:
+    """The response the parser read (see :func:`parsed_request`); ``status`` is three digits, 100-699."""
+    if CONTROL_RE.search(reason) is not None or reason != reason.strip(" \t"):
+        raise SipError("malformed Reason-Phrase")
+    response = object.__new__(SipResponse)
+    response.__dict__.update(headers=headers, body=body, status=status, reason=reason)
+    _parsed_views(response, index)
+    return response
+
+
 def wire(start_line: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
     """A message's wire form from its parts, without building a message: for fields taken from a parsed
     message (checked when parsed) plus fields this package made, as a proxy forwards them (section 16.6)."""

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from authproxy.sip.fields import SINGLE_FIELDS, SipError, canonical_name
-from authproxy.sip.message import SIP_VERSION, CheckedHeaders, Message, SipRequest, SipResponse
+from authproxy.sip.message import SIP_VERSION, CheckedHeaders, Message, parsed_request, parsed_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +107,24 @@ def _lines(block: bytes, limits: Limits) -> list[str]:
     return out
 
 
-def _fields(lines: list[str], limits: Limits) -> CheckedHeaders:
-    """The header fields of ``lines`` (decoded, CRLF already removed), unfolded (section 7.3.1)."""
+# A field name as written (before the colon, whitespace included) -> its canonical name, index key and whether it
+# may appear once only. A memo, bounded: the same few dozen spellings arrive in every message.
+_NAMES: dict[str, tuple[str, str, bool]] = {}
+
+
+def _name(written: str) -> tuple[str, str, bool]:
+    known = _NAMES.get(written)
+    if known is None:
+        name = canonical_name(written.rstrip(" \t"))  # SipError when it is not a token
+        key = name.lower()
+        known = (name, key, key in SINGLE_FIELDS)
+        if len(_NAMES) < 1024:
+            _NAMES[written] = known
+    return known
+
+
+def _unfold(lines: list[str], limits: Limits) -> list[str]:
+    """``lines`` with each continuation line joined to the field it continues (section 7.3.1)."""
     logical: list[str] = []
     for line in lines:
         if line[:1] in (" ", "\t"):
@@ -119,24 +135,37 @@ def _fields(lines: list[str], limits: Limits) -> CheckedHeaders:
                 raise _too_large("folded header field")
         else:
             logical.append(line)
-    if len(logical) > limits.max_header_count:
+    return logical
+
+
+def _fields(lines: list[str], limits: Limits) -> tuple[CheckedHeaders, dict[str, list[str]]]:
+    """The header fields of ``lines`` (decoded, CRLF already removed), unfolded (section 7.3.1), and their
+    values by index key (the message's lookup table, built in the same pass)."""
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            lines = _unfold(lines, limits)
+            break
+    if len(lines) > limits.max_header_count:
         raise _too_large("header field count")
     fields: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for line in logical:
-        name, colon, value = line.partition(":")
+    index: dict[str, list[str]] = {}
+    for line in lines:
+        written, colon, value = line.partition(":")
         if not colon:
             raise SipError("header line without ':'")
-        name = canonical_name(name.rstrip(" \t"))
-        key = name.lower()
-        if key in SINGLE_FIELDS:
-            if key in seen:
-                raise SipError(f"{name} appears more than once")
-            seen.add(key)
-        fields.append((name, value.strip(" \t")))
+        name, key, single = _NAMES.get(written) or _name(written)
+        value = value.strip(" \t")
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        elif single:
+            raise SipError(f"{name} appears more than once")
+        else:
+            values.append(value)
+        fields.append((name, value))
     # Canonical names, values stripped and decoded from UTF-8, no control character (checked by the caller):
     # all that SipMessage checks, so it does not check again.
-    return CheckedHeaders(fields)
+    return CheckedHeaders(fields), index
 
 
 def _message(head: bytes, body: bytes, limits: Limits) -> Message:
@@ -147,20 +176,16 @@ def _message(head: bytes, body: bytes, limits: Limits) -> Message:
     if _BAD_BYTES_RE.search(first) is not None:
         raise SipError("bare CR, LF or NUL in the start line")
     a, b, c = _start_line(_decode(first))
-    fields = _fields(_lines(block, limits) if crlf else [], limits)
+    fields, index = _fields(_lines(block, limits) if crlf else [], limits)
     if _OTHER_CONTROL_RE.search(head, len(first)) is not None:
         raise SipError("control character in a header field value")
-    message: Message
     if a.upper().startswith("SIP/"):
         _check_version(a)
         if _STATUS_RE.fullmatch(b) is None:
             raise SipError("malformed Status-Code (section 7.2)")
-        message = SipResponse(status=int(b), reason=c, headers=fields, body=body)
-    else:
-        _check_version(c)
-        message = SipRequest(method=a, uri=b, headers=fields, body=body)
-    message.check()
-    return message
+        return parsed_response(int(b), c, fields, index, body)
+    _check_version(c)
+    return parsed_request(a, b, fields, index, body)
 
 
 def _content_length(head: bytes) -> int | None:
