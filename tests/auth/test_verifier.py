@@ -771,6 +771,25 @@ def test_digest_shape_memo_agrees_with_parsing_every_time(nc: str, response: str
         assert got == expected
 
 
+def test_digest_shape_memo_refuses_a_response_of_the_wrong_length_as_parsing_does() -> None:
+    """A known shape whose response is hex of another length than the algorithm's (and values found where the
+    quick span finder looks first: a username holding ``nc=``) gives the full parse's 400, not a memo hit."""
+    from authproxy.auth.headers import parse_credentials
+
+    verifier = make_verifier()
+    for username in ("alice", "nc=00000001"):
+        base = (f'Digest username="{username}", realm="{REALM}", nonce="n0nce", uri="{TARGET}", qop=auth, '
+                'algorithm=SHA-256, nc=00000001, cnonce="c1", response="')
+        good = base + "ab" * 32 + '"'
+        assert digest_scheme(verifier)._credentials(good) == DigestCredentials.from_credentials(
+            parse_credentials(good))
+        for length in (32, 66, 128):
+            with pytest.raises(AuthHeaderError):
+                DigestCredentials.from_credentials(parse_credentials(base + "c" * length + '"'))
+            with pytest.raises(AuthHeaderError):
+                digest_scheme(verifier)._credentials(base + "c" * length + '"')
+
+
 def test_a_digest_refusal_computes_the_response_whether_the_name_exists_or_not(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 9 item 9: an unknown user, a user without an HA1 here and a wrong password each cost one response
