@@ -55,6 +55,7 @@ class Config:
     header_timeout: float = 30.0
     idle_timeout: float = 120.0
     write_timeout: float = 60.0  # a client that reads nothing of what it is owed for this long is cut off
+    tunnel_idle_timeout: float = 900.0  # a CONNECT tunnel silent both ways for this long is cut (Squid: 15 min)
     max_header_size: int = 65536
     max_header_count: int = 100
     max_body_size: int = 0  # request bodies; 0: no limit
@@ -98,7 +99,7 @@ class Config:
         if self.access_log_format not in _LOG_FORMATS:
             raise ConfigError(f"access_log_format: expected one of {', '.join(_LOG_FORMATS)}")
         for key in ("connect_timeout", "read_timeout", "header_timeout", "idle_timeout", "write_timeout",
-                    "tls_handshake_timeout"):
+                    "tunnel_idle_timeout", "tls_handshake_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be positive")
         for key in ("max_header_size", "auth_int_max_body"):

@@ -8,11 +8,14 @@ checked state by state with a fake clock in tests/proxy/test_connection_timers.p
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from helpers import (
@@ -161,3 +164,74 @@ def test_body_of_a_queued_request_waits_with_it(quick: ProxyProcess, origin: Ori
         assert origin.seen[-1]["body"] == b"1234567890"
     finally:
         slow.close()
+
+
+@pytest.fixture()
+def silent_far_end() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP server that accepts and never says a word (nor reads): the far end of a tunnel."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1], accepted
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_tunnel_silent_both_ways_is_cut_after_tunnel_idle_timeout(
+        session_tmp: Path, users_file: Path, silent_far_end: tuple[int, list[socket.socket]]) -> None:
+    """Neither end says a word: the client's slot and the far end's descriptor are given back (issue 9 item 3)."""
+    port, accepted = silent_far_end
+    config = session_tmp / "tunnel-idle-2.toml"
+    config.write_text("tunnel_idle_timeout = 2\nthrottle_max_failures = 0\n")
+    proxy = start_proxy(session_tmp, users_file, "--config", str(config))
+    connect = (f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               f"Proxy-Authorization: {ALICE}\r\n\r\n").encode()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as quiet, \
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as chatty:
+            for sock in (quiet, chatty):
+                sock.sendall(connect)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 "), "the tunnel did not open"
+            started = time.monotonic()
+            for _ in range(5):  # 5 s of a byte a second up the chatty tunnel: longer than the timeout, never idle
+                time.sleep(1)
+                chatty.sendall(b".")
+            assert ends_within(quiet, 1.0) == b""  # the quiet one was cut meanwhile
+            assert time.monotonic() - started > 2
+            chatty.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                chatty.recv(1)  # still open
+            assert len(accepted) == 2
+            accepted[0].settimeout(5)
+            assert accepted[0].recv(1) == b""  # the far end of the quiet tunnel saw its connection end
+    finally:
+        proxy.stop()
+
+
+def test_a_slow_password_check_is_answered_503_after_connect_timeout(session_tmp: Path) -> None:
+    """bcrypt at a cost that takes longer than connect_timeout: the client is not held for the whole check."""
+    users = session_tmp / "slow.htpasswd"
+    started = time.monotonic()
+    users.write_text("slow:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=16)).decode() + "\n")
+    cost = time.monotonic() - started  # the check will cost as much
+    assert cost > 3, f"bcrypt rounds=16 took only {cost:.1f} s here"
+    config = session_tmp / "slow-check.toml"
+    config.write_text("connect_timeout = 1\nthrottle_max_failures = 0\nschemes = [\"basic\"]\n")
+    proxy = start_proxy(session_tmp, users, "--config", str(config))
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(f"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: "
+                         f"{basic_authorization('slow', 'pw')}\r\n\r\n".encode())
+            t0 = time.monotonic()
+            rest = ends_within(sock, cost - 0.5)
+        assert status_of(rest) == 503 and time.monotonic() - t0 < cost - 0.5, rest[:300]
+        assert b"could not check the credentials" in rest
+    finally:
+        proxy.stop()

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import sys
 
+import bcrypt
 import pytest
 
 from authproxy.auth.basic import encode_basic
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.policy import AuthPolicy
 from authproxy.auth.schemes import SCHEMES
+from authproxy.auth.store import UserEntry
+from authproxy.engine.authn import Authenticator
 from authproxy.engine.commands import ConnectFailure
 from authproxy.engine.connection import Connection
 from authproxy.engine.decision import Allowed, Refused
 from authproxy.engine.states import TIMERS, ConnState, ExchangeState, Timer
+from authproxy.state.memory import MemoryNonceCounterStore
+from authproxy.users.memory import MemoryUserStore
 
 from engine_support import BASIC, ORIGIN_ADDRESS, PASSWORD, REALM, Playbook, get, status_of
 from helpers import Handshake
@@ -329,8 +334,7 @@ def test_client_that_closes_mid_body_is_closed() -> None:
 
 def test_every_state_has_a_timer_rule() -> None:
     assert set(TIMERS) == set(ConnState)
-    assert [s for s, t in TIMERS.items() if t is Timer.NONE] == [
-        ConnState.CLOSED, ConnState.TUNNEL, ConnState.PREPARING]
+    assert [s for s, t in TIMERS.items() if t is Timer.NONE] == [ConnState.CLOSED]
 
 
 def test_request_body_that_stops_arriving_gets_408() -> None:
@@ -370,6 +374,105 @@ def test_refused_body_trickled_a_byte_at_a_time_is_drained_for_read_timeout_in_a
     p.clock.now += 1.5
     p.conn.timer(p.clock.now)
     assert p.sink.take() == [("close",)]
+
+
+def open_tunnel(p: Playbook, early: bytes = b"") -> None:
+    p.conn.data_received(f"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n"
+                         f"Proxy-Authorization: {BASIC}\r\n\r\n".encode() + early)
+    p.sink.exchanges.pop().tunnel_connected(p.origin("tunnel").io)
+    assert p.conn.conn_state is ConnState.TUNNEL
+    p.sink.take()
+    p.origin_take()
+
+
+def test_a_tunnel_silent_both_ways_is_cut_after_tunnel_idle_timeout() -> None:
+    p = Playbook(tunnel_idle_timeout=30)
+    open_tunnel(p)
+    p.clock.now += 29
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [] and p.origin_take() == []
+    p.clock.now += 1.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("abort",)] and p.origin_take() == [("tunnel.abort",)]
+    p.conn.tunnel_closed()
+    assert p.sink.records[-1].tunnel and p.sink.records[-1].status == 200
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_bytes_either_way_keep_a_tunnel_open(direction: str) -> None:
+    p = Playbook(tunnel_idle_timeout=30)
+    open_tunnel(p)
+    for _ in range(5):  # 100 s in all, never 30 s without a byte
+        p.clock.now += 20
+        if direction == "up":
+            p.conn.data_received(b"x")
+        else:
+            p.conn.tunnel_data(b"y")
+        p.conn.timer(p.clock.now)
+    assert ("abort",) not in p.sink.take() and ("tunnel.abort",) not in p.origin_take()
+    p.clock.now += 31  # the far end's byte is seen by the tick after it: up to one tick late, never early
+    p.conn.timer(p.clock.now)
+    p.clock.now += 1
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("abort",)]
+
+
+def test_a_tunnel_whose_client_reads_nothing_is_cut_though_the_far_end_has_more() -> None:
+    p = Playbook(tunnel_idle_timeout=30, write_timeout=5)
+    open_tunnel(p)
+    p.conn.tunnel_data(b"z" * 1000)
+    p.sink.take()
+    p.conn.writing_paused()  # the client reads nothing: the far end is paused, nothing moves either way
+    assert ("tunnel.pause_reading",) in p.origin_take()
+    p.clock.now += 1
+    p.conn.timer(p.clock.now)  # this tick sees the last bytes relayed down: the 30 s count from it
+    p.clock.now += 29
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == []
+    p.clock.now += 1.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == [("abort",)]
+
+
+@pytest.mark.parametrize("step", ["check_password", "decide", "open_origin", "open_tunnel"])
+def test_each_slow_step_of_preparing_a_request_is_bounded_by_connect_timeout(step: str) -> None:
+    p = Playbook(connect_timeout=10)
+    if step == "check_password":  # an htpasswd user: bcrypt, checked in a thread
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        p.state.auth = Authenticator(p.state.config, MemoryUserStore([UserEntry("alice", password_hash=hashed)]),
+                                     MemoryNonceCounterStore(), nonce_key=b"k" * 32, clock=p.clock)
+    if step == "decide":
+        p.sink.decision = None
+    is_connect = step == "open_tunnel"
+    head = (f"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\nProxy-Authorization: {BASIC}\r\n"
+            "\r\n").encode() if is_connect else get()
+    p.clock.now += 100  # the head arrived long ago (queued, say): each step counts from its own start
+    p.conn.data_received(head)
+    asked = [name for name, _ in p.sink.asked]
+    assert asked and asked[-1] == ("check_password" if step == "check_password" else step), asked
+    assert p.conn.conn_state is ConnState.PREPARING
+    p.sink.take()
+    p.clock.now += 9.5
+    p.conn.timer(p.clock.now)
+    assert p.sink.take() == []
+    p.clock.now += 1
+    p.conn.timer(p.clock.now)
+    sent = p.sink.take()
+    expected = {"check_password": 503, "decide": 504, "open_origin": 504, "open_tunnel": 504}[step]
+    assert status_of(sent[0][1]) == expected and sent[-1] == ("close",)
+    # The step's late completion finds its exchange answered, and does nothing.
+    late = p.sink.exchanges[-1]
+    if step == "check_password":
+        late.password_checked(p.sink.pending[-1], True)
+    elif step == "decide":
+        late.decided(Allowed(ORIGIN_ADDRESS, 2))
+    elif step == "open_origin":
+        late.upstream_connected(p.origin())
+        assert p.origin_take() == [("origin.close",)]
+    else:
+        late.tunnel_connected(p.origin("tunnel").io)
+        assert p.origin_take() == [("tunnel.close",)]
+    assert p.sink.take() == []
 
 
 # == a connection-bound scheme (NTLM, Negotiate: RFC 4559 section 4) ==========================================

@@ -118,6 +118,9 @@ class TunnelSink(Protocol):
 
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Close at once, dropping what the far end has not read."""
+
 
 class ProxyState(Protocol):
     """What every connection of one proxy shares (the driver's server implements it). Read, never cached: a

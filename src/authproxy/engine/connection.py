@@ -48,12 +48,14 @@ class Connection(TunnelRelay):
         "draining",
         "last_activity",
         "paused",
+        "prep_at",
         "queue",
         "reading",
         "refusal",
         "running",
         "shared",
         "sink",
+        "tunnel_seen",
         "wake_asked",
         "write_paused_at",
         "writing_paused_now",
@@ -72,6 +74,9 @@ class Connection(TunnelRelay):
         self.writing_paused_now = False
         self.write_paused_at = 0.0  # since when the client has not been reading what it is owed
         self.answered_at = 0.0  # when the last exchange ended (its answer written)
+        self.prep_at = 0.0  # when the exchange's current slow step began (a password check, resolving, connecting)
+        # A tunnel's download seen by the last tick (bytes, when): its idle timer costs nothing per read.
+        self.tunnel_seen = (0, 0.0)
         # The request head being parsed.
         self.in_head = False
         self.head_started = 0.0
@@ -111,7 +116,7 @@ class Connection(TunnelRelay):
         """The state the connection is in, which names the timer that applies (TIMERS)."""
         if self.closed:
             return ConnState.CLOSED
-        if self.tunnel is not None or self.tunnel_exchange is not None:
+        if self.tunnel is not None:  # a tunnel being opened is PREPARING: connect_timeout, not the idle timer
             return ConnState.TUNNEL
         if self.writing_paused_now:
             return ConnState.SENDING
@@ -148,6 +153,14 @@ class Connection(TunnelRelay):
         elif state is ConnState.SENDING:
             self.closed = True
             self.sink.abort()  # what it is owed goes nowhere: drop it rather than flush it
+        elif state is ConnState.PREPARING:
+            assert self.active is not None
+            self.active.step_timed_out(limit)
+        elif state is ConnState.TUNNEL:
+            # Silent both ways, or stuck (one end not reading): a close would wait on what is unsent; cut both.
+            self.closed = True
+            self.sink.abort()
+            self.tunnel_abort()
         else:
             self.close()
 
@@ -158,6 +171,15 @@ class Connection(TunnelRelay):
             return self.write_paused_at
         if state is ConnState.DRAINING:
             return self.answered_at
+        if state is ConnState.PREPARING:
+            return self.prep_at
+        if state is ConnState.TUNNEL:
+            # The client's last byte (data_received), or the far end's: tunnel_down seen to move by a tick.
+            down, seen_at = self.tunnel_seen
+            if down != self.tunnel_down:
+                seen_at = self.shared.monotonic()
+                self.tunnel_seen = (self.tunnel_down, seen_at)
+            return max(seen_at, self.last_activity)
         if state is ConnState.ORIGIN:
             # The origin's last byte, or when the request (or the end of its body) was sent to it.
             upstream = self.active.upstream if self.active is not None else None
@@ -274,6 +296,8 @@ class Connection(TunnelRelay):
 
     # == flow control of our own reading =====================================================================
     def pause_reading(self, reason: str) -> None:
+        if reason == "auth" or reason == "connect":  # a slow step of the exchange starts: PREPARING's timer
+            self.prep_at = self.shared.monotonic()
         self.paused.add(reason)
         if self.reading and not self.closed:
             self.reading = False

@@ -228,6 +228,24 @@ class Exchange(Authentication):
         else:
             self.refuse(502, f"the origin {where} could not be reached: {reason}", error=error)
 
+    def step_timed_out(self, limit: float) -> None:
+        """The housekeeping tick found a slow step past ``limit`` (connect_timeout): a password check that has not
+        come back (a queue of them behind a flood), a name not resolved, a connect not made. The driver times the
+        last two itself; this is what bounds every step of PREPARING whatever the driver does. The connection is
+        closed after the answer, which also cancels the step (RFC 9110 section 15.6.4, 15.6.5)."""
+        if self.state is ExchangeState.AUTHENTICATING:
+            self.refuse(503, f"this proxy could not check the credentials within {limit:g} s; retry shortly",
+                        close=True, extra=[("Retry-After", "1")])
+        elif self.state is ExchangeState.DECIDING:
+            host = self.connect_dest[0] if self.method == b"CONNECT" else (self.dest.host if self.dest else "")
+            self.refuse(504, f"the origin's name {host!r} was not resolved within {limit:g} s",
+                        error="dns_timeout", close=True)
+        else:
+            host, port = self.connect_dest if self.method == b"CONNECT" else (
+                (self.dest.host, self.dest.port) if self.dest else ("", 0))
+            self.refuse(504, f"the origin {host}:{port} did not accept a connection within {limit:g} s",
+                        error="connection_timeout", close=True)
+
     def _send_request(self, upstream: Origin) -> None:
         assert self.dest is not None
         self.upstream = upstream

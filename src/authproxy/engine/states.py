@@ -2,8 +2,8 @@
 
 h11 keeps its protocol rules as plain tables (``h11/_state.py``); so does this module. ``TIMERS`` says, for each
 connection state, which configured timeout applies; ``Connection.timer`` (the housekeeping tick) looks the state
-up here and nowhere else, so a state without a timer is a visible choice, not an omission. Every state but a
-tunnel has one (README, "Limits and their defaults").
+up here and nowhere else, so a state without a timer is a visible choice, not an omission. Every state but
+CLOSED has one (README, "Limits and their defaults").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class ConnState(enum.Enum):
     """Where a client connection is (RFC 9112 section 9), the first of these that holds."""
 
     CLOSED = "closed"
-    TUNNEL = "tunnel"  # a CONNECT tunnel relays bytes both ways (RFC 9110 section 9.3.6), or is being opened
+    TUNNEL = "tunnel"  # a CONNECT tunnel relays bytes both ways (RFC 9110 section 9.3.6); being opened: PREPARING
     SENDING = "sending"  # the client does not read what it is owed (its write buffer is above the mark)
     BODY = "body"  # a request body is arriving and being read (forwarded, or held for authentication)
     DRAINING = "draining"  # the body of a request already answered (a refusal) is read and dropped
@@ -45,18 +45,20 @@ class Timer(enum.Enum):
     HEADER = "header_timeout"  # 408 Request Timeout, then close
     READ = "read_timeout"  # a request body: 408 if not yet answered, close; the origin: 504, or cut mid-response
     WRITE = "write_timeout"  # a client reading nothing of what it is owed: abort (what it is owed goes nowhere)
+    CONNECT = "connect_timeout"  # a password check, a name to resolve, a connect: 503 or 504, then close
+    TUNNEL = "tunnel_idle_timeout"  # a tunnel silent both ways: cut both ends (Squid: read_timeout, 15 min)
     NONE = ""  # no timer in this state
 
 
 #: The timer of each connection state, and the moment it counts from (Connection._since).
 TIMERS: dict[ConnState, Timer] = {
     ConnState.CLOSED: Timer.NONE,
-    ConnState.TUNNEL: Timer.NONE,  # a tunnel may be quiet for as long as its two ends like (TLS inside has its own)
+    ConnState.TUNNEL: Timer.TUNNEL,  # from the last byte relayed either way (checked on the tick, not per read)
     ConnState.SENDING: Timer.WRITE,  # from when its write buffer went above the mark
     ConnState.BODY: Timer.READ,  # from the body's last byte
     ConnState.DRAINING: Timer.READ,  # from the refusal, in all: a body trickled a byte at a time cannot hold on
     ConnState.ORIGIN: Timer.READ,  # from the origin's last byte, or the request (or the end of its body)
-    ConnState.PREPARING: Timer.NONE,  # each step is timed by itself: connect_timeout for resolving and connecting
+    ConnState.PREPARING: Timer.CONNECT,  # each step (password check, resolving, connecting) from its own start
     ConnState.HEAD: Timer.HEADER,  # from the head's first byte
     ConnState.IDLE: Timer.IDLE,  # from the end of the last answer (or the accept)
 }

@@ -81,6 +81,11 @@ class TunnelRelay(RequestReader):
         tunnel.write_eof()
         return True  # keep relaying what the far end still sends (half-close)
 
+    def tunnel_abort(self) -> None:
+        """Cut the far end at once (the tunnel timed out): a close would wait for it to read what is unsent."""
+        if self.tunnel is not None:
+            self.tunnel.abort()
+
     def tunnel_lost(self) -> None:
         if self.tunnel is not None:
             self.tunnel.close()  # its tunnel_closed logs the tunnel, with the bytes relayed

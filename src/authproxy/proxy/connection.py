@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from authproxy.engine.commands import ConnectFailure
 from authproxy.engine.connection import Connection
@@ -44,7 +44,9 @@ class ClientConnection(asyncio.Protocol):
         self.client = "-"
         self.closed = False
         self.engine: Connection = None  # type: ignore[assignment]
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Work started for this connection (connects, lookups, password checks), cancelled when it goes: a
+        # password check still queued for a thread is then never run.
+        self.tasks: set[asyncio.Future[Any]] = set()
         self._wake: asyncio.Handle | None = None
 
     # == asyncio.Protocol: events for the engine ==============================================================
@@ -171,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
         future = asyncio.get_running_loop().run_in_executor(None, self.server.auth.check_slow_password, pending)
         future.add_done_callback(lambda f: ex.password_checked(pending, not f.cancelled()
                                                                and f.exception() is None and f.result()))
+        self.tasks.add(future)
+        future.add_done_callback(self.tasks.discard)
 
     def _start(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -49,3 +49,7 @@ class TunnelUpstream(OutgoingConnection):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
