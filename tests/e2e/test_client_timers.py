@@ -235,3 +235,45 @@ def test_a_slow_password_check_is_answered_503_after_connect_timeout(session_tmp
         assert b"could not check the credentials" in rest
     finally:
         proxy.stop()
+
+
+def loopback_capacity() -> int:
+    """Bytes the kernel holds between two loopback sockets when the receiver (SO_RCVBUF 4096) reads nothing."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(listener.getsockname())
+        sender, _ = listener.accept()
+        with sender:
+            sender.setblocking(False)
+            total = 0
+            for _ in range(3):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        total += sender.send(b"x" * 65536)
+                time.sleep(0.1)
+            return total
+
+
+def test_the_last_answer_to_a_client_that_reads_nothing_does_not_hold_its_connection(quick: ProxyProcess) -> None:
+    """The answer to a `Connection: close` request fits the kernel's buffers and the proxy's mark, so the proxy
+    finishes the exchange and closes: asyncio's close then waits for the client to read the rest, with no engine
+    state left to time it. write_timeout (1 s) bounds it too: the connection is cut, not held for ever."""
+    size = loopback_capacity()
+
+    def answer(conn: socket.socket, path: str) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+        return True
+
+    origin = ScriptedOrigin(answer)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", quick.port))
+            sock.sendall(f"GET http://{origin.authority}/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         f"Proxy-Authorization: {ALICE}\r\n\r\n".encode())
+            time.sleep(4)  # the point: write_timeout passes, and more, with the client reading nothing
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            rest = ends_within(sock, 30.0)
+        assert status_of(rest) == 200 and len(rest) < size, "the proxy held the connection until it was read"
+    finally:
+        origin.close()

@@ -44,6 +44,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written at once
+
     def pause_reading(self) -> None:
         self.reading = False
 

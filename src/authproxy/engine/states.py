@@ -2,8 +2,9 @@
 
 h11 keeps its protocol rules as plain tables (``h11/_state.py``); so does this module. ``TIMERS`` says, for each
 connection state, which configured timeout applies; ``Connection.timer`` (the housekeeping tick) looks the state
-up here and nowhere else, so a state without a timer is a visible choice, not an omission. Every state but
-CLOSED has one (README, "Limits and their defaults").
+up here and nowhere else, so a state without a timer is a visible choice, not an omission. Every state has
+one (README, "Limits and their defaults"); CLOSED's is the driver's: a close still waiting for its peer to read
+what it is owed is cut after ``write_timeout`` of reading nothing (``authproxy.proxy.linger``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from authproxy.engine.commands import ConnectFailure
 from authproxy.engine.connection import Connection
+from authproxy.proxy.linger import close_bounded
 from authproxy.proxy.tunnel import TunnelUpstream
 from authproxy.proxy.upstream import UpstreamConnection
 
@@ -109,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        self.transport.close()
+        close_bounded(self.transport, self.server.config.write_timeout)
 
     def abort(self) -> None:
         self.closed = True
@@ -161,7 +162,8 @@ class ClientConnection(asyncio.Protocol):
     async def _open_tunnel(self, ex: Exchange, address: str, port: int) -> None:
         try:
             _, tunnel = await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(lambda: TunnelUpstream(self.engine), address, port),
+                asyncio.get_running_loop().create_connection(
+                    lambda: TunnelUpstream(self.engine, self.server.config.write_timeout), address, port),
                 self.server.config.connect_timeout,
             )
         except Exception as exc:

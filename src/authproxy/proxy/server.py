@@ -41,7 +41,7 @@ class ProxyServer:
         self.config = config
         self.auth = auth
         self.access_log = access_log
-        self.pool = Pool(config.pool_size, limits=_head_limits(config))
+        self.pool = Pool(config.pool_size, limits=_head_limits(config), linger=config.write_timeout)
         self._via = _via_entries(config)
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
@@ -231,6 +231,7 @@ class ProxyServer:
         self._decisions = {}  # decided under the old policy
         self.pool.size = config.pool_size
         self.pool.limits = _head_limits(config)
+        self.pool.linger = config.write_timeout
         old_log.flush()
         old_log.close()
 

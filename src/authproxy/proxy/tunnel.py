@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from authproxy.proxy.linger import close_bounded
 from authproxy.proxy.outgoing import OutgoingConnection
 
 if TYPE_CHECKING:
@@ -18,11 +19,12 @@ if TYPE_CHECKING:
 class TunnelUpstream(OutgoingConnection):
     """The origin side of a CONNECT tunnel."""
 
-    __slots__ = ("client",)
+    __slots__ = ("client", "linger")
 
-    def __init__(self, client: TunnelRelay) -> None:
+    def __init__(self, client: TunnelRelay, linger: float) -> None:
         super().__init__()
         self.client = client
+        self.linger = linger  # write_timeout: a close waits that long for a far end that reads nothing
 
     def data_received(self, data: bytes) -> None:
         self.client.tunnel_data(data)
@@ -48,7 +50,7 @@ class TunnelUpstream(OutgoingConnection):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            close_bounded(self.transport, self.linger)
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:

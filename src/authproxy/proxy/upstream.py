@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from authproxy.engine.origin import HeadLimits, Origin
+from authproxy.proxy.linger import close_bounded
 from authproxy.proxy.outgoing import OutgoingConnection
 
 
@@ -72,7 +73,7 @@ class UpstreamConnection(OutgoingConnection):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            close_bounded(self.transport, self._pool.linger)
         self._pool.forget(self)
 
     def abort(self) -> None:
@@ -85,8 +86,10 @@ class UpstreamConnection(OutgoingConnection):
 class Pool:
     """Idle keep-alive connections to origins, at most ``size`` per host:port, closed after ``idle_timeout``."""
 
-    def __init__(self, size: int, idle_timeout: float = 30.0, limits: HeadLimits | None = None) -> None:
+    def __init__(self, size: int, idle_timeout: float = 30.0, limits: HeadLimits | None = None,
+                 linger: float = 60.0) -> None:
         self.size = size
+        self.linger = linger  # write_timeout: how long a closed connection may wait for an origin that reads nothing
         self.idle_timeout = idle_timeout
         self.limits = limits or HeadLimits()  # for each Origin, read at the start of each response
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
