@@ -113,13 +113,18 @@ class Config:
                 raise ConfigError(f"{key}: must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert: tls_cert and tls_key go together")
-        if self.throttle_max_failures < 0 or self.throttle_window <= 0 or self.throttle_lockout < 0 \
-                or self.throttle_max_user_lockout < 0:
-            raise ConfigError("throttle_*: max_failures and lockouts must not be negative, the window positive")
-        if self.throttle_max_entries < 1:
-            raise ConfigError("throttle_max_entries: must be at least 1")
+        _check_throttle(self)
         if self.basic_cache_ttl < 0 or self.pool_size < 0:
             raise ConfigError("basic_cache_ttl and pool_size must not be negative")
+
+
+def _check_throttle(config: Config | SipConfig) -> None:
+    """The sign-in throttle's keys, the same in both commands' options."""
+    if config.throttle_max_failures < 0 or config.throttle_window <= 0 or config.throttle_lockout < 0 \
+            or config.throttle_max_user_lockout < 0:
+        raise ConfigError("throttle_*: max_failures and lockouts must not be negative, the window positive")
+    if config.throttle_max_entries < 1:
+        raise ConfigError("throttle_max_entries: must be at least 1")
 
 
 def parse_connect_ports(value: Any, *, key: str = "connect_ports") -> tuple[int, ...] | None:
@@ -234,7 +239,8 @@ SIP_TRANSPORTS = ("udp", "tcp", "tls")
 #: The options `authproxy sip serve` takes from the top of the file when its [sip] table does not set them: the
 #: users, the realm and the Digest settings are the HTTP proxy's unless SIP wants its own.
 SIP_SHARED = ("users", "realm", "digest_algorithms", "nonce_lifetime", "access_log", "access_log_format",
-              "tls_cert", "tls_key")
+              "tls_cert", "tls_key", "throttle_max_failures", "throttle_window", "throttle_lockout",
+              "throttle_max_user_lockout", "throttle_max_entries")
 
 
 def parse_sip_listen(value: str, *, key: str = "listen") -> tuple[str, str, int]:
@@ -269,6 +275,11 @@ class SipConfig:
     max_message_size: int = 65535
     max_connections: int = 1000  # TCP and TLS connections, both directions (per worker)
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT); 0: one per CPU
+    throttle_max_failures: int = 10  # the HTTP proxy's sign-in throttle, the same keys (shared from the top)
+    throttle_window: float = 60.0
+    throttle_lockout: float = 300.0
+    throttle_max_user_lockout: float = 300.0
+    throttle_max_entries: int = 100_000
 
     listeners: tuple[tuple[str, str, int], ...] = field(init=False, repr=False, compare=False)
     auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
@@ -305,6 +316,7 @@ class SipConfig:
                 raise ConfigError(f"{key}: must be at least 1")
         if self.workers < 0:
             raise ConfigError("workers: must not be negative")
+        _check_throttle(self)
         if not 1024 <= self.max_message_size <= 65535:
             raise ConfigError("max_message_size: must be 1024-65535 (a UDP datagram's bound)")
 

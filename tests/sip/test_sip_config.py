@@ -32,12 +32,21 @@ def test_sip_table_over_shared_options_under_flags(tmp_path: Path) -> None:
     assert SipConfig(next_hop=HOP).listen == ("udp:127.0.0.1:5060",)  # safe default: loopback
 
 
+def test_throttle_keys_shared_from_the_top_and_overridden_in_sip(tmp_path: Path) -> None:
+    path = write(tmp_path, f'throttle_max_failures = 4\nthrottle_lockout = 30\n[sip]\nnext_hop = "{HOP}"\n'
+                           'throttle_lockout = 90\n')
+    config = load_sip_config(path, {})
+    assert (config.throttle_max_failures, config.throttle_lockout, config.throttle_window) == (4, 90.0, 60.0)
+    assert load_config(path, {}).throttle_lockout == 30.0
+
+
 @pytest.mark.parametrize(("table", "key"), [
     ('next_hop = "127.0.0.1:5080"', "next_hop"),
     (f'next_hop = "{HOP}"\nlisten = ["sctp:127.0.0.1:5060"]', "listen"),
     (f'next_hop = "{HOP}"\nlisten = "udp:127.0.0.1:5060"', "sip.listen"),
     (f'next_hop = "{HOP}"\nmax_transactions = 0', "max_transactions"),
     (f'next_hop = "{HOP}"\nworkers = -1', "workers"),
+    (f'next_hop = "{HOP}"\nthrottle_window = 0', "throttle_*"),
     (f'next_hop = "{HOP}"\ndigest_algorithms = ["MD4"]', "digest_algorithms"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:0.0.0.0:5060"]', "via_host"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]', "listen"),

@@ -55,9 +55,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, users: Path, uas: Uas) -> It
 class UdpClient:
     """A SIP UA on a UDP socket of its own, talking to one server synchronously."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))  # another 127.0.0.x: another client address
         self.sock.settimeout(5)
         self.server = ("127.0.0.1", port)
         self.local = self.sock.getsockname()[1]

@@ -43,6 +43,7 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import Reject, Verifier
+from authproxy.engine.throttle import FailureThrottle, retry_after
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
 from authproxy.sip.fields import CONTROL_RE, SipError, Via, canonical_name
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, Address, SipRecord
@@ -132,7 +133,7 @@ class SipProxy:
     def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
                  local: dict[str, Address], random: Callable[[int], bytes], key: bytes | None = None,
                  name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
-                 max_transactions_per_source: int = 2_000) -> None:
+                 max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
         if next_hop.transport not in local:
@@ -141,6 +142,8 @@ class SipProxy:
         self.next_hop, self.local, self.random, self.name, self.limits = next_hop, local, random, name, limits
         self.max_transactions = max_transactions
         self.max_per_source = max_transactions_per_source
+        #: The HTTP proxy's credential-guessing throttle (per address and per user name); ``now`` is its clock.
+        self.throttle = throttle
         self._key = key if key is not None else random(32)
         # This proxy's Via but its branch (section 16.6 step 8), built and checked once.
         host, port = local[next_hop.transport]
@@ -220,11 +223,25 @@ class SipProxy:
                                 "Proxy-Require names an extension this proxy does not support", unsupported)
         user = None
         if request.method not in NEVER_CHALLENGED:
+            throttle = self.throttle
+            if throttle is not None and (wait := throttle.check(source[0], None, now)) is not None:
+                return self._locked_out(request, source, transport, now, record, None, wait,
+                                        "too many failed sign-ins from your address")
             try:
                 result = authenticate(self.verifier, request, self.store, self.counters, now, transport=transport)
             except AuthProxyError as exc:  # malformed credentials, a digest uri that is not the Request-URI
                 return self._answer(request, source, transport, now, 400, Outcome.BAD_REQUEST, record,
                                     exc.message)
+            if throttle is not None and result.user is not None:
+                wait = throttle.check(source[0], result.user, now)
+                if wait is not None:  # locked: the answer must not depend on whether the credentials were right
+                    return self._locked_out(request, source, transport, now, record, result.user, wait,
+                                            "too many failed sign-ins for this user name")
+                if isinstance(result, Reject):
+                    if result.outcome.failed:  # never `missing` (the 407 exchange's first step), nor stale
+                        throttle.record_failure(source[0], result.user, now)
+                else:
+                    throttle.record_success(source[0], result.user, now)
             if isinstance(result, Reject):
                 return self._challenge(request, result, source, transport, now, record)
             user = result.user
@@ -270,16 +287,27 @@ class SipProxy:
         return self._sent(request, response.to_bytes(), source, transport, now, result.outcome, result.user,
                           record)
 
+    def _locked_out(self, request: SipRequest, source: Address, transport: str, now: float,
+                    record: tuple[tuple[str, ...], bytes] | None, user: str | None, wait: float,
+                    why: str) -> list[Action]:
+        """The sign-in throttle's refusal: HTTP's 429 has no SIP equivalent (SIP's 429 is Provide Referrer
+        Identity, RFC 3892), so 503 with Retry-After (section 21.5.4), as kamailio's ratelimit module answers: a
+        client does not send to this server again for that long, and may fail over to another."""
+        seconds = retry_after(wait)
+        return self._answer(request, source, transport, now, 503, Outcome.THROTTLED, record,
+                            f"{why}; try again in {seconds} s", [("Retry-After", seconds)], user=user)
+
     def _answer(self, request: SipRequest, source: Address, transport: str, now: float, status: int,
                 outcome: Outcome, record: tuple[tuple[str, ...], bytes] | None, why: str,
-                extra: Sequence[tuple[str, str]] = (), *, remember: bool = True) -> list[Action]:
+                extra: Sequence[tuple[str, str]] = (), *, remember: bool = True,
+                user: str | None = None) -> list[Action]:
         if request.method == "ACK":  # section 17: an ACK is never answered
             return [SipRecord(now, source, transport, DROPPED, None, request.method, request.uri, None, outcome,
                               call_id=request.call_id, reason=why)]
         stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
         headers = [*extra, ("Warning", self._warning(why))]
         response = response_to(stamped, status, _REASONS[status], to_tag=self._to_tag(request), headers=headers)
-        return self._sent(request, response.to_bytes(), source, transport, now, outcome, None,
+        return self._sent(request, response.to_bytes(), source, transport, now, outcome, user,
                           record if remember else None)
 
     def _sent(self, request: SipRequest, wire: bytes, source: Address, transport: str, now: float,

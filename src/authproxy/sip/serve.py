@@ -42,6 +42,7 @@ from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.roles import PROXY
 from authproxy.auth.verifier import Verifier
 from authproxy.config import SipConfig
+from authproxy.engine.throttle import FailureThrottle
 from authproxy.observe.accesslog import AccessLog
 from authproxy.proxy.tls import tls_context
 from authproxy.proxy.workers import supervise
@@ -198,10 +199,14 @@ class SipServer:
         except OSError as exc:
             raise ConfigError(f"next_hop: cannot resolve {hop.host}: {exc.strerror}") from None
         resolved = NextHop(str(infos[0][4][0]), hop.port, hop.transport)
+        throttle = None
+        if config.throttle_max_failures:  # per worker, as the HTTP proxy's
+            throttle = FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+                                       config.throttle_max_user_lockout, max_entries=config.throttle_max_entries)
         self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
                               random=self.random, key=self._proxy_key, limits=self.limits,
                               max_transactions=config.max_transactions,
-                              max_transactions_per_source=config.max_transactions_per_source)
+                              max_transactions_per_source=config.max_transactions_per_source, throttle=throttle)
         self._tick = loop.call_later(1.0, self._housekeeping)
 
     # -- in and out -----------------------------------------------------------------------------------------
@@ -266,7 +271,10 @@ class SipServer:
 
     def _housekeeping(self) -> None:
         if self.proxy is not None:
-            self.proxy.expire(time.time())
+            now = time.time()
+            self.proxy.expire(now)
+            if self.proxy.throttle is not None:
+                self.proxy.throttle.purge(now)
         self.log.flush()
         try:
             self.store.refresh()
