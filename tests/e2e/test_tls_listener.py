@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -341,4 +342,58 @@ def test_the_plain_listener_counts_from_accept_too(tmp_path: Path, users_file: P
         assert proxy.access_log().count(" 127.0.0.1 NONE_NONE/503 ") == 3
     finally:
         close_all(socks)
+        proxy.stop()
+
+
+def wait_for_lines(proxy: ProxyProcess, pattern: str, count: int, seconds: float = 10) -> list[str]:
+    """The proxy's stderr lines matching ``pattern``, once there are ``count`` of them (or ``seconds`` passed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [line for line in list(proxy.stderr_lines) if re.search(pattern, line)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_failed_handshakes_are_logged_in_one_line_each(tmp_path: Path, users_file: Path,
+                                                      tls_files: tuple[Path, Path, Path]) -> None:
+    proxy = tls_proxy(tmp_path, users_file, tls_files, "tls_handshake_timeout = 1\n")
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:  # plain HTTP, a credential
+            sock.sendall(f"GET http://a/ HTTP/1.1\r\nHost: a\r\nProxy-Authorization: {ALICE}\r\n\r\n".encode())
+            sock.recv(4096)  # closed by the proxy
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock, \
+                pytest.raises(ssl.SSLCertVerificationError):  # a client that distrusts it
+            ssl.create_default_context().wrap_socket(sock, server_hostname="127.0.0.1")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:  # silent: timed out
+            lines = wait_for_lines(proxy, "TLS handshake with", 3)
+        assert len(lines) == 3, proxy.stderr_lines
+        assert any("127.0.0.1 failed: the client spoke plain HTTP to the TLS listener (HTTP_REQUEST)" in line
+                   for line in lines)
+        assert any("does not trust this proxy's certificate (TLSV1_ALERT_UNKNOWN_CA)" in line for line in lines)
+        assert any("not finished within tls_handshake_timeout (1 s)" in line for line in lines)
+        assert all(line.count("\n") <= 1 and ALICE.split()[1] not in line and "Proxy-Authorization" not in line
+                   for line in lines)
+    finally:
+        proxy.stop()
+
+
+def test_a_flood_of_failed_handshakes_is_logged_within_a_bound(tmp_path: Path, users_file: Path,
+                                                              tls_files: tuple[Path, Path, Path]) -> None:
+    """At most 10 lines a second; the rest counted in a summary line, so a flood fills neither disk nor loop."""
+    proxy = tls_proxy(tmp_path, users_file, tls_files, "max_connections_per_client = 0\n")
+    flood = 600
+    try:
+        started = time.monotonic()
+        for _ in range(flood):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                sock.recv(4096)  # the proxy's close
+        elapsed = time.monotonic() - started
+        shown = wait_for_lines(proxy, "TLS handshake with", flood, seconds=3)
+        summaries = wait_for_lines(proxy, "more TLS handshake failures not shown", 1)
+        counted = sum(int(line.split()[1]) for line in summaries)  # "authproxy: N more ..."
+        assert len(shown) <= 10 * (elapsed + 3), (len(shown), elapsed)
+        assert len(shown) + counted == flood
+    finally:
         proxy.stop()

@@ -24,6 +24,7 @@ from authproxy.engine.origin import HeadLimits
 from authproxy.engine.responses import made_up_response
 from authproxy.engine.throttle import FailureThrottle, client_key
 from authproxy.observe.accesslog import AccessLog, AccessRecord
+from authproxy.observe.notices import RateLimitedNotices
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
 from authproxy.proxy.policy import OwnSockets, resolve_and_check
@@ -52,6 +53,7 @@ class ProxyServer:
         self.own_sockets = OwnSockets()  # where this proxy listens: a destination there is a loop
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
+        self.tls_failures = RateLimitedNotices("TLS handshake failures")
         self._housekeeping: asyncio.TimerHandle | None = None
         # The engine's clocks (authproxy.engine.commands.ProxyState): playbook tests give it fake ones.
         self.monotonic: Callable[[], float] = time.monotonic
@@ -83,6 +85,7 @@ class ProxyServer:
         if self.throttle is not None:
             self.throttle.purge(now)
         self.access_log.flush()
+        self.tls_failures.flush()
         self._housekeeping = asyncio.get_running_loop().call_later(1.0, self._tick)
 
     @property
@@ -159,7 +162,7 @@ class ProxyServer:
             conn.transport.close()
             return
         if self._tls is not None:
-            start_handshake(conn, self._tls, self.config.tls_handshake_timeout)
+            start_handshake(conn, self._tls, self.config.tls_handshake_timeout, self.tls_failures)
 
     def admit(self, conn: ClientConnection) -> str | None:
         """Count a new connection in, or say which limit it is over (RFC 9110 section 15.6.4: 503).

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from authproxy.auth.errors import ConfigError
+from authproxy.observe.notices import RateLimitedNotices
 
 if TYPE_CHECKING:
     from authproxy.config import Config, SipConfig
@@ -35,7 +36,8 @@ def tls_context(config: Config | SipConfig) -> ssl.SSLContext | None:
     return context
 
 
-def start_handshake(conn: ClientConnection, context: ssl.SSLContext, timeout: float) -> None:
+def start_handshake(conn: ClientConnection, context: ssl.SSLContext, timeout: float,
+                    failures: RateLimitedNotices | None = None) -> None:
     """Start the server side of the TLS handshake on ``conn``'s just-accepted transport; called from
     ``connection_made``. ``conn`` gets the TLS transport once the handshake is done.
 
@@ -47,9 +49,11 @@ def start_handshake(conn: ClientConnection, context: ssl.SSLContext, timeout: fl
 
     A handshake that fails, times out, or whose connection is closed meanwhile (limits, shutdown) ends with
     ``conn.connection_lost``, called once: the TLS layer does not call it for a connection that never got past
-    the handshake, and that call is what gives the connection's place in the limits back.
+    the handshake, and that call is what gives the connection's place in the limits back. One that fails or
+    times out is told to the operator in one line on ``failures`` (the client's address and why; never what the
+    client sent).
     """
-    waiting = _Handshaking(conn)
+    waiting = _Handshaking(conn, timeout, failures)
     upgrade = asyncio.get_running_loop().start_tls(
         conn.transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout)
     _step(upgrade, waiting)
@@ -75,6 +79,33 @@ def _step(upgrade: Coroutine[Any, Any, asyncio.BaseTransport | None], waiting: _
             asyncio.get_running_loop().call_soon(_step, upgrade, waiting)
 
 
+#: What some OpenSSL reasons mean for the operator (the reason itself is kept in the line).
+_REASONS = {
+    "HTTP_REQUEST": "the client spoke plain HTTP to the TLS listener",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this proxy's certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client refused this proxy's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client refused this proxy's certificate",
+    "WRONG_VERSION_NUMBER": "not a TLS record (another protocol, or plain text)",
+    "UNSUPPORTED_PROTOCOL": "the client offers no TLS version this proxy accepts",
+    "NO_SHARED_CIPHER": "the client offers no cipher this proxy accepts",
+    "VERSION_TOO_LOW": "the client offers no TLS version this proxy accepts",
+}
+
+
+def handshake_failure(exc: BaseException, timeout: float) -> str:
+    """Why a handshake failed, in words, from what asyncio or uvloop raised (a fixed text: nothing the client
+    sent is repeated)."""
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or type(exc).__name__
+        words = _REASONS.get(reason)
+        return f"{words} ({reason})" if words else f"TLS error {reason}"
+    if isinstance(exc, ConnectionAbortedError | TimeoutError):
+        return f"not finished within tls_handshake_timeout ({timeout:g} s)"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "the client closed the connection before finishing it"
+    return f"{type(exc).__name__} {exc.strerror or ''}".strip() if isinstance(exc, OSError) else type(exc).__name__
+
+
 class _Handshaking(asyncio.Protocol):
     """The TLS layer's protocol until ``start_tls`` returns.
 
@@ -84,8 +115,10 @@ class _Handshaking(asyncio.Protocol):
     is passed on to the connection.
     """
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, timeout: float, failures: RateLimitedNotices | None) -> None:
         self.conn = conn
+        self.timeout = timeout
+        self.failures = failures
         self.early: list[bytes] = []
         self.handed_over = False
         self.lost = False
@@ -106,6 +139,9 @@ class _Handshaking(asyncio.Protocol):
     def lose(self, exc: Exception | None) -> None:
         if not self.lost:
             self.lost = True
+            if exc is not None and self.failures is not None and not self.handed_over:
+                self.failures.notice(f"authproxy: TLS handshake with {self.conn.client} failed: "
+                                     f"{handshake_failure(exc, self.timeout)}")
             self.conn.connection_lost(exc)
 
     def upgraded(self, transport: asyncio.BaseTransport | None) -> None:

@@ -1,0 +1,44 @@
+"""Notices for the operator (stderr) about events a flood can repeat, such as failed TLS handshakes: one line
+each, at most ``per_second`` lines a second, the rest counted and summed up in one line, so that a flood can
+neither fill the disk nor stall the event loop writing."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class RateLimitedNotices:
+    """Lines of one kind (``what``: "TLS handshake failures"), rate-bounded."""
+
+    def __init__(self, what: str, per_second: int = 10, write: Callable[[str], None] = _stderr,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.per_second = per_second
+        self.write = write
+        self.clock = clock
+        self.window = 0.0  # the start of the current one-second window
+        self.shown = 0
+        self.dropped = 0  # lines not written since the last summary
+
+    def notice(self, line: str) -> None:
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self.flush()
+            self.window, self.shown = now, 0
+        if self.shown < self.per_second:
+            self.shown += 1
+            self.write(line)
+        else:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Say how many lines were left out (called by the next line's new window, and by the housekeeping tick)."""
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.write(f"authproxy: {dropped} more {self.what} not shown (at most {self.per_second} lines a second)")
