@@ -18,6 +18,7 @@ from authproxy.auth.errors import AuthProxyError
 
 _V = TypeVar("_V", bound="Via")
 _N = TypeVar("_N", bound="NameAddr")
+_M = TypeVar("_M")
 
 
 class SipError(AuthProxyError):
@@ -146,6 +147,22 @@ _QUOTED_PAIR_RE = re.compile(r"\\(.)")
 Params = tuple[tuple[str, str | None], ...]
 
 
+def _refuse_params(text: str, pos: int) -> None:
+    """The error for a run of parameters that does not match: read one parameter at a time, so the first rule
+    broken is the one named (a parameter given twice before a malformed one)."""
+    seen: set[str] = set()
+    while pos < len(text):
+        m = _PARAM_RE.match(text, pos)
+        if m is None:
+            break
+        name = m.group(1).lower()
+        if name in seen:
+            raise SipError("a header field parameter occurs twice")
+        seen.add(name)
+        pos = m.end()
+    raise SipError("malformed header field parameter")
+
+
 def _parse_params(text: str, pos: int) -> Params:
     """The parameters ``*( SEMI generic-param )`` from ``text[pos:]`` to its end: names lower-cased, each
     once; a value-less parameter has the value None, a quoted-string value is unquoted. Two C calls (the
@@ -153,7 +170,7 @@ def _parse_params(text: str, pos: int) -> Params:
     if pos == len(text):
         return ()
     if _PARAMS_RE.fullmatch(text, pos) is None:
-        raise SipError("malformed header field parameter")
+        _refuse_params(text, pos)
     # findall gives '' for an absent value; a present one is never empty (each value form takes a character).
     params = tuple([(name.lower(), value or None) for name, value in _PARAM_RE.findall(text, pos)])
     if len(params) > 1 and len({name for name, _ in params}) != len(params):
@@ -309,9 +326,10 @@ class Via:
         differs from sent-by (section 18.2.1), ``rport`` filled in when the client asked (RFC 3581 section 4,
         which also requires ``received`` then)."""
         params = dict(self.params)
-        if host != self.host or self.wants_rport:
+        wants_rport = "rport" in params
+        if wants_rport or host != self.host:
             params["received"] = host
-        if self.wants_rport:
+        if wants_rport:
             params["rport"] = str(port)
         # This Via is checked; what changed is received (an IP address?) and rport (a port?): checked here.
         via = _new_via(Via, self.transport, self.host, self.port, tuple(params.items()), self.protocol,
@@ -336,6 +354,25 @@ class Via:
         via = _new_via(cls, transport.upper(), host, port, params, protocol, version)
         via._check_values()
         return via
+
+
+# --- values parsed before -----------------------------------------------------------------------------------
+
+# From/To values and CSeq values by the exact text they were parsed from: a response repeats its request's From,
+# To and CSeq, and the requests of a dialog repeat From and To, so most are a dict lookup instead of a parse.
+# The values are immutable, so one object serves every message holding that text. Bounded: emptied when full,
+# and long texts are not kept.
+_MEMO_ENTRIES = 2048
+_MEMO_TEXT = 256
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_CSEQS: dict[str, CSeq] = {}
+
+
+def _memo(memo: dict[str, _M], text: str, value: _M) -> None:
+    if len(text) <= _MEMO_TEXT:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[text] = value
 
 
 # --- From, To, Contact: name-addr / addr-spec with parameters, sections 20.10, 20.20, 20.39 ---------------
@@ -383,6 +420,16 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
+        known = _NAME_ADDRS.get(value) if cls is NameAddr else None
+        if known is not None:
+            return known
+        na = cls._parse(value)
+        if cls is NameAddr:
+            _memo(_NAME_ADDRS, value, na)
+        return na
+
+    @classmethod
+    def _parse(cls, value: str) -> NameAddr:
         # The grammar matched the URI and the parameters (lower-cased tokens, each once): with no control
         # character anywhere, nothing is left for __post_init__ to check.
         m = _NAME_ADDR_RE.match(value)
@@ -431,10 +478,16 @@ class CSeq:
 
     @classmethod
     def parse(cls, value: str) -> CSeq:
+        known = _CSEQS.get(value) if cls is CSeq else None
+        if known is not None:
+            return known
         m = _CSEQ_RE.fullmatch(value)
         if m is None:
             raise SipError("malformed CSeq")
-        return cls(int(m.group(1)), m.group(2))
+        cseq = cls(int(m.group(1)), m.group(2))
+        if cls is CSeq:
+            _memo(_CSEQS, value, cseq)
+        return cseq
 
 
 def parse_call_id(value: str) -> str:
