@@ -42,7 +42,12 @@ class ProxyServer:
         self.config = config
         self.auth = auth
         self.access_log = access_log
-        self.pool = Pool(config.pool_size, limits=_head_limits(config), linger=config.write_timeout)
+        # What fits the descriptor limit (fd_plan); start() raises the limit and fits these to it.
+        self.max_connections = config.max_connections
+        self.fd_limit: int | None = None
+        self.fd_warning: str | None = None
+        self.pool = Pool(config.pool_size, limits=_head_limits(config), linger=config.write_timeout,
+                         max_idle=config.max_connections // 2)
         self._via = _via_entries(config)
         self.connections: set[ClientConnection] = set()
         self.per_client: dict[str, int] = {}
@@ -62,7 +67,8 @@ class ProxyServer:
     async def start(self, reuse_port: bool = False) -> None:
         host, port = self.config.listen_address
         loop = asyncio.get_running_loop()
-        _raise_fd_limit()
+        self.fd_limit = _raise_fd_limit()
+        self.fd_warning = self._fit_to_fd_limit()  # said by serve() after the "listening on" line
         # No ssl= here even for TLS: see accepted() and authproxy.proxy.tls.
         self._tls = tls_context(self.config)
         self._server = await loop.create_server(
@@ -71,6 +77,14 @@ class ProxyServer:
         )
         self.own_sockets = OwnSockets.of(self._server.sockets)
         self._housekeeping = loop.call_later(1.0, self._tick)
+
+    def _fit_to_fd_limit(self) -> str | None:
+        """max_connections and the pool's idle connections within the descriptor limit; a warning if lowered."""
+        if self.fd_limit is None:
+            return None
+        plan = fd_plan(self.config.max_connections, self.fd_limit)
+        self.max_connections, self.pool.max_idle = plan.max_connections, plan.max_idle
+        return plan.warning
 
     @property
     def sockets_addresses(self) -> list[tuple[str, int]]:
@@ -171,8 +185,8 @@ class ProxyServer:
         whole /64 and could otherwise open ``max_connections_per_client`` from each of its addresses.
         """
         config = self.config
-        if len(self.connections) >= config.max_connections:
-            return f"this proxy is at its limit of {config.max_connections} connections; retry shortly"
+        if len(self.connections) >= self.max_connections:
+            return f"this proxy is at its limit of {self.max_connections} connections; retry shortly"
         key = client_key(conn.client)
         count = self.per_client.get(key, 0)
         if config.max_connections_per_client and count >= config.max_connections_per_client:
@@ -235,6 +249,10 @@ class ProxyServer:
         self.pool.size = config.pool_size
         self.pool.limits = _head_limits(config)
         self.pool.linger = config.write_timeout
+        self.max_connections, self.pool.max_idle = config.max_connections, config.max_connections // 2
+        warning = self._fit_to_fd_limit()
+        if warning:
+            _stderr(warning)
         old_log.flush()
         old_log.close()
 
@@ -265,12 +283,47 @@ def _throttle(config: Config) -> FailureThrottle | None:
                            config.throttle_max_user_lockout, max_entries=config.throttle_max_entries)
 
 
-def _raise_fd_limit() -> None:
-    """Raise the soft open-files limit to the hard one: each client connection and origin connection is a file."""
+#: Descriptors kept for everything but connections: the listening sockets, the log, the users file, stdio,
+#: the resolver's and the password checks' threads.
+RESERVED_FDS = 256
+
+
+@dataclass(frozen=True)
+class FdPlan:
+    """How many client connections and idle pooled origin connections fit the descriptor limit."""
+
+    max_connections: int
+    max_idle: int
+    warning: str | None
+
+
+def fd_plan(max_connections: int, limit: int) -> FdPlan:
+    """Each client connection may hold two descriptors (itself, and its origin connection or tunnel), the pool up
+    to half as many idle origin connections, plus RESERVED_FDS: past the limit, accept() and connect() would fail
+    with EMFILE, for every client at once. When ``max_connections`` does not fit, it is lowered to what does."""
+    need = 2 * max_connections + max_connections // 2 + RESERVED_FDS
+    if need <= limit:
+        return FdPlan(max_connections, max_connections // 2, None)
+    fitted = max(1, (limit - RESERVED_FDS) * 2 // 5)
+    warning = (f"authproxy: warning: max_connections {max_connections} needs about {need} open files (each client "
+               f"and its origin or tunnel, idle origin connections, {RESERVED_FDS} spare), but this process may "
+               f"open {limit}: serving at most {fitted} connections. Raise the limit (ulimit -n, systemd "
+               "LimitNOFILE=) or lower max_connections.")
+    return FdPlan(fitted, fitted // 2, warning)
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (each client and origin connection is a file); the limit
+    now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    for target in (hard, 1 << 20):  # an unlimited hard limit is capped by the kernel's nr_open (often 2**20)
+        if target == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or target <= soft:
+            continue
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+            break
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 def open_users(config: Config) -> UserStore:
@@ -335,6 +388,8 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
                               f"users from {server.auth.store.description}")
         for line in users_summary(server.auth.store, config):
             (announce or _stderr)(f"authproxy: {line}")
+        if server.fd_warning:  # every worker has the same limit: said once
+            _stderr(server.fd_warning)
     await stop.wait()
     _stderr("authproxy: stopping: no new connections; in-flight requests have "
             f"{server.config.drain_grace:g} s to finish")

@@ -84,11 +84,15 @@ class UpstreamConnection(OutgoingConnection):
 
 
 class Pool:
-    """Idle keep-alive connections to origins, at most ``size`` per host:port, closed after ``idle_timeout``."""
+    """Idle keep-alive connections to origins, at most ``size`` per host:port and ``max_idle`` in all (the oldest
+    closed to make room: each is a descriptor, and a client asking for many host:port pairs would otherwise pile
+    them up), closed after ``idle_timeout``."""
 
     def __init__(self, size: int, idle_timeout: float = 30.0, limits: HeadLimits | None = None,
-                 linger: float = 60.0) -> None:
+                 linger: float = 60.0, max_idle: int = 10_000) -> None:
         self.size = size
+        self.max_idle = max_idle
+        self._oldest: dict[UpstreamConnection, None] = {}  # every idle connection, oldest first
         self.linger = linger  # write_timeout: how long a closed connection may wait for an origin that reads nothing
         self.idle_timeout = idle_timeout
         self.limits = limits or HeadLimits()  # for each Origin, read at the start of each response
@@ -96,33 +100,57 @@ class Pool:
 
     def get(self, key: tuple[str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
+        if idle is None:
+            return None
+        conn = None
         while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
+            candidate = idle.pop()
+            del self._oldest[candidate]
+            if not candidate.closed and candidate.transport is not None and not candidate.transport.is_closing():
+                conn = candidate
+                break
+        if not idle:
+            del self._idle[key]  # no empty list left behind per host:port ever asked for
+        return conn
 
     def put(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self.size:
+        idle = self._idle.get(conn.key)
+        if (idle is not None and len(idle) >= self.size) or self.size < 1 or self.max_idle < 1:
             conn.origin.close()
             return
+        oldest = self._oldest
+        if len(oldest) >= self.max_idle:
+            victim = next(iter(oldest))
+            self.forget(victim)
+            victim.origin.close()
+            idle = self._idle.get(conn.key)  # the victim may have been the last of this host:port
+        if idle is None:
+            idle = self._idle[conn.key] = []
         conn.origin.last_activity = conn.origin.clock()
         idle.append(conn)
+        oldest[conn] = None
 
     def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
+        if self._oldest.pop(conn, 0) is None:  # it was idle here
+            idle = self._idle[conn.key]
             idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
 
     def expire(self, now: float) -> None:
-        """Close connections idle for longer than ``idle_timeout`` (called by the housekeeping timer)."""
-        for idle in list(self._idle.values()):
-            for conn in [c for c in idle if now - c.last_activity > self.idle_timeout]:
-                conn.origin.close()
+        """Close connections idle for longer than ``idle_timeout`` (called by the housekeeping timer): the oldest
+        first, up to the first that is not (they went idle in that order)."""
+        oldest = self._oldest
+        while oldest:
+            conn = next(iter(oldest))
+            if now - conn.last_activity <= self.idle_timeout:
+                break
+            self.forget(conn)
+            conn.origin.close()
 
     def close_all(self) -> None:
         for idle in list(self._idle.values()):
             for conn in list(idle):
                 conn.origin.close()
         self._idle.clear()
+        self._oldest.clear()
