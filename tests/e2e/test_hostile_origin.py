@@ -496,3 +496,16 @@ def test_framing_without_a_trusted_end_is_refused(proxy: ProxyProcess, origin: C
                                                   framing: bytes) -> None:
     server = origin(sends(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n2\r\nok\r\n0\r\n\r\n"))
     assert_refused(ask(proxy, server), server, "http_protocol_error")
+
+
+@pytest.mark.parametrize("code", [b"000", b"099", b"600", b"999"])
+def test_an_invalid_status_code_is_refused(proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin],
+                                           code: bytes) -> None:
+    """RFC 9110 section 15: a status outside 100..599 is invalid. Relayed before as "HTTP/1.1 0 X" or "99 X"
+    (not a status line at all), and one below 100 left the exchange waiting for a final response for ever."""
+    server = origin(sends(b"HTTP/1.1 " + code + b" X\r\nContent-Length: 2\r\n\r\nok"))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(request(server))
+        response = read_response(sock)
+    assert_refused(response, server, "http_protocol_error")
+    assert b"invalid status code " + code in response

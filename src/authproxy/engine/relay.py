@@ -105,6 +105,12 @@ class Relay:
             self.upstream_error(f"the origin {self.peer} answered 407 Proxy Authentication Required: it asks "
                                 "for credentials of a proxy beyond this one, which this proxy does not send")
             return
+        if not 100 <= status <= 599:
+            # RFC 9110 section 15: values outside 100..599 are invalid, to be handled as a 5xx. Relayed, "000" or
+            # "099" would reach the client as a status line that is not HTTP's (and llhttp takes a code below 200
+            # for an interim response, so the exchange would never end).
+            self.upstream_error(f"the origin {self.peer} answered with the invalid status code {status:03d}")
+            return
         fields, content_length, codings = forward.response_fields(headers)
         if 100 <= status < 200:
             if status == 101:
