@@ -17,18 +17,14 @@ import pytest
 
 from authproxy.auth import driver
 from authproxy.auth.basic import basic_challenge
+from authproxy.auth.describe import describe_challenge
 from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1
+from authproxy.auth.errors import ProxyAuthError
+from authproxy.auth.flow import drive
 from authproxy.auth.headers import build_challenge, parse_auth_params, parse_credentials
+from authproxy.auth.messages import ProxyRequest, ProxyResponse, Send
 from authproxy.auth.nonces import NonceIssuer
-from authproxy.auth.responder import (
-    ProxyAuthError,
-    ProxyRequest,
-    ProxyResponse,
-    Responder,
-    Send,
-    describe_challenge,
-    drive,
-)
+from authproxy.auth.responder import Responder
 from authproxy.auth.roles import ORIGIN, PROXY, Role
 from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import Allow, AuthPolicy, Verifier
@@ -84,7 +80,8 @@ def responder(user: str = "alice", password: str | None = None, **kw: Any) -> Re
 
 
 def run(proxy: FakeProxy, r: Responder, request: ProxyRequest) -> ProxyResponse:
-    return drive(r.flow(request), proxy(request))
+    response: ProxyResponse = drive(r.flow(request), proxy(request))
+    return response
 
 
 @pytest.mark.parametrize("alg", ALL_ALGS)

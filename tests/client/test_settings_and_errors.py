@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authproxy.auth.responder import ProxyAuthError, ProxyRequest, ProxyResponse, Responder, Send
+from authproxy.auth.errors import ProxyAuthError
+from authproxy.auth.messages import ProxyRequest, ProxyResponse, Send
+from authproxy.auth.responder import Responder
 from authproxy.client.errors import connect_failure, judge_failure, parse_proxy_status
 from authproxy.client.settings import ProxyOptions, ProxyURLError, no_proxy_matches, parse_proxy_url
 

@@ -14,16 +14,8 @@ from hypothesis import strategies as st
 
 from authproxy.auth.errors import ConfigError
 from authproxy.engine.decision import Allowed, Decision, Refused
-from authproxy.proxy.policy import (
-    DestinationPolicy,
-    OwnSockets,
-    UserRule,
-    classify_address,
-    embedded_ipv4,
-    normalise_name,
-    parse_inet_aton,
-    resolve_and_check,
-)
+from authproxy.proxy.addresses import classify_address, embedded_ipv4, normalise_name, parse_inet_aton
+from authproxy.proxy.policy import DestinationPolicy, OwnSockets, UserRule, resolve_and_check
 
 ip = ipaddress.ip_address
 

@@ -18,9 +18,10 @@ from sip_strategies import requests
 from authproxy.auth.digest import ALGORITHMS, BASE_ALGORITHMS, DigestCredentials, compute_ha1, request_digest
 from authproxy.auth.errors import AuthHeaderError, ConfigError
 from authproxy.auth.headers import build_credentials, parse_auth_params, parse_challenges
+from authproxy.auth.messages import ProxyRequest, ProxyResponse
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.outcomes import Outcome
-from authproxy.auth.responder import ProxyRequest, ProxyResponse, Responder
+from authproxy.auth.responder import Responder
 from authproxy.auth.roles import ORIGIN, PROXY, Role
 from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import Allow, AuthPolicy, NeedBodyHash, Reject, Verifier

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 from authproxy.auth.basic import encode_basic
+from authproxy.auth.challenges import Judged, Option, judge
+from authproxy.auth.describe import answered_401, offered
 from authproxy.auth.digest import (
     DigestAlgorithm,
     DigestChallenge,
@@ -54,124 +56,16 @@ from authproxy.auth.digest import (
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.errors import ProxyAuthError as ProxyAuthError  # re-exported: its import path before
 from authproxy.auth.errors import ProxyError as ProxyError  # re-exported: its import path before
-from authproxy.auth.flow import drive as drive  # re-exported: run a Flow with a synchronous send
-from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params, parse_challenges
+from authproxy.auth.headers import Challenge, build_credentials, parse_auth_params
+from authproxy.auth.messages import ProxyRequest, ProxyResponse, Send
 from authproxy.auth.roles import ORIGIN, PROXY, Role
 
 #: Rounds of one exchange: cached credentials, a fresh answer, one stale retry, and one spare.
 MAX_ROUNDS = 4
 
-_KNOWN_QOP = ("auth", "auth-int")
-
-
-# --- what goes in and out ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProxyRequest:
-    """One request to the peer (the proxy, or an origin in the origin role), as far as authentication cares.
-
-    ``target`` is the request-target sent to the peer and also the Digest ``uri`` (RFC 7616 section 3.4):
-    ``host:port`` for CONNECT (RFC 9110 section 9.3.6), the absolute URI for plain proxying (RFC 9112
-    section 3.2.2), the origin-form path to an origin. ``body`` is the request body, or None when it is a
-    stream that cannot be read twice (then it can neither be hashed for auth-int nor sent again after a
-    challenge). ``secure`` tells whether the connection to the peer itself is TLS, which decides whether Basic
-    would expose the password.
-    """
-
-    method: str
-    target: str
-    body: bytes | None = b""
-    secure: bool = False
-
-
-@dataclass(frozen=True)
-class ProxyResponse:
-    """The peer's answer: status, header fields (name, value) in order, and the body when it was read.
-
-    The caller reads the body when :func:`wants_body` says so (a challenge, or a refused CONNECT), otherwise it
-    leaves it on the wire for its own caller.
-    """
-
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-
-    def get_all(self, name: str) -> list[str]:
-        key = name.lower()
-        return [value for fname, value in self.headers if fname.lower() == key]
-
-    @property
-    def body_text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send the request (again) with this value in the role's credentials field (``Proxy-Authorization`` or
-    ``Authorization``); None: without one."""
-
-    authorization: str | None
-
-
-def wants_body(method: str, status: int, role: Role = PROXY) -> bool:
-    """Whether the caller should read the body before handing the response to the flow.
-
-    A challenge's body (the role's status) must be read to reuse the connection and to explain a refusal; a
-    refused CONNECT has no tunnel behind it, so its body is the proxy's explanation too.
-    """
-    return status == role.status or (method.upper() == "CONNECT" and not 200 <= status < 300)
-
-
-# --- describing challenges in words -----------------------------------------------------------------------
-
-
-def describe_challenge(challenge: Challenge) -> str:
-    """One challenge in words: ``Digest SHA-256 (qop auth, auth-int; realm "x"; userhash)``."""
-    realm = challenge.param("realm")
-    if challenge.scheme_key == "digest":
-        alg = challenge.param("algorithm") or "MD5"
-        parts: list[str] = []
-        qop = challenge.param("qop")
-        parts.append(f"qop {qop}" if qop else "no qop (RFC 2069 form)")
-        if realm is not None:
-            parts.append(f'realm "{realm}"')
-        if (challenge.param("userhash") or "").lower() == "true":
-            parts.append("userhash")
-        if (challenge.param("stale") or "").lower() == "true":
-            parts.append("stale")
-        return f"Digest {alg} ({'; '.join(parts)})"
-    if realm is not None:
-        return f'{challenge.scheme} (realm "{realm}")'
-    return challenge.scheme
-
-
-def _offered(challenges: Sequence[Challenge]) -> str:
-    return ", ".join(describe_challenge(c) for c in challenges) or "nothing"
 
 
 # --- choosing what to answer ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Option:
-    """One answerable challenge."""
-
-    rank: int  # higher is stronger
-    challenge: Challenge
-    digest: DigestChallenge | None  # None: Basic
-
-
-@dataclass
-class _Judged:
-    """The challenges of one 407 (or 401), sorted into what we can answer and why not the rest."""
-
-    challenges: list[Challenge] = field(default_factory=list)
-    options: list[_Option] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # reasons, in words
-    unreadable: int = 0  # field lines that did not parse
-    basic_refused: bool = False
-    auth_int_declined: bool = False
 
 
 @dataclass
@@ -269,12 +163,13 @@ class Responder:
             rounds += 1
             if response.status != self.role.status:
                 if self.role == PROXY and response.status == ORIGIN.status and request.method.upper() == "CONNECT":
-                    raise self._answered_401(response)
+                    raise answered_401(response)
                 if sent is not None:
                     self._check_auth_info(sent, response)
                 return response
 
-            judged = self._judge(response, request)
+            judged = judge(response, request, role=self.role, username=self.username,
+                           basic_allowed=self._basic_allowed(request), accept=self._accept)
             if sent is not None and sent.from_cache:
                 # The cached nonce is gone (expired or the peer restarted): forget it, answer afresh.
                 self._forget(sent)
@@ -297,7 +192,7 @@ class Responder:
                                   "giving up")
             if self.username is None or self._password is None:
                 raise self._error(response, judged, "no-credentials",
-                                  f"{self._peer} wants credentials ({_offered(judged.challenges)}) and none "
+                                  f"{self._peer} wants credentials ({offered(judged.challenges)}) and none "
                                   "were given")
             if request.body is None and request.method.upper() != "CONNECT":
                 raise self._error(
@@ -329,7 +224,7 @@ class Responder:
             return _Sent("Basic " + encode_basic(self.username, self._password), True, "basic", basic_realm)
         return None
 
-    def _answer(self, option: _Option, request: ProxyRequest) -> _Sent:
+    def _answer(self, option: Option, request: ProxyRequest) -> _Sent:
         assert self.username is not None and self._password is not None
         dc = option.digest
         if dc is None:
@@ -387,58 +282,7 @@ class Responder:
         header = build_credentials(creds.to_credentials())
         return _Sent(header, from_cache, "digest", dc.realm, alg, ha1, dc.nonce, nc, cnonce, qop, uri)
 
-    # -- reading challenges -----------------------------------------------------------------------------------
-
-    def _judge(self, response: ProxyResponse, request: ProxyRequest) -> _Judged:
-        judged = _Judged()
-        for value in response.get_all(self.role.challenge_field):
-            try:
-                judged.challenges.extend(parse_challenges([value]))
-            except AuthHeaderError:
-                judged.unreadable += 1
-        for position, challenge in enumerate(judged.challenges):
-            # Later in the list ranks lower among equals: the peer lists its preference first.
-            order = -position
-            if self._accept is not None and not self._accept(challenge):
-                judged.skipped.append(f"{describe_challenge(challenge)} (excluded by the caller)")
-                continue
-            if challenge.scheme_key == "digest":
-                try:
-                    dc = DigestChallenge.from_challenge(challenge)
-                except AuthHeaderError as exc:
-                    judged.skipped.append(f"a malformed Digest challenge ({exc.message})")
-                    continue
-                if dc is None:
-                    judged.skipped.append(f"Digest {challenge.param('algorithm')} (an algorithm we do not know)")
-                    continue
-                known = tuple(q for q in dc.qop if q in _KNOWN_QOP)
-                if dc.qop and not known:
-                    judged.skipped.append(f"Digest {dc.algorithm} with qop {', '.join(dc.qop)} (unknown qop)")
-                    continue
-                if known and "auth" not in known and request.body is None:
-                    judged.auth_int_declined = True
-                    judged.skipped.append(f"Digest {dc.algorithm} qop=auth-int (the body is a stream and "
-                                          "cannot be hashed)")
-                    continue
-                dc = DigestChallenge(dc.realm, dc.nonce, dc.opaque, dc.algorithm, known, dc.stale, dc.userhash,
-                                     dc.charset_utf8)
-                judged.options.append(_Option(dc.alg.strength * 1000 + order, challenge, dc))
-            elif challenge.scheme_key == "basic":
-                if not self._basic_allowed(request):
-                    judged.basic_refused = True
-                    judged.skipped.append("Basic (refused: it would send the password in clear text to an "
-                                          f"http:// {self.role.name})")
-                    continue
-                if self.username is not None and ":" in self.username:
-                    judged.skipped.append("Basic (the user name contains ':', which Basic cannot carry)")
-                    continue
-                judged.options.append(_Option(order, challenge, None))
-            else:
-                judged.skipped.append(f"{challenge.scheme} (a scheme this client does not speak)")
-        judged.options.sort(key=lambda o: -o.rank)
-        return judged
-
-    def _pick(self, response: ProxyResponse, judged: _Judged) -> _Option:
+    def _pick(self, response: ProxyResponse, judged: Judged) -> Option:
         if judged.options:
             return judged.options[0]
         if not judged.challenges:
@@ -457,7 +301,7 @@ class Responder:
                               f"{self._peer} accepts only Digest qop=auth-int, which covers the request body, and "
                               "this body is a stream that cannot be read twice; pass the body as bytes")
         raise self._error(response, judged, "no-usable-challenge",
-                          f"{self._peer} offers only {_offered(judged.challenges)}; this client answers Digest "
+                          f"{self._peer} offers only {offered(judged.challenges)}; this client answers Digest "
                           "SHA-512-256, SHA-256 and MD5 (each also -sess) and Basic; skipped: "
                           + "; ".join(judged.skipped))
 
@@ -541,12 +385,12 @@ class Responder:
             status=response.status, headers=response.headers, reason="untrusted-auth-info", hop=self.role.name,
         )
 
-    def _error(self, response: ProxyResponse, judged: _Judged, reason: str, message: str) -> ProxyAuthError:
+    def _error(self, response: ProxyResponse, judged: Judged, reason: str, message: str) -> ProxyAuthError:
         return ProxyAuthError(message, status=response.status, headers=response.headers,
                               body_text=response.body_text, challenges=judged.challenges, reason=reason,
                               hop=self.role.name)
 
-    def _wrong_credentials(self, response: ProxyResponse, judged: _Judged, sent: _Sent) -> ProxyAuthError:
+    def _wrong_credentials(self, response: ProxyResponse, judged: Judged, sent: _Sent) -> ProxyAuthError:
         with self._lock:
             self._session = None
             self._basic_realm = None
@@ -557,21 +401,6 @@ class Responder:
             f"{self._peer} rejected the password for {self.username}{realm} ({how}): it answered with a new "
             "challenge, not a stale one; check the user name, the password and that the user exists in that "
             "realm",
-        )
-
-    def _answered_401(self, response: ProxyResponse) -> ProxyAuthError:
-        challenges: list[Challenge] = []
-        for value in response.get_all(ORIGIN.challenge_field):
-            try:
-                challenges.extend(parse_challenges([value]))
-            except AuthHeaderError:
-                continue
-        return ProxyAuthError(
-            "the proxy answered the CONNECT with 401 instead of 407 (RFC 9110 section 15.5.2: 401 is an "
-            "origin's answer); it most likely refused the credentials, and since a 401 asks for origin "
-            f"credentials they are not sent again; it offered: {_offered(challenges)}",
-            status=response.status, headers=response.headers, body_text=response.body_text,
-            challenges=challenges, reason="answered-401",
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpcore
 
-from authproxy.auth.responder import ProxyRequest, ProxyResponse, wants_body
+from authproxy.auth.messages import ProxyRequest, ProxyResponse, wants_body
 from authproxy.client import _shared
 from authproxy.client._shared import (
     ConnectionState,

@@ -24,10 +24,11 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from authproxy.auth.describe import describe_challenge
 from authproxy.auth.digest import DigestChallenge
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import Challenge
-from authproxy.auth.responder import Responder, describe_challenge
+from authproxy.auth.responder import Responder
 from authproxy.client.errors import ProxyAuthError, ProxyError, ProxyURLError
 from authproxy.client.settings import ProxyEndpoint, make_ssl_context, parse_proxy_url
 

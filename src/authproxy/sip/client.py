@@ -24,7 +24,8 @@ from dataclasses import replace
 from authproxy.auth.errors import ProxyAuthError
 from authproxy.auth.flow import drive as drive  # re-exported: run an Exchange with a synchronous send
 from authproxy.auth.headers import parse_challenges
-from authproxy.auth.responder import MAX_ROUNDS, ProxyRequest, ProxyResponse, Responder, Send
+from authproxy.auth.messages import ProxyRequest, ProxyResponse, Send
+from authproxy.auth.responder import MAX_ROUNDS, Responder
 from authproxy.auth.roles import ORIGIN, PROXY, Role, role_for_status
 from authproxy.sip.message import SipRequest, SipResponse, replace_top_via
 
