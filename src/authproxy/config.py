@@ -239,8 +239,8 @@ SIP_TRANSPORTS = ("udp", "tcp", "tls")
 #: The options `authproxy sip serve` takes from the top of the file when its [sip] table does not set them: the
 #: users, the realm and the Digest settings are the HTTP proxy's unless SIP wants its own.
 SIP_SHARED = ("users", "realm", "digest_algorithms", "nonce_lifetime", "access_log", "access_log_format",
-              "tls_cert", "tls_key", "throttle_max_failures", "throttle_window", "throttle_lockout",
-              "throttle_max_user_lockout", "throttle_max_entries")
+              "tls_cert", "tls_key", "tls_handshake_timeout", "throttle_max_failures", "throttle_window",
+              "throttle_lockout", "throttle_max_user_lockout", "throttle_max_entries")
 
 
 def parse_sip_listen(value: str, *, key: str = "listen") -> tuple[str, str, int]:
@@ -275,6 +275,9 @@ class SipConfig:
     max_message_size: int = 65535
     max_connections: int = 1000  # TCP and TLS connections, both directions (per worker)
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT); 0: one per CPU
+    idle_timeout: float = 120.0  # a TCP/TLS connection with nothing received or sent for this long is closed
+    message_timeout: float = 20.0  # a message begun on a TCP/TLS connection must end within this
+    tls_handshake_timeout: float = 10.0  # from accept, for a TLS client to finish its handshake
     throttle_max_failures: int = 10  # the HTTP proxy's sign-in throttle, the same keys (shared from the top)
     throttle_window: float = 60.0
     throttle_lockout: float = 300.0
@@ -316,6 +319,9 @@ class SipConfig:
                 raise ConfigError(f"{key}: must be at least 1")
         if self.workers < 0:
             raise ConfigError("workers: must not be negative")
+        for key in ("idle_timeout", "message_timeout", "tls_handshake_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be positive")
         _check_throttle(self)
         if not 1024 <= self.max_message_size <= 65535:
             raise ConfigError("max_message_size: must be 1024-65535 (a UDP datagram's bound)")

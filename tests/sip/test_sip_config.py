@@ -47,6 +47,8 @@ def test_throttle_keys_shared_from_the_top_and_overridden_in_sip(tmp_path: Path)
     (f'next_hop = "{HOP}"\nmax_transactions = 0', "max_transactions"),
     (f'next_hop = "{HOP}"\nworkers = -1', "workers"),
     (f'next_hop = "{HOP}"\nthrottle_window = 0', "throttle_*"),
+    (f'next_hop = "{HOP}"\nidle_timeout = 0', "idle_timeout"),
+    (f'next_hop = "{HOP}"\nmessage_timeout = -1', "message_timeout"),
     (f'next_hop = "{HOP}"\ndigest_algorithms = ["MD4"]', "digest_algorithms"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:0.0.0.0:5060"]', "via_host"),
     (f'next_hop = "{HOP}"\nlisten = ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]', "listen"),

@@ -13,14 +13,33 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from authproxy.auth.errors import ConfigError
 from authproxy.observe.notices import RateLimitedNotices
 
 if TYPE_CHECKING:
     from authproxy.config import Config, SipConfig
-    from authproxy.proxy.connection import ClientConnection
+
+
+class Upgradable(Protocol):
+    """What a handshake needs of a connection (an ``asyncio.Protocol`` too): the HTTP proxy's
+    ``ClientConnection``, the SIP proxy's stream."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def client(self) -> str: ...  # the peer's address, for the operator's notice of a failed handshake
+
+    def use_transport(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 def tls_context(config: Config | SipConfig) -> ssl.SSLContext | None:
@@ -36,7 +55,7 @@ def tls_context(config: Config | SipConfig) -> ssl.SSLContext | None:
     return context
 
 
-def start_handshake(conn: ClientConnection, context: ssl.SSLContext, timeout: float,
+def start_handshake(conn: Upgradable, context: ssl.SSLContext, timeout: float,
                     failures: RateLimitedNotices | None = None) -> None:
     """Start the server side of the TLS handshake on ``conn``'s just-accepted transport; called from
     ``connection_made``. ``conn`` gets the TLS transport once the handshake is done.
@@ -54,6 +73,7 @@ def start_handshake(conn: ClientConnection, context: ssl.SSLContext, timeout: fl
     client sent).
     """
     waiting = _Handshaking(conn, timeout, failures)
+    assert conn.transport is not None  # the accepted one
     upgrade = asyncio.get_running_loop().start_tls(
         conn.transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout)
     _step(upgrade, waiting)
@@ -115,7 +135,7 @@ class _Handshaking(asyncio.Protocol):
     is passed on to the connection.
     """
 
-    def __init__(self, conn: ClientConnection, timeout: float, failures: RateLimitedNotices | None) -> None:
+    def __init__(self, conn: Upgradable, timeout: float, failures: RateLimitedNotices | None) -> None:
         self.conn = conn
         self.timeout = timeout
         self.failures = failures
@@ -153,7 +173,7 @@ class _Handshaking(asyncio.Protocol):
             return
         conn = self.conn
         conn.use_transport(transport)
-        transport.set_protocol(conn)
+        transport.set_protocol(cast(asyncio.BaseProtocol, conn))  # an asyncio.Protocol (the class docstring)
         self.handed_over = True
         early, self.early = self.early, []
         for data in early:

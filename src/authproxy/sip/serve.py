@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -39,15 +41,17 @@ from typing import cast
 
 from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.nonces import NonceIssuer
+from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.auth.verifier import Verifier
 from authproxy.config import SipConfig
 from authproxy.engine.throttle import FailureThrottle
 from authproxy.observe.accesslog import AccessLog
-from authproxy.proxy.tls import tls_context
+from authproxy.observe.notices import RateLimitedNotices
+from authproxy.proxy.tls import start_handshake, tls_context
 from authproxy.proxy.workers import supervise
 from authproxy.sip.fields import SipError
-from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
+from authproxy.sip.log import DROPPED, Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits, parse_stream
 from authproxy.sip.proxy import Action, NextHop, Send, SipProxy
 from authproxy.state.base import NonceCounterStore
@@ -56,7 +60,6 @@ from authproxy.users import open_serving_store
 
 #: Unsent bytes a stream may hold before it is given up (a peer that does not read).
 MAX_UNSENT = 1 << 20
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,53 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    """One TCP or TLS connection, either direction: SIP messages framed by Content-Length."""
+    """One TCP or TLS connection, either direction: SIP messages framed by Content-Length.
+
+    Timed by one timer: closed after ``idle_timeout`` with nothing received or sent, and, once a message has
+    begun, after ``message_timeout`` if it has not ended (however slowly its bytes come: a trickle is not
+    activity enough). A TLS connection is counted from accept and then upgraded by the HTTP proxy's
+    :func:`authproxy.proxy.tls.start_handshake` under ``tls_handshake_timeout``."""
 
     def __init__(self, server: SipServer, transport_name: str) -> None:
         self.server = server
         self.name = transport_name
         self.buffer = bytearray()
         self.peer: Address = ("", 0)
+        self.client = "-"
         self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.ready = transport_name != "tls"  # a TLS connection, once its handshake is done
+        self.active = 0.0  # loop time of the last byte received or message sent
+        self.begun: float | None = None  # loop time a message still incomplete began
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1]))
-        if len(self.server.streams) >= self.server.config.max_connections:
-            transport.close()  # at the limit: bounded memory comes first
+        self.client = self.peer[0]
+        server = self.server
+        if len(server.streams) >= server.config.max_connections:
+            transport.close()  # at the limit (handshakes included): bounded memory comes first
             return
-        self.server.streams[self.peer] = self
+        server.streams[self.peer] = self
+        self.active = asyncio.get_running_loop().time()
+        self._arm(self.active + server.config.idle_timeout)
+        if not self.ready:
+            assert server.tls is not None
+            start_handshake(self, server.tls, server.config.tls_handshake_timeout, server.tls_failures)
+
+    def use_transport(self, transport: asyncio.BaseTransport) -> None:
+        """The TLS transport, once the handshake is done (:func:`authproxy.proxy.tls.start_handshake`)."""
+        self.transport = cast(asyncio.Transport, transport)
+        self.ready = True
 
     def data_received(self, data: bytes) -> None:
+        self.active = loop_time = asyncio.get_running_loop().time()
+        if data == b"\r\n\r\n" and not self.buffer:
+            # RFC 5626 section 3.5.1: a double CRLF between messages is a keep-alive ping; the pong is one CRLF.
+            self.write(b"\r\n")
+            return
         self.buffer += data
         while self.buffer and self.transport is not None and not self.transport.is_closing():
             try:
@@ -117,21 +148,72 @@ class _Stream(asyncio.Protocol):
                 self.transport.close()  # the framing is lost: nothing after this can be read
                 return
             if framed is None:
+                if self.buffer.strip(b"\r\n"):
+                    self._begin(loop_time)
+                else:
+                    self.buffer.clear()  # CRLFs between messages (section 7.5): nothing has begun
                 return
             _message, used = framed
             raw = bytes(self.buffer[:used])
             del self.buffer[:used]
+            self.begun = None
             self.server.received(raw, self.peer, self.name)
+
+    def _begin(self, now: float) -> None:
+        if self.begun is None:
+            self.begun = now
+            self._arm(now + self.server.config.message_timeout)
+
+    def _arm(self, when: float) -> None:
+        timer = self._timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(when, self._check)
+
+    def _check(self) -> None:
+        """The timer: close at a deadline passed, else wait for the next one (activity moves the idle deadline
+        without touching the timer, which fires at most once per ``idle_timeout`` on a busy connection)."""
+        self._timer = None
+        if self.closed or self.transport is None:
+            return
+        config = self.server.config
+        now = asyncio.get_running_loop().time()
+        if self.begun is not None and now >= self.begun + config.message_timeout:
+            self.server.act([SipRecord(time.time(), self.peer, self.name, DROPPED, None, None, None, None,
+                                       Outcome.NONE, reason=f"a message not complete within message_timeout "
+                                                            f"({config.message_timeout:g} s)")])
+            self._close()
+        elif now >= self.active + config.idle_timeout:
+            self._close()
+        else:
+            deadline = self.active + config.idle_timeout
+            if self.begun is not None:
+                deadline = min(deadline, self.begun + config.message_timeout)
+            self._arm(deadline)
+
+    def _close(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if transport.get_write_buffer_size():
+            transport.abort()  # nothing of it read since the deadline began: not worth waiting for
+        else:
+            transport.close()
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or not self.ready:
             return
         transport.write(data)
+        self.active = asyncio.get_running_loop().time()
         if transport.get_write_buffer_size() > MAX_UNSENT:
             transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.server.streams.get(self.peer) is self:
             del self.server.streams[self.peer]
 
@@ -157,6 +239,8 @@ class SipServer:
         self.proxy: SipProxy | None = None
         self.bound: list[tuple[str, Address]] = []
         self.streams: dict[Address, _Stream] = {}
+        self.tls: ssl.SSLContext | None = None
+        self.tls_failures = RateLimitedNotices("TLS handshake failures")  # as the HTTP proxy tells them
         self._udp: list[tuple[Address, asyncio.DatagramTransport]] = []
         self._hop_udp: asyncio.DatagramTransport | None = None  # a worker's own socket towards a UDP next hop
         self._servers: list[asyncio.Server] = []
@@ -176,10 +260,11 @@ class SipServer:
                 address = _address(endpoint.get_extra_info("sockname"))
                 self._udp.append((address, endpoint))
             else:
-                context = tls_context(config) if transport == "tls" else None
-                server = await loop.create_server(
-                    lambda name=transport: _Stream(self, name), sock=sock, ssl=context, backlog=1024,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None)
+                if transport == "tls" and self.tls is None:
+                    self.tls = tls_context(config)
+                # No ssl= for TLS: _Stream counts the connection at accept, then starts the handshake.
+                server = await loop.create_server(functools.partial(_Stream, self, transport), sock=sock,
+                                                  backlog=1024)
                 self._servers.append(server)
                 address = _address(server.sockets[0].getsockname())
             self.bound.append((transport, address))
@@ -276,6 +361,7 @@ class SipServer:
             if self.proxy.throttle is not None:
                 self.proxy.throttle.purge(now)
         self.log.flush()
+        self.tls_failures.flush()
         try:
             self.store.refresh()
         except UserStoreError as exc:  # keep serving the last good users
