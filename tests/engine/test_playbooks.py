@@ -325,6 +325,22 @@ def test_request_body_is_held_while_connecting_then_forwarded() -> None:
     assert b"".join(writes[1:]) == b"hello"
 
 
+def test_a_body_of_tiny_chunks_is_forwarded_one_chunk_per_slice() -> None:
+    """2,000 chunks of one byte (28 KB on the wire, two 16 KB slices) cost two writes to the origin, not 2,000 (a
+    syscall each)."""
+    p = Playbook()
+    p.conn.data_received(get(extra="Transfer-Encoding: chunked\r\n") + b"1\r\na\r\n")
+    p.connect()
+    p.conn.woken()
+    p.origin_take()
+    p.conn.data_received(b"1;ext=x\r\nb\r\n" * 2000 + b"0\r\nX-Trailer: dropped\r\n\r\n")
+    writes = [c[1] for c in p.origin_take() if c[0] == "origin.write"]
+    assert len(writes) == 3 and writes[-1] == b"0\r\n\r\n"
+    sizes = [int(w.split(b"\r\n", 1)[0], 16) for w in writes[:2]]
+    assert sum(sizes) == 2000
+    assert all(w.split(b"\r\n", 1)[1] == b"b" * n + b"\r\n" for w, n in zip(writes, sizes, strict=False))
+
+
 def test_client_that_closes_mid_body_is_closed() -> None:
     p = Playbook()
     p.conn.data_received(get(extra="Content-Length: 50\r\n") + b"x" * 10)

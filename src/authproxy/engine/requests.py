@@ -139,6 +139,8 @@ class RequestReader:
             return
         receiving = self.receiving
         if receiving is not None and receiving.chunked:
+            if receiving.forwarding and receiving.body_buffer:
+                receiving.flush_body()  # this slice's chunks, as one
             self.framing_gap = 0 if self.body_seen else self.framing_gap + fed
             self.body_seen = False
             if self.framing_gap > config.max_header_size:
