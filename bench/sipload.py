@@ -213,7 +213,7 @@ def in_process(count: int, *, profile: bool = False) -> float:
     realm, user, password = "bench", "bench", "secret"
     policy = AuthPolicy(realm, schemes=("digest",), digest_algorithms=("MD5",), qop=("auth",), userhash=False)
     entry = UserEntry(user, realm, {a: compute_ha1(a, user, realm, password) for a in BASE_ALGORITHMS})
-    verifier = Verifier(policy, NonceIssuer(os.urandom(32), realm, policy.nonce_lifetime), PROXY)
+    verifier = Verifier(policy, NonceIssuer(os.urandom(32), realm, policy.nonce_lifetime), PROXY, auth_info=False)
     local, hop = (LOOPBACK, 5060), NextHop(LOOPBACK, 5080, "udp")
     proxy = SipProxy(verifier, MemoryUserStore([entry]), MemoryNonceCounterStore(), next_hop=hop,
                      local={"udp": local}, random=os.urandom, max_transactions=count + 10,

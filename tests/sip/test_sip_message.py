@@ -11,7 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sip_strategies import messages, name_addrs, requests, vias
 
-from authproxy.sip.fields import COMPACT_FORMS, CSeq, NameAddr, SipError, Via, split_list
+from authproxy.sip import fields
+from authproxy.sip.fields import COMPACT_FORMS, CSeq, NameAddr, SipError, Via, remember_via, split_list
 from authproxy.sip.message import SipRequest, SipResponse
 from authproxy.sip.parse import Limits, parse_datagram, parse_stream
 
@@ -346,3 +347,18 @@ def test_fuzz_many_seeded_mutations() -> None:
             else:
                 data = data[:at]
         _parse_or_sip_error(bytes(data))
+
+
+@given(vias(), st.sampled_from(["z9hG4bKap0123", "z9hG4bK-x.y"]))
+def test_a_remembered_via_parses_to_itself(via: Via, branch: str) -> None:
+    """What remember_via relies on: a Via (and the same Via with another branch, a proxy's own) parses back from its
+    text to an equal value, so giving the remembered value instead of parsing the text changes nothing."""
+    for value in (via, via.with_branch(branch), via.with_received("192.0.2.1", 5080)):
+        text = str(value)
+        remember_via(text, value)
+        assert Via.parse(text) == value
+        assert fields._SENT_VIAS.pop(text) is value
+        assert Via.parse(text) == value  # and parsed, it is the same
+    # The proxy writes its own Via as its prefix and the branch: the text of the Via it remembers.
+    own = Via(via.transport, via.host, via.port)
+    assert str(own.with_branch(branch)) == f"{own};branch={branch}"

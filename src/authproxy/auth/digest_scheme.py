@@ -137,6 +137,8 @@ class DigestScheme:
         # The last field value read and its credentials: a caller may read one field more than once per request
         # (the SIP proxy: to pick its realm's line, to verify it, to remove it before forwarding).
         self._last: tuple[str, DigestCredentials] | None = None
+        #: Whether an Allow carries the info field's value (rspauth, nextnonce); see Verifier.
+        self.auth_info = True
 
     def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
         """One Digest challenge per algorithm in the configured order, which is the operator's preference (RFC
@@ -289,7 +291,7 @@ class DigestScheme:
                                 "nonce counts no longer known; the digest was right")
         if not use:  # NonceUse.REPLAY (or False from a store that answers a bool)
             return self._reject(Outcome.REPLAY, entry.name, False, f"nonce count {dc.nc} already used")
-        return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now), self.role)
+        return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now) if self.auth_info else None, self.role)
 
     def _auth_info(self, alg: DigestAlgorithm, dc: DigestCredentials, ha1: str, now: float) -> str:
         """The info field's value (RFC 7616 section 3.5; RFC 9110 sections 11.6.3 and 11.7.3)."""

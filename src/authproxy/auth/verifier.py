@@ -16,7 +16,7 @@ Those names are importable from here too.
 
 from __future__ import annotations
 
-from authproxy.auth.digest_scheme import uri_matches
+from authproxy.auth.digest_scheme import DigestScheme, uri_matches
 from authproxy.auth.errors import ConfigError
 from authproxy.auth.flow import (
     Allow,
@@ -58,7 +58,10 @@ __all__ = [
 class Verifier:
     """Decides one request's credentials against ``policy`` in ``role``; issues the challenges of a refusal."""
 
-    def __init__(self, policy: AuthPolicy, issuer: NonceIssuer, role: Role = PROXY) -> None:
+    def __init__(self, policy: AuthPolicy, issuer: NonceIssuer, role: Role = PROXY, *,
+                 auth_info: bool = True) -> None:
+        """``auth_info=False``: no info field is computed (``Allow.auth_info`` is None), for a protocol whose
+        proxy role has none: SIP defines no Proxy-Authentication-Info (RFC 3261 section 20)."""
         if issuer.realm != policy.realm:
             raise ConfigError("realm: the nonce issuer and the policy disagree")
         if issuer.lifetime != policy.nonce_lifetime:
@@ -71,6 +74,9 @@ class Verifier:
             name: factory(policy, issuer, role)
             for name, factory in policy.known_schemes.items() if name in policy.schemes
         }
+        for scheme in self.schemes.values():
+            if isinstance(scheme, DigestScheme):
+                scheme.auth_info = auth_info
 
     # -- the refusal ----------------------------------------------------------------------------------------
 

@@ -341,8 +341,18 @@ class Via:
         port = "" if self.port is None else f":{self.port}"
         return f"{self.protocol}/{self.version}/{self.transport} {self.host}{port}{_format_params(self.params)}"
 
+    def with_branch(self, branch: str) -> Via:
+        """This Via with ``branch`` as its branch parameter (section 16.6 step 8: a proxy's own Via)."""
+        params = (*[param for param in self.params if param[0] != "branch"], ("branch", branch))
+        via = _new_via(Via, self.transport, self.host, self.port, params, self.protocol, self.version)
+        via._check_values()
+        return via
+
     @classmethod
     def parse(cls, value: str) -> Via:
+        known = _SENT_VIAS.get(value) if cls is Via else None
+        if known is not None:
+            return known
         m = _VIA_RE.match(value)
         if m is None:
             raise SipError("malformed Via")
@@ -366,6 +376,15 @@ _MEMO_ENTRIES = 2048
 _MEMO_TEXT = 256
 _NAME_ADDRS: dict[str, NameAddr] = {}
 _CSEQS: dict[str, CSeq] = {}
+# Vias a proxy sent (its own, and the one it stamped with received/rport), by their text: they come back in the
+# response to what it forwarded. Filled by remember_via only, so a client's Via text is parsed as sent.
+_SENT_VIAS: dict[str, Via] = {}
+
+
+def remember_via(text: str, via: Via) -> None:
+    """Note that ``text`` is ``str(via)``, about to be sent: Via.parse(text) then gives ``via`` without parsing
+    it again (it would give an equal value: a Via parses back from its text, which the tests check)."""
+    _memo(_SENT_VIAS, text, via)
 
 
 def _memo(memo: dict[str, _M], text: str, value: _M) -> None:

@@ -44,7 +44,7 @@ from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.throttle import FailureThrottle, retry_after
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
-from authproxy.sip.fields import CONTROL_RE, SipError, Via, canonical_name, split_list
+from authproxy.sip.fields import CONTROL_RE, SipError, Via, canonical_name, remember_via, split_list
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, Address, SipRecord
 from authproxy.sip.message import (
     SipRequest,
@@ -146,7 +146,8 @@ class SipProxy:
         self._key = key if key is not None else random(32)
         # This proxy's Via but its branch (section 16.6 step 8), built and checked once.
         host, port = local[next_hop.transport]
-        self._via_prefix = str(Via(next_hop.transport.upper(), f"[{host}]" if ":" in host else host, port))
+        self._via = Via(next_hop.transport.upper(), f"[{host}]" if ":" in host else host, port)
+        self._via_prefix = str(self._via)
         self._transactions: OrderedDict[tuple[str, ...], _Transaction] = OrderedDict()
         self._by_branch: dict[str, tuple[str, ...]] = {}
         self._per_source: dict[str, int] = {}
@@ -265,8 +266,14 @@ class SipProxy:
         # One pass over the fields, straight to the wire form (every field is the parsed request's, checked when
         # parsed, or made here): this proxy's Via on top (the branch: 'z9hG4bKap' and hex, a token), the first
         # Via value stamped with received/rport, this proxy's credentials dropped, Max-Forwards decremented.
-        lines = [request.start_line(), f"Via: {self._via_prefix};branch={branch}"]
-        stamped: str | None = str(top.with_received(source[0], source[1]))
+        own = f"{self._via_prefix};branch={branch}"  # str(self._via.with_branch(branch)): no other parameter
+        stamped_via = top.with_received(source[0], source[1])
+        stamped_text = str(stamped_via)
+        # Both come back in the next hop's response (section 16.7): parsed then by a dict lookup.
+        remember_via(own, self._via.with_branch(branch))
+        remember_via(stamped_text, stamped_via)
+        stamped: str | None = stamped_text
+        lines = [request.start_line(), f"Via: {own}"]
         length_at = -1
         for name, value in request.headers:
             if name == "Via" and stamped is not None:

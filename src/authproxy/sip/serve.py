@@ -229,7 +229,7 @@ class SipServer:
         self.store = open_serving_store(config.users, config.realm)
         key = worker.key if worker is not None else random(32)
         issuer = NonceIssuer(key, config.realm, config.nonce_lifetime)
-        self.verifier = Verifier(config.auth_policy, issuer, PROXY)
+        self.verifier = Verifier(config.auth_policy, issuer, PROXY, auth_info=False)  # SIP has no such field
         self.counters: NonceCounterStore = worker.counters if worker is not None else MemoryNonceCounterStore()
         # Branches and To tags: derived from the same shared secret, under a label of their own.
         self._proxy_key = hmac.digest(key, b"authproxy sip branch and to-tag key", "sha256")
