@@ -311,7 +311,8 @@ class SipServer:
     def act(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SipRecord):
-                self.log.write_line(self._format(action))
+                if self.log.enabled:  # formatted only when written (``--access-log ""`` writes none)
+                    self.log.write_line(self._format(action))
             else:
                 self._send(action)
 
