@@ -68,6 +68,10 @@ def _sip_parser(subparsers: Any) -> None:
     serve.add_argument("--via-host", metavar="HOST", help="the host in this proxy's Via (default: the listen host)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="processes sharing the listeners (default 1; 0: one per CPU)")
+    serve.add_argument("--record-route", action=argparse.BooleanOptionalAction, default=None,
+                       help="add Record-Route to INVITE, SUBSCRIBE and REFER (default on)")
+    serve.add_argument("--trusted", metavar="ADDRESS|NETWORK", action="append",
+                       help="a peer not challenged, besides the next hop (repeatable)")
 
 
 def _run_sip(args: argparse.Namespace) -> int:
@@ -83,6 +87,8 @@ def _run_sip(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "via_host": args.via_host,
         "workers": args.workers,
+        "record_route": args.record_route,
+        "trusted": tuple(args.trusted) if args.trusted else None,
     }
     config = load_sip_config(args.config, overrides)
     from authproxy.sip.serve import run

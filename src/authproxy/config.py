@@ -283,6 +283,10 @@ class SipConfig:
     throttle_lockout: float = 300.0
     throttle_max_user_lockout: float = 300.0
     throttle_max_entries: int = 100_000
+    # Section 16.6 step 4: stay on the path of the dialogs INVITE, SUBSCRIBE and REFER create (kamailio's default
+    # configuration record-routes them too): their BYE, re-INVITE and NOTIFY then come through here.
+    record_route: bool = True
+    trusted: tuple[str, ...] = ()  # IP addresses/networks not challenged, besides the next hop's address
 
     listeners: tuple[tuple[str, str, int], ...] = field(init=False, repr=False, compare=False)
     auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
@@ -323,6 +327,11 @@ class SipConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be positive")
         _check_throttle(self)
+        for net in self.trusted:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted: not an IP address or network: {net!r}") from None
         if not 1024 <= self.max_message_size <= 65535:
             raise ConfigError("max_message_size: must be 1024-65535 (a UDP datagram's bound)")
 

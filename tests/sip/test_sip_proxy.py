@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -32,14 +33,16 @@ NOW = 1_800_000_000.0
 
 def make_proxy(realm: str = "sip.example.org", algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
                local: tuple[str, int] = ("127.0.0.1", 5060), next_hop: NextHop = HOP,
-               max_transactions: int = 20_000, max_transactions_per_source: int = 2_000) -> SipProxy:
+               max_transactions: int = 20_000, max_transactions_per_source: int = 2_000,
+               **options: Any) -> SipProxy:
     policy = AuthPolicy(realm, schemes=("digest",), digest_algorithms=algorithms, qop=("auth",), userhash=False)
     entries = [UserEntry(name, realm, {a: compute_ha1(a, name, realm, pw) for a in BASE_ALGORITHMS})
                for name, pw in USERS.items()]
     verifier = Verifier(policy, NonceIssuer(os.urandom(32), realm, policy.nonce_lifetime), PROXY)
     return SipProxy(verifier, MemoryUserStore(entries), MemoryNonceCounterStore(), next_hop=next_hop,
                     local={next_hop.transport: local}, random=os.urandom,
-                    max_transactions=max_transactions, max_transactions_per_source=max_transactions_per_source)
+                    max_transactions=max_transactions, max_transactions_per_source=max_transactions_per_source,
+                    **options)
 
 
 def options(branch: str = "z9hG4bKc1", cseq: int = 1, *, extra: tuple[tuple[str, str], ...] = (),

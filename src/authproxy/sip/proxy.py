@@ -6,16 +6,21 @@ A request (section 16.3, in the order the RFC checks):
 
 1. malformed: 400 (or 413/505/513, the parser's hint) with a ``Warning`` saying why, sent back to where it
    came from; a message too broken to answer (no Via, From, To, Call-ID, CSeq) and any bad ACK are dropped;
-2. ``Max-Forwards: 0``: 483 Too Many Hops; an unknown ``Proxy-Require`` extension: 420 (sections 16.3 steps 3
-   and 5);
-3. authentication (section 22.3), every method but ACK and CANCEL (section 22.1): only the
+2. ``Max-Forwards: 0``: 483 Too Many Hops; a loop (one of this proxy's Vias whose branch has the loop part
+   this request would get again): 482; an unknown ``Proxy-Require`` extension: 420 (section 16.3 steps 3-5);
+3. authentication (section 22.3), every method but ACK and CANCEL (section 22.1), unless the source is a
+   trusted peer (the next hop, the ``trusted`` networks): only the
    ``Proxy-Authorization`` line of this proxy's realm is read (:func:`authproxy.sip.verify.authenticate`,
    the HTTP proxy's verifier in the proxy role); a refusal is a 407 with fresh challenges (``stale=true`` for
    a right answer on an expired nonce), built by :func:`authproxy.sip.challenge.challenge_response`;
-4. forwarding (sections 16.6 and 16.11): ``received``/``rport`` recorded on the top Via (section 18.2.1,
+4. routing (sections 16.4-16.6, :mod:`authproxy.sip.route`): the Route values naming this proxy removed (and a
+   strict router's Request-URI undone); a client's request goes to the next hop, a trusted peer's to the client
+   flow its Route's flow token names, else by its Route or Request-URI;
+5. forwarding (sections 16.6 and 16.11): ``received``/``rport`` recorded on the top Via (section 18.2.1,
    RFC 3581), this proxy's credentials removed and the other proxies' left, Max-Forwards decremented (70
-   added when absent), this proxy's Via added on top with a branch derived from the request (so a
-   retransmission, and a CANCEL, get the branch the first copy got), sent to the next hop.
+   added when absent), this proxy's Record-Route added to a dialog-creating request, this proxy's Via added on
+   top with a branch derived from the request (so a retransmission, and a CANCEL, get the branch the first
+   copy got), sent on.
 
 Replays are the verifier's: a ``(nonce, nc)`` used before, from any address (the nonce-count store), an
 answer without qop (no nc), a digest uri that is not the Request-URI. A retransmission is not a replay
@@ -23,7 +28,8 @@ answer without qop (no nc), a digest uri that is not the Request-URI. A retransm
 a table of recent transactions (kept 64*T1 = 32 s, bounded in all and per source address) and gets what the
 first copy got: the same response again, or the same forwarded request again, without a second verification.
 
-A response (sections 16.7 and 16.11) must come from the next hop and carry this proxy's Via on top: that Via
+A response (sections 16.7 and 16.11) must come from the next hop (or from the client a request was sent to:
+the branch names its address under the proxy's key) and carry this proxy's Via on top: that Via
 is popped and the response goes where the next Via (with its ``received``/``rport``) says, or back over the
 connection the request came on. 100 Trying is hop-by-hop and goes no further. Anything else is dropped, and
 logged.
@@ -32,8 +38,10 @@ logged.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from authproxy.auth.driver import NonceCounts
@@ -44,7 +52,7 @@ from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.throttle import FailureThrottle, retry_after
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
-from authproxy.sip.fields import CONTROL_RE, SipError, Via, canonical_name, remember_via, split_list
+from authproxy.sip.fields import CONTROL_RE, NameAddr, SipError, Via, canonical_name, remember_via, split_list
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, Address, SipRecord
 from authproxy.sip.message import (
     SipRequest,
@@ -53,6 +61,7 @@ from authproxy.sip.message import (
     response_to,
 )
 from authproxy.sip.parse import DEFAULT_LIMITS, Limits, parse_datagram
+from authproxy.sip.route import DIALOG_METHODS, Addresses, FlowTokens, SipUri, is_ip, normal_host, route_uri, uri_text
 from authproxy.sip.verify import authenticate, is_own_field
 
 #: Section 17.1.1.1 T1, and 64*T1: how long a transaction is remembered (Timer F / Timer J).
@@ -61,8 +70,12 @@ TRANSACTION_LIFETIME = 64 * T1
 #: Section 8.1.1.7: the magic cookie; ``ap`` marks a branch this proxy made.
 BRANCH_PREFIX = "z9hG4bKap"
 TRANSPORTS = ("udp", "tcp", "tls")
-_REASONS = {400: "Bad Request", 413: "Request Entity Too Large", 420: "Bad Extension", 483: "Too Many Hops",
-            503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large", 416: "Unsupported URI Scheme",
+            420: "Bad Extension", 482: "Loop Detected", 483: "Too Many Hops", 503: "Service Unavailable",
+            505: "Version Not Supported", 513: "Message Too Large"}
+#: A branch: the prefix, 24 hex digits naming the transaction, 8 of loop detection (section 16.6 step 8), and 8
+#: more binding it to the address it was sent to when that is not the next hop.
+_TXN, _LOOP, _DEST = len(BRANCH_PREFIX) + 24, len(BRANCH_PREFIX) + 32, len(BRANCH_PREFIX) + 40
 _ANSWER_FIELDS = frozenset({"via", "from", "to", "call-id", "cseq"})
 #: The field this proxy's credentials come in (section 22.3), as the parser spells it.
 _OWN_FIELD = canonical_name(PROXY.credentials_field)
@@ -114,6 +127,20 @@ class Send:
 Action = Send | SipRecord
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a request goes and what it carries there (sections 16.4-16.6): the Request-URI and Route values
+    as forwarded (``routes`` None: the Route lines as they came), the address and transport, and the loop
+    detection part of the branch; or, in ``refused``, the status and reason it can go nowhere."""
+
+    uri: str
+    routes: tuple[str, ...] | None
+    to: Address
+    transport: str
+    loop: str
+    refused: tuple[int, str] | None = None
+
+
 @dataclass(slots=True)
 class _Transaction:
     fingerprint: bytes  # the request's bytes, hashed: a retransmission is the same bytes again
@@ -125,14 +152,23 @@ class _Transaction:
 
 
 class SipProxy:
-    """The proxy's decisions. ``local`` is this proxy's address per transport as it listens (its Via sent-by);
-    ``random`` gives random bytes (nonces, and the key behind branches and To tags unless ``key`` is given:
-    the workers of one proxy share theirs)."""
+    """The proxy's decisions. ``local`` is this proxy's address per transport as it sends to the next hop (its
+    Via sent-by there); ``public`` the address per transport its clients reach (its listeners; default
+    ``local``), named in its Via towards a client and in its Record-Route; ``aliases`` more addresses that name
+    it (every listener's). ``random`` gives random bytes (nonces, and the key behind branches, To tags and
+    flow tokens unless ``key`` is given: the workers of one proxy share theirs).
+
+    ``record_route`` adds this proxy's Record-Route to dialog-creating requests (section 16.6 step 4);
+    ``trusted`` (IP addresses or networks) and the next hop's own address are peers whose requests are not
+    challenged and go where their Route or Request-URI says (section 16.5); every other source is challenged
+    and its requests go to the next hop."""
 
     def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
                  local: dict[str, Address], random: Callable[[int], bytes], key: bytes | None = None,
                  name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
-                 max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None) -> None:
+                 max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None,
+                 public: dict[str, Address] | None = None, aliases: Iterable[Address] = (),
+                 record_route: bool = True, trusted: Sequence[str] = ()) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
         if next_hop.transport not in local:
@@ -144,10 +180,25 @@ class SipProxy:
         #: The HTTP proxy's credential-guessing throttle (per address and per user name); ``now`` is its clock.
         self.throttle = throttle
         self._key = key if key is not None else random(32)
-        # This proxy's Via but its branch (section 16.6 step 8), built and checked once.
+        # This proxy's Via but its branch (section 16.6 step 8), built and checked once: towards the next hop,
+        # and towards a client over each transport it listens on.
+        self.public = dict(public) if public is not None else dict(local)
         host, port = local[next_hop.transport]
         self._via = Via(next_hop.transport.upper(), f"[{host}]" if ":" in host else host, port)
         self._via_prefix = str(self._via)
+        self._public_via = {name: Via(name.upper(), f"[{h}]" if ":" in h else h, p)
+                            for name, (h, p) in self.public.items()}
+        self._via_sent_by = {(h.lower(), p) for h, p in [*local.values(), *self.public.values()]}
+        #: What names this proxy in a Route or Request-URI (section 16.4).
+        self.own = Addresses([*local.values(), *self.public.values(), *aliases])
+        if next_hop.address in self.own:
+            raise ConfigError("next_hop: names this proxy itself (every request would loop)")
+        self.record_route = record_route
+        try:
+            self.trusted = tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
+        except ValueError as exc:
+            raise ConfigError(f"trusted: {exc}") from None
+        self._flows = FlowTokens(self._key)
         self._transactions: OrderedDict[tuple[str, ...], _Transaction] = OrderedDict()
         self._by_branch: dict[str, tuple[str, ...]] = {}
         self._per_source: dict[str, int] = {}
@@ -202,13 +253,15 @@ class SipProxy:
         fingerprint = hashlib.blake2b(data, digest_size=16).digest()
         if request.method == "ACK" and request.to.tag == self._to_tag(request):
             return []  # the ACK of a non-2xx this proxy sent (a 407 to an INVITE): it ends here (section 17.2.1)
+        trusted = self._trusts(source)
         if remembered:
             entry = self._transactions.get(key)
             if entry is not None and entry.fingerprint == fingerprint:
                 if entry.response is not None:  # a retransmission: the same answer, no second verification
                     return [Send(entry.response, self._reply_to(top, source, transport), transport)]
-                return [self._forward_send(request, source, transport)[0]]
-            if entry is None and self._per_source.get(source[0], 0) >= self.max_per_source:
+                route = self._route(request, trusted)  # forwarded before, so routed the same way again
+                return [self._forward_send(request, source, transport, route, trusted)[0]]
+            if entry is None and not trusted and self._per_source.get(source[0], 0) >= self.max_per_source:
                 return self._answer(request, source, transport, now, 503, Outcome.OVER_LIMIT, None,
                                     "too many transactions from this address", [("Retry-After", "5")],
                                     remember=False)
@@ -217,12 +270,19 @@ class SipProxy:
         if max_forwards == 0:
             return self._answer(request, source, transport, now, 483, Outcome.NONE, record,
                                 "Max-Forwards reached 0 (RFC 3261 section 16.3)")
+        try:
+            route = self._route(request, trusted)
+        except SipError as exc:  # a malformed Route value
+            return self._answer(request, source, transport, now, 400, Outcome.BAD_REQUEST, record, exc.message)
+        if self._looped(request, route.loop):
+            return self._answer(request, source, transport, now, 482, Outcome.NONE, record,
+                                "this request has been through this proxy before (RFC 3261 section 16.3)")
         if request.values("Proxy-Require"):  # section 16.3 step 5: no extension is supported here
             unsupported = [("Unsupported", value) for value in request.values("Proxy-Require")]
             return self._answer(request, source, transport, now, 420, Outcome.NONE, record,
                                 "Proxy-Require names an extension this proxy does not support", unsupported)
         user = None
-        if request.method not in NEVER_CHALLENGED:
+        if not trusted and request.method not in NEVER_CHALLENGED:
             throttle = self.throttle
             if throttle is not None and (wait := throttle.check(source[0], None, now)) is not None:
                 return self._locked_out(request, source, transport, now, record, None, wait,
@@ -245,37 +305,155 @@ class SipProxy:
             if isinstance(result, Reject):
                 return self._challenge(request, result, source, transport, now, record)
             user = result.user
-        send, branch = self._forward_send(request, source, transport)
+        if route.refused is not None:
+            status, why = route.refused
+            return self._answer(request, source, transport, now, status, Outcome.NONE, record, why)
+        send, branch = self._forward_send(request, source, transport, route, trusted)
         if record is not None:
             self._remember(record, _Transaction(record[1], source, transport, now + TRANSACTION_LIFETIME, None,
                                                 branch))
         return [send, SipRecord(now, source, transport, FORWARDED, None, request.method, request.uri, user,
-                                Outcome.OK if user is not None else Outcome.NONE, self.next_hop.address,
-                                request.call_id)]
+                                Outcome.OK if user is not None else Outcome.NONE, route.to, request.call_id)]
 
-    def _forward_send(self, request: SipRequest, source: Address, transport: str) -> tuple[Send, str]:
-        """The request as it goes to the next hop (section 16.6 steps 2-8, 16.11): a pure function of the
-        request and its source, so a retransmission is forwarded as the first copy was."""
+    # -- routing (sections 16.3 step 4, 16.4-16.6) ----------------------------------------------------------
+
+    def _trusts(self, source: Address) -> bool:
+        """Whether ``source`` is the next hop (its address and port: where its answers come from) or in the
+        ``trusted`` networks: a peer whose requests are not challenged."""
+        if source == self.next_hop.address:
+            return True
+        if not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(source[0])
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
+
+    def _route(self, request: SipRequest, trusted: bool) -> _Route:
+        """Where ``request`` goes, or why it cannot go anywhere (SipError: a malformed Route).
+
+        Section 16.4 first: a Request-URI naming this proxy (its Record-Route URI, put there by a strict router)
+        is replaced by the last Route value, which goes; then every Route value naming this proxy at the top
+        goes (two when it record-routed twice, RFC 5658). A flow token in one of them names the client flow the
+        dialog came from. Then (sections 16.5, 16.6 steps 6-7) a request from an untrusted source (a client)
+        goes to the next hop, whatever Route is left: this is an outbound proxy with one fixed next hop, and
+        the route set is the next hop's to follow. A request from a trusted peer goes to the flow its Route
+        named, else to the first Route value left (a strict router there: it becomes the Request-URI, the
+        Request-URI the last Route value), else to the Request-URI: an IP address (no RFC 3263 lookups here),
+        never this proxy."""
+        uri = request.uri
+        routes = request.values("Route")
+        changed = False
+        flow = None
+        if routes:
+            target = SipUri.parse(uri)
+            # Only what this proxy record-routes (its address, ``lr``, no user or its flow token) counts: a
+            # Request-URI that merely names its address (sipsak's sip:alice@proxy) is a target like any other.
+            if target is not None and target.lr and self.own.names(target) and (
+                    target.user is None or (flow := self._flows.read(target.user)) is not None):
+                uri, routes, changed = NameAddr.parse(routes[-1]).uri, routes[:-1], True
+            while routes:
+                first = route_uri(routes[0])
+                if first is None or not self.own.names(first):
+                    break
+                flow = flow or self._flows.read(first.user)
+                routes, changed = routes[1:], True
+        hop = self.next_hop
+        to, transport = hop.address, hop.transport
+        refused = None
+        if trusted and flow is not None:
+            transport, to = flow
+        elif trusted:
+            if routes:
+                target = route_uri(routes[0])
+                if target is not None and not target.lr:  # section 16.6 step 6: the next element routes strictly
+                    routes, uri, changed = [*routes[1:], f"<{uri}>"], NameAddr.parse(routes[0]).uri, True
+            else:
+                target = SipUri.parse(uri)
+            if target is None:
+                refused = 416, "the next hop is not a sip: or sips: URI"
+            elif not is_ip(target.host):
+                refused = 404, "the request names a host by name; this proxy sends to IP addresses only"
+            elif self.own.names(target):
+                refused = 404, "the request names this proxy, which serves no user itself"
+            else:
+                to, transport = target.address, target.transport
+                if transport not in self.public and (transport, to) != (hop.transport, hop.address):
+                    refused = 503, f"no {transport} listener to send from"
+        # Section 16.6 step 8: the part of the branch a loop would repeat and a spiral would not.
+        loop = self._mac("\0".join((uri, *routes, request.call_id, str(request.cseq.number),
+                                    request.from_.tag or "", request.to.tag or "")), 4)
+        return _Route(uri, tuple(routes) if changed else None, to, transport, loop, refused)
+
+    def _looped(self, request: SipRequest, loop: str) -> bool:
+        """Section 16.3 step 4: a Via this proxy put there whose branch has the loop part this request would
+        get now (same Request-URI, Route set, Call-ID, CSeq number and tags) is a loop; a different one is a
+        spiral (the request came back changed, as a forwarding service does), which goes on."""
+        for via in request.vias:
+            branch = via.branch
+            if (branch is not None and branch[_TXN:_LOOP] == loop and branch.startswith(BRANCH_PREFIX)
+                    and (via.host.strip("[]").lower(), via.port) in self._via_sent_by):
+                return True
+        return False
+
+    def _record_route(self, request: SipRequest, source: Address, transport: str, route: _Route,
+                      trusted: bool) -> list[str]:
+        """This proxy's Record-Route values for ``request`` (section 16.6 step 4), topmost first: the URI the
+        far side reaches it at, and when the client side is another transport or socket, a second one for
+        that side (RFC 5658 section 5). For a client's request both carry its flow token, so the far side's
+        requests in the dialog come back to that client's flow."""
+        if not self.record_route or request.method not in DIALOG_METHODS or request.to.tag is not None:
+            return []
+        hop = self.next_hop
+        out = self.local[hop.transport] if (route.transport, route.to) == (hop.transport, hop.address) \
+            else self.public[route.transport]
+        token = None if trusted or not is_ip(source[0]) else self._flows.make(transport, source)
+        values = [f"<{uri_text(route.transport, out, token)}>"]
+        inbound = self.public.get(transport)
+        if inbound is not None and (transport, inbound) != (route.transport, out):
+            values.append(f"<{uri_text(transport, inbound, token)}>")
+        return values
+
+    def _forward_send(self, request: SipRequest, source: Address, transport: str, route: _Route,
+                      trusted: bool) -> tuple[Send, str]:
+        """The request as it goes on (section 16.6 steps 2-8, 16.11): a pure function of the request, its source
+        and its route, so a retransmission is forwarded as the first copy was."""
         top = request.vias[0]
         branch = BRANCH_PREFIX + self._mac("\0".join((
             request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
-            request.to.tag or "", request.uri)), 12)
+            request.to.tag or "", request.uri)), 12) + route.loop
         hop = self.next_hop
+        if (route.transport, route.to) == (hop.transport, hop.address):
+            via = self._via
+        else:  # to a client: the branch names its address too, so only its answers come back through here
+            via = self._public_via[route.transport]
+            branch += self._mac(f"{branch}\0{normal_host(route.to[0])}", 4)
         max_forwards = request.max_forwards
         realm, verifier = self.verifier.policy.realm, self.verifier
         # One pass over the fields, straight to the wire form (every field is the parsed request's, checked when
-        # parsed, or made here): this proxy's Via on top (the branch: 'z9hG4bKap' and hex, a token), the first
-        # Via value stamped with received/rport, this proxy's credentials dropped, Max-Forwards decremented.
-        own = f"{self._via_prefix};branch={branch}"  # str(self._via.with_branch(branch)): no other parameter
+        # parsed, or made here): this proxy's Via on top (the branch: 'z9hG4bKap' and hex, a token), its
+        # Record-Route, the first Via value stamped with received/rport, the Route set as routing left it, this
+        # proxy's credentials dropped, Max-Forwards decremented.
+        own = f"{via};branch={branch}"  # str(via.with_branch(branch)): no other parameter
         stamped_via = top.with_received(source[0], source[1])
         stamped_text = str(stamped_via)
-        # Both come back in the next hop's response (section 16.7): parsed then by a dict lookup.
-        remember_via(own, self._via.with_branch(branch))
+        # Both come back in the response (section 16.7): parsed then by a dict lookup.
+        remember_via(own, via.with_branch(branch))
         remember_via(stamped_text, stamped_via)
         stamped: str | None = stamped_text
-        lines = [request.start_line(), f"Via: {own}"]
+        start = request.start_line() if route.uri == request.uri else f"{request.method} {route.uri} SIP/2.0"
+        lines = [start, f"Via: {own}"]
+        lines += [f"Record-Route: {value}" for value in self._record_route(request, source, transport, route,
+                                                                           trusted)]
+        routes = route.routes
         length_at = -1
         for name, value in request.headers:
+            if name == "Route" and routes is not None:
+                if routes:
+                    lines.append(f"Route: {', '.join(routes)}")
+                    routes = ()
+                continue
             if name == "Via" and stamped is not None:
                 value = stamped if "," not in value else ", ".join([stamped, *split_list(value)[1:]])
                 stamped = None
@@ -289,7 +467,7 @@ class SipProxy:
         if max_forwards is None:  # section 16.6 step 3; before Content-Length, which stays last
             lines.insert(length_at if length_at >= 0 else len(lines), "Max-Forwards: 70")
         lines.append("\r\n")
-        return Send("\r\n".join(lines).encode("utf-8") + request.body, hop.address, hop.transport), branch
+        return Send("\r\n".join(lines).encode("utf-8") + request.body, route.to, route.transport), branch
 
     def _mac(self, material: str, size: int) -> str:
         """``size`` bytes of a MAC of ``material`` under this proxy's key, in hex: keyed BLAKE2b (RFC 7693
@@ -385,10 +563,10 @@ class SipProxy:
         vias = response.vias
         top = vias[0]
         hop = self.next_hop
-        if source[0] != hop.host:
-            return self._drop(response, source, transport, now, "a response from an address not the next hop")
         branch = top.branch or ""
-        if not branch.startswith(BRANCH_PREFIX) or (top.host.strip("[]"), top.port) != self.local[hop.transport]:
+        if source[0] != hop.host and not self._sent_to(branch, source):
+            return self._drop(response, source, transport, now, "a response from an address not the next hop")
+        if not branch.startswith(BRANCH_PREFIX) or (top.host.strip("[]").lower(), top.port) not in self._via_sent_by:
             return self._drop(response, source, transport, now, "a response whose top Via is not this proxy's")
         if len(vias) < 2:
             return self._drop(response, source, transport, now, "a response with no Via after this proxy's")
@@ -414,6 +592,14 @@ class SipProxy:
         via = vias[1]  # section 18.2.2: received (or sent-by), at rport (or the sent-by port)
         to = ((via.received or via.host).strip("[]"), via.rport or via.port or 5060)
         return [Send(onward, to, via.transport.lower())]
+
+    def _sent_to(self, branch: str, source: Address) -> bool:
+        """Whether ``branch`` is one this proxy gave a request it sent to ``source``'s address (not the next
+        hop's: a client's, on a trusted peer's behalf): a response from anywhere else is not let through."""
+        if len(branch) != _DEST or not branch.startswith(BRANCH_PREFIX):
+            return False
+        expected = self._mac(f"{branch[:_LOOP]}\0{normal_host(source[0])}", 4)
+        return hmac.compare_digest(branch[_LOOP:], expected)
 
     @staticmethod
     def _drop(response: SipResponse, source: Address, transport: str, now: float, why: str) -> list[Action]:

@@ -251,6 +251,7 @@ class SipServer:
         loop = asyncio.get_running_loop()
         config = self.config
         local: dict[str, Address] = {}
+        aliases: list[Address] = []  # every listener's address names this proxy in a Route (section 16.4)
         worker = self.worker
         for index, (transport, host, port) in enumerate(config.listeners):
             # A worker serves the socket the supervisor made for it; one process binds its own.
@@ -269,6 +270,8 @@ class SipServer:
                 address = _address(server.sockets[0].getsockname())
             self.bound.append((transport, address))
             local.setdefault(transport, (config.via_host or address[0], address[1]))
+            aliases += [address, (config.via_host or address[0], address[1])]
+        public = dict(local)  # what clients reach: the listeners (a worker's own next-hop port is only local)
         hop = NextHop.parse(config.next_hop)
         if worker is not None and hop.transport == "udp":
             # Each worker sends to the next hop from a UDP port of its own, named in its Via, so the next hop's
@@ -291,7 +294,9 @@ class SipServer:
         self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
                               random=self.random, key=self._proxy_key, limits=self.limits,
                               max_transactions=config.max_transactions,
-                              max_transactions_per_source=config.max_transactions_per_source, throttle=throttle)
+                              max_transactions_per_source=config.max_transactions_per_source,
+                              public=public, aliases=aliases, record_route=config.record_route,
+                              trusted=config.trusted, throttle=throttle)
         self._tick = loop.call_later(1.0, self._housekeeping)
 
     # -- in and out -----------------------------------------------------------------------------------------
