@@ -126,7 +126,8 @@ def test_rspauth_checked(kind: str, fake_proxy: MakeFake, origin: OriginServer) 
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
-@pytest.mark.parametrize("variant", ["repeated rspauth", "repeated nextnonce", "two fields", "unparsable"])
+@pytest.mark.parametrize("variant", ["repeated rspauth", "repeated nextnonce", "two fields", "unparsable",
+                                     "rspauth also as rspauth*", "nextnonce as nextnonce*"])
 def test_untrusted_proxy_authentication_info(kind: str, variant: str, fake_proxy: MakeFake, origin: OriginServer,
                                              tls_origin: tuple[OriginServer, Path]) -> None:
     """A Proxy-Authentication-Info that cannot be trusted fails the request, on plain HTTP and on CONNECT,
@@ -136,6 +137,8 @@ def test_untrusted_proxy_authentication_info(kind: str, variant: str, fake_proxy
         "repeated nextnonce": lambda good: [good + ', nextnonce="a", nextnonce="b"'],
         "two fields": lambda good: [good, good],
         "unparsable": lambda good: [good + ', rspauth="unterminated'],
+        "rspauth also as rspauth*": lambda good: [good + ", rspauth*=UTF-8''" + "0" * 64],
+        "nextnonce as nextnonce*": lambda good: [good + ", nextnonce*=UTF-8''evil"],
     }
     fake = fake_proxy(scripted("length", info_lines=variants[variant]))
     for url in urls(origin, tls_origin, "/info"):

@@ -18,7 +18,7 @@ import pytest
 from authproxy.auth import driver
 from authproxy.auth.basic import basic_challenge
 from authproxy.auth.describe import describe_challenge
-from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1
+from authproxy.auth.digest import BASE_ALGORITHMS, DigestCredentials, compute_ha1, response_auth
 from authproxy.auth.errors import ProxyAuthError
 from authproxy.auth.flow import drive
 from authproxy.auth.headers import build_challenge, parse_auth_params, parse_credentials
@@ -242,6 +242,24 @@ def test_rspauth_mismatch_is_an_error() -> None:
     info = f'qop=auth, rspauth="{"0" * 64}", cnonce="{creds.cnonce}", nc={creds.nc}'
     with pytest.raises(ProxyAuthError, match="rspauth") as err:
         flow.send(ProxyResponse(200, (("Proxy-Authentication-Info", info),)))
+    assert err.value.reason == "rspauth-mismatch"
+
+
+@pytest.mark.parametrize("echo", ["qop=auth-int", "nc=00000009", 'cnonce="other"'])
+def test_rspauth_over_echoed_values_other_than_sent_is_a_mismatch(echo: str) -> None:
+    """RFC 7616 section 3.5: the qop, nc and cnonce a proxy echoes are the request's; a right rspauth next to
+    others is not the proxy's answer to this request."""
+    proxy = FakeProxy(qop=("auth",), digest_algorithms=("SHA-256",), userhash=False)
+    r = responder()
+    flow = r.flow(GET)
+    next(flow)
+    attempt = flow.send(proxy.challenge_response())
+    creds = DigestCredentials.from_credentials(parse_credentials(attempt.authorization or ""))
+    ha1 = compute_ha1("SHA-256", "alice", REALM, USERS["alice"])
+    rspauth = response_auth(creds.algorithm, ha1=ha1, nonce=creds.nonce, nc=creds.nc, cnonce=creds.cnonce,
+                            qop=creds.qop, uri=creds.uri)
+    with pytest.raises(ProxyAuthError, match="rspauth") as err:
+        flow.send(ProxyResponse(200, (("Proxy-Authentication-Info", f'rspauth="{rspauth}", {echo}'),)))
     assert err.value.reason == "rspauth-mismatch"
 
 

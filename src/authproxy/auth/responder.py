@@ -94,6 +94,10 @@ class _Sent:
     uri: str | None = None
 
 
+#: The parameters of (Proxy-)Authentication-Info this client reads or checks (RFC 7616 section 3.5).
+_INFO_PARAMS = ("rspauth", "nextnonce", "cnonce", "nc", "qop")
+
+
 class Responder:
     """Answers one peer's challenges for one user: a proxy's 407s (``role=PROXY``, the default) or an
     origin's 401s (``role=ORIGIN``); one instance is shared by every request and connection to that peer (it
@@ -345,13 +349,20 @@ class Responder:
             params = dict(parse_auth_params(values[0]))
         except AuthHeaderError as exc:
             raise self._untrusted_info(response, f"it does not parse: {exc.message}") from exc
+        for name in _INFO_PARAMS:
+            # RFC 8187 section 3.2: "name*" is another spelling of "name", one that RFC 7616 never uses for these:
+            # which of the two is the peer's? (And checking only "rspauth" would let "rspauth*" pass unchecked.)
+            if name + "*" in params:
+                raise self._untrusted_info(response, f"it names {name} in the extended form {name}*, which "
+                                                     f"{self._peer} does not send")
         assert sent.alg is not None and sent.ha1 is not None and sent.nonce is not None
         rspauth = params.get("rspauth")
         # For auth-int, rspauth covers the response body, which the caller has not read yet: not checked here.
         if rspauth is not None and sent.qop != "auth-int":
+            # RFC 7616 section 3.5: the cnonce, nc and qop echoed are the request's; rspauth is computed from them.
             echoed_ok = params.get("cnonce", sent.cnonce) == sent.cnonce and (
                 params.get("nc") is None or sent.nc is None or params["nc"].lower() == sent.nc
-            )
+            ) and (params.get("qop") is None or params["qop"].lower() == (sent.qop or ""))
             expected = response_auth(sent.alg, ha1=sent.ha1, nonce=sent.nonce, nc=sent.nc, cnonce=sent.cnonce,
                                      qop=sent.qop, uri=sent.uri or "")
             if not echoed_ok or not hmac.compare_digest(expected.encode(), rspauth.lower().encode()):
