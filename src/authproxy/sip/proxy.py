@@ -43,6 +43,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from authproxy.auth.driver import NonceCounts
 from authproxy.auth.errors import AuthProxyError, ConfigError
@@ -115,9 +116,9 @@ class NextHop:
         return (self.host, self.port)
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``data`` to ``to`` over ``transport`` (for a stream: the connection with that peer, else a new one)."""
+class Send(NamedTuple):
+    """Send ``data`` to ``to`` over ``transport`` (for a stream: the connection with that peer, else a new one).
+    A named tuple: one or two are made per message."""
 
     data: bytes
     to: Address
