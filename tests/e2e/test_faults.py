@@ -53,6 +53,26 @@ def test_slow_request_head_gets_408(impatient_proxy: ProxyProcess) -> None:
         assert sock.recv(10) == b""
 
 
+def test_empty_lines_do_not_keep_an_idle_connection_open(impatient_proxy: ProxyProcess) -> None:
+    """A CRLF every 0.3 s starts no request (RFC 9112 section 2.2): idle_timeout (1 s) still ends the connection."""
+    with socket.create_connection(("127.0.0.1", impatient_proxy.port), timeout=10) as sock:
+        started = time.monotonic()
+        ended = False
+        while time.monotonic() - started < 6 and not ended:
+            try:
+                sock.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sock.settimeout(0.3)
+            try:
+                ended = sock.recv(10) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                ended = True
+        assert time.monotonic() - started < 5, "the connection outlived idle_timeout"
+
+
 def test_idle_keep_alive_connection_is_closed(impatient_proxy: ProxyProcess) -> None:
     with socket.create_connection(("127.0.0.1", impatient_proxy.port), timeout=10) as sock:
         started = time.monotonic()

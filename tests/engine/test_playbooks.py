@@ -25,7 +25,7 @@ from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore
 
 from engine_support import BASIC, ORIGIN_ADDRESS, PASSWORD, REALM, Playbook, get, status_of
-from helpers import Handshake
+from helpers import Handshake, digest_authorization
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -489,6 +489,52 @@ def test_each_slow_step_of_preparing_a_request_is_bounded_by_connect_timeout(ste
         late.tunnel_connected(p.origin("tunnel").io)
         assert p.origin_take() == [("tunnel.close",)]
     assert p.sink.take() == []
+
+
+def test_empty_lines_every_few_seconds_do_not_hold_an_idle_connection() -> None:
+    """RFC 9112 section 2.2 lets a server skip empty lines before a request: they start none, so they do not
+    restart idle_timeout (a CRLF every 25 s held a connection for ever), before or after a first request."""
+    for first in (b"", get(auth=None)):
+        p = Playbook(idle_timeout=60)
+        p.conn.data_received(first)
+        p.sink.take()
+        for _ in range(2):
+            p.clock.now += 25
+            p.conn.data_received(b"\r\n")
+            p.conn.timer(p.clock.now)
+        assert p.sink.take() == [] and p.conn.conn_state is ConnState.IDLE
+        p.clock.now += 25
+        p.conn.data_received(b"\r\n")
+        p.conn.timer(p.clock.now)
+        assert p.sink.take() == [("close",)]
+
+
+def test_a_body_read_before_authentication_has_read_timeout_in_all() -> None:
+    """qop=auth-int: the body is read before the credentials can be checked (an unknown user's too), so a
+    client without a valid password could trickle it a byte a minute; it gets read_timeout in all."""
+    p = Playbook(read_timeout=60, qop=("auth", "auth-int"))
+    p.conn.data_received(get(auth=None))
+    challenge = next(v.decode() for n, v in parse_head(p.sink.sent()) if n == b"Proxy-Authenticate"
+                     and b"SHA-256" in v)
+    auth = digest_authorization(challenge, "nobody", "x", "POST", "http://origin.test/", qop="auth-int",
+                                body=b"z" * 100)
+    p.conn.data_received(f"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n"
+                         f"Proxy-Authorization: {auth}\r\n\r\n".encode())
+    assert p.sink.take() == [] and p.conn.conn_state is ConnState.BODY
+    for _ in range(5):
+        p.clock.now += 11
+        p.conn.data_received(b"z")
+        p.conn.timer(p.clock.now)
+    assert p.sink.take() == []
+    p.clock.now += 6
+    p.conn.timer(p.clock.now)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == 408 and commands[-1] == ("close",)
+
+
+def parse_head(response: bytes) -> list[tuple[bytes, bytes]]:
+    head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    return [(n, v.strip()) for n, _, v in (line.partition(b":") for line in head)]
 
 
 # == a connection-bound scheme (NTLM, Negotiate: RFC 4559 section 4) ==========================================

@@ -102,6 +102,7 @@ class Authentication(Relay):
             self.challenge(step.stale, step.challenge)
         elif isinstance(step, PendingBody):
             self.pending_body = step
+            self.conn.prep_at = self.conn.shared.monotonic()  # the body's time to arrive, in all, from here
             limit = self.conn.shared.config.auth_int_max_body
             if self.buffered > limit or (self.content_length or 0) > limit:
                 self.outcome = Outcome.BAD_REQUEST

@@ -73,7 +73,10 @@ class Connection(TunnelRelay):
         self.reading = True  # whether the transport is reading
         self.writing_paused_now = False
         self.write_paused_at = 0.0  # since when the client has not been reading what it is owed
-        self.answered_at = 0.0  # when the last exchange ended (its answer written)
+        # When the last exchange ended (its answer written, its body read), or the accept: IDLE counts from here,
+        # not from the last byte, so bytes that start no request (the empty lines RFC 9112 section 2.2 lets a
+        # server skip, sent one every few seconds) cannot hold an idle connection.
+        self.answered_at = self.last_activity
         self.prep_at = 0.0  # when the exchange's current slow step began (a password check, resolving, connecting)
         # A tunnel's download seen by the last tick (bytes, when): its idle timer costs nothing per read.
         self.tunnel_seen = (0, 0.0)
@@ -169,8 +172,16 @@ class Connection(TunnelRelay):
             return self.head_started
         if state is ConnState.SENDING:
             return self.write_paused_at
-        if state is ConnState.DRAINING:
+        if state is ConnState.DRAINING or state is ConnState.IDLE:
             return self.answered_at
+        if state is ConnState.BODY:
+            receiving = self.receiving
+            if receiving is not None and receiving.pending_body is not None:
+                # A body read before the request can be authenticated (qop=auth-int; an unknown user's too, item
+                # 9): read_timeout in all, from when it was asked for, as a refused body is: a client without a
+                # valid password must not hold a connection by trickling a byte a minute.
+                return self.prep_at
+            return self.last_activity
         if state is ConnState.PREPARING:
             return self.prep_at
         if state is ConnState.TUNNEL:
@@ -368,6 +379,7 @@ class Connection(TunnelRelay):
         """A finished exchange's request body has now been read to its end."""
         if self.active is ex and ex.done:
             self.active = None
+            self.answered_at = self.shared.monotonic()  # idle from here
             self._run()
 
     # == endings ==============================================================================================
