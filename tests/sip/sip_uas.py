@@ -6,6 +6,10 @@ checked in that order, so one server plays "proxy in front of registrar". A retr
 and top Via branch: RFC 3261 section 17.2.3) gets the response the first copy got, never a second verification
 (which would call its nc a replay). ``drop_first`` drops that many datagrams unanswered, to make the client
 retransmit. ``tcp`` serves TCP instead of UDP (each message answered on its connection).
+
+As the far side of a dialog (RFC 3261 section 12.1.1): its 200 to an INVITE copies the Record-Route and names
+its Contact; ACKs and the responses it gets (to requests a test sends from its socket with ``send``) are kept,
+and ``wait`` waits for a condition on what it has.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from hashlib import sha256
 
@@ -67,6 +72,9 @@ class Uas:
             self.hops.append(Hop(verifier, MemoryUserStore(entries)))
         self.drop_first = drop_first
         self.seen: list[Seen] = []
+        self.acks: list[SipRequest] = []
+        self.responses: list[SipResponse] = []
+        self.changed = threading.Condition()
         self.datagrams = 0
         self._answered: dict[tuple[str, str, str | None], bytes] = {}
         self.tcp = tcp
@@ -137,14 +145,30 @@ class Uas:
             request = parse_datagram(data)
         except SipError:
             return None
-        if not isinstance(request, SipRequest) or request.method == "ACK":
-            return None
-        key = (request.call_id, str(request.cseq), request.vias[0].branch)
-        if key in self._answered:
-            return self._answered[key]
-        wire = self._respond(request).to_bytes()
-        self._answered[key] = wire
-        return wire
+        with self.changed:
+            try:
+                if isinstance(request, SipResponse):
+                    self.responses.append(request)
+                    return None
+                if request.method == "ACK":
+                    self.acks.append(request)
+                    return None
+                key = (request.call_id, str(request.cseq), request.vias[0].branch)
+                if key in self._answered:
+                    return self._answered[key]
+                wire = self._respond(request).to_bytes()
+                self._answered[key] = wire
+                return wire
+            finally:
+                self.changed.notify_all()
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        """A request of the far side's own, from the UAS's UDP socket (its responses land in ``responses``)."""
+        self.sock.sendto(data, to)
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(condition, timeout), "the UAS did not get what was awaited"
 
     def _respond(self, request: SipRequest) -> SipResponse:
         # A stateless server's To tag: derived from the request, so every copy gets the same one.
@@ -163,6 +187,9 @@ class Uas:
                     self.seen.append(Seen(request, results, response.status))
                     return response
         extra: list[tuple[str, str]] = []
+        if request.method == "INVITE":  # section 12.1.1: the route set back to the caller, and where we are
+            extra = [("Record-Route", value) for value in request.get_all("Record-Route")]
+            extra.append(("Contact", f"<sip:uas@127.0.0.1:{self.port}>"))
         if request.method == "REGISTER":
             extra = [("Contact", value) for value in request.get_all("Contact")]
             extra.append(("Expires", request.get("Expires") or "3600"))

@@ -34,6 +34,7 @@ import pytest
 from sip_uas import Uas
 
 from authproxy.sip.log import parse_sip_line
+from authproxy.sip.message import SipRequest
 
 from helpers import USERS, SipProxyProcess, make_users_file, start_sip_proxy
 
@@ -176,6 +177,13 @@ def reached(uas: Uas, since: int, method: str) -> list[str]:
     return [line for request in requests for line in request.get_all("Proxy-Authorization")]
 
 
+def routes_reaching(uas: Uas, since: int, method: str) -> list[str]:
+    """The Route values of the ``method`` requests the UAS got since ``since``: a UA with an outbound proxy sends
+    ``Route: <sip:PROXY;lr>``, which the proxy removes (RFC 3261 section 16.4), so each must be empty."""
+    return [value for seen in uas.seen[since:] if seen.request.method == method
+            for value in seen.request.values("Route")]
+
+
 # --- baresip (libre) -------------------------------------------------------------------------------------
 
 
@@ -223,6 +231,7 @@ def test_baresip_registers_and_sends_options_with_md5(tmp_path: Path, sip_proxy:
         mine = [line[1:] for line in lines if line[0] == method]
         assert mine[:2] == [("ANSWERED", 407, None, "missing"), ("FORWARDED", None, "alice", "ok")], lines
         assert reached(uas, before, method) == []
+        assert routes_reaching(uas, before, method) == []  # baresip's Route: <sip:proxy;transport=...;lr>
 
 
 @pytest.mark.parametrize("algorithms", ["SHA-256", "MD5,SHA-256", "SHA-256,MD5"])
@@ -372,6 +381,7 @@ def test_linphone_registers_and_sends_message_with_sha256(tmp_path: Path, uas: U
         mine = [line[1:] for line in lines if line[0] == method]
         assert mine[:2] == [("ANSWERED", 407, None, "missing"), ("FORWARDED", None, "alice", "ok")], lines
         assert reached(uas, before, method) == []
+        assert routes_reaching(uas, before, method) == []  # linphone's reg_route
     (message,) = [seen.request for seen in uas.seen[before:] if seen.request.method == "MESSAGE"]
     assert message.body == b"hello-through-authproxy" and message.vias[1].transport == transport.upper()
     assert set(daemon.sent_algorithms()) == {"SHA-256"}
@@ -432,21 +442,30 @@ def test_linphone_with_a_wrong_password_is_refused(tmp_path: Path, uas: Uas,
 # --- SIPp ------------------------------------------------------------------------------------------------
 
 
-def sipp(tmp: Path, proxy: SipProxyProcess, scenario: str, *args: str, password: str = PASSWORD) -> tuple[int, str]:
-    """One SIPp call of ``scenario`` (tests/sip/sipp/) to the proxy over UDP: its exit status (0: the call
-    succeeded; 1: it failed; 255: SIPp gave up) and its screen and error log. On an unexpected response SIPp
-    aborts the call and, by default, sends a BYE for it (challenged like any request)."""
+def start_sipp(tmp: Path, proxy: SipProxyProcess, scenario: str, *args: str, password: str = PASSWORD) -> Agent:
+    """SIPp running one call of ``scenario`` (tests/sip/sipp/) to the proxy over UDP."""
     exe = need("sipp", "sip-tester")
-    agent = Agent([exe, "-sf", str(SIPP_SCENARIOS / scenario), "-m", "1", "-i", "127.0.0.1",
-                   "-p", str(free_udp_port()), "-s", "alice", "-au", "alice", "-ap", password, "-nostdin",
-                   "-timeout", "20", "-trace_err", "-error_file", str(tmp / "sipp-errors.log"), *args,
-                   f"127.0.0.1:{proxy.ports['udp']}"], cwd=tmp)
+    return Agent([exe, "-sf", str(SIPP_SCENARIOS / scenario), "-m", "1", "-i", "127.0.0.1",
+                  "-p", str(free_udp_port()), "-s", "alice", "-au", "alice", "-ap", password, "-nostdin",
+                  "-timeout", "20", "-trace_err", "-error_file", str(tmp / "sipp-errors.log"), *args,
+                  f"127.0.0.1:{proxy.ports['udp']}"], cwd=tmp)
+
+
+def sipp_output(tmp: Path, agent: Agent) -> str:
+    errors = tmp / "sipp-errors.log"
+    return agent.output + (errors.read_text(errors="replace") if errors.exists() else "")
+
+
+def sipp(tmp: Path, proxy: SipProxyProcess, scenario: str, *args: str, password: str = PASSWORD) -> tuple[int, str]:
+    """One SIPp call of ``scenario`` to the proxy over UDP: its exit status (0: the call succeeded; 1: it
+    failed; 255: SIPp gave up) and its screen and error log. On an unexpected response SIPp aborts the call
+    and, by default, sends a BYE for it (challenged like any request)."""
+    agent = start_sipp(tmp, proxy, scenario, *args, password=password)
     try:
         code = agent.wait_exit(30)
     finally:
         agent.stop()
-    errors = tmp / "sipp-errors.log"
-    return code, agent.output + (errors.read_text(errors="replace") if errors.exists() else "")
+    return code, sipp_output(tmp, agent)
 
 
 def registers(lines: list[Logged]) -> list[tuple[str, int | None, str | None, str]]:
@@ -500,3 +519,59 @@ def test_sipp_with_a_wrong_password_is_refused(tmp_path: Path, uas: Uas,
     assert registers(logged(proxy, refused)) == [("ANSWERED", 407, None, "missing"),
                                                  ("ANSWERED", 407, "alice", "bad-password")]
     assert len(uas.seen) == before
+
+
+# --- SIPp in a record-routed dialog (RFC 3261 sections 12, 16.4, 16.6 step 4) ------------------------------
+
+
+def test_sipp_call_is_record_routed_and_its_route_stops_at_the_proxy(
+        tmp_path: Path, uas: Uas, sip_proxy: Callable[[str], SipProxyProcess]) -> None:
+    """SIPp keeps the 200's Record-Route (the proxy's, with its flow token) as the dialog's route set and sends
+    its ACK and BYE with ``Route:`` naming the proxy: the proxy removes it and forwards to the next hop."""
+    proxy = sip_proxy("MD5")
+    before, acks = len(uas.seen), len(uas.acks)
+    target = f"uas@127.0.0.1:{uas.port}"  # the UAS's Contact: the Request-URI of the INVITE and of the BYE
+    code, output = sipp(tmp_path, proxy, "invite-rr.xml", "-key", "target", target, "-auth_uri", target)
+    assert code == 0, output
+    invite, bye = [seen.request for seen in uas.seen[before:]]
+    assert (invite.method, bye.method, bye.uri) == ("INVITE", "BYE", f"sip:{target}")
+    (record_route,) = invite.values("Record-Route")
+    assert record_route.endswith(f"@127.0.0.1:{proxy.ports['udp']};transport=udp;lr>")
+    (ack,) = [ack for ack in uas.acks[acks:] if ack.call_id == invite.call_id]
+    for request in (ack, bye):  # SIPp sent them with Route: <the proxy's Record-Route>
+        assert request.get_all("Route") == [] and request.get_all("Proxy-Authorization") == []
+    lines = logged(proxy, signed_in("BYE"))
+    assert lines == [("INVITE", "ANSWERED", 407, None, "missing"), ("INVITE", "FORWARDED", None, "alice", "ok"),
+                     ("ACK", "FORWARDED", None, None, "none"), ("BYE", "ANSWERED", 407, None, "missing"),
+                     ("BYE", "FORWARDED", None, "alice", "ok")]
+
+
+def test_sipp_gets_the_callees_bye_through_the_proxy(tmp_path: Path, uas: Uas,
+                                                     sip_proxy: Callable[[str], SipProxyProcess]) -> None:
+    """The callee (the UAS, the proxy's next hop) hangs up: its BYE follows the route set to the proxy, which
+    does not challenge its next hop and sends it to SIPp's own address (the flow token in the Route); SIPp's
+    200 goes back to the UAS."""
+    proxy = sip_proxy("MD5")
+    before, acks = len(uas.seen), len(uas.acks)
+    target = f"uas@127.0.0.1:{uas.port}"
+    agent = start_sipp(tmp_path, proxy, "invite-callee-bye.xml", "-key", "target", target, "-auth_uri", target)
+    try:
+        uas.wait(lambda: any(seen.request.method == "INVITE" for seen in uas.seen[before:])
+                 and len(uas.acks) > acks, timeout=20)
+        (invite,) = [seen.request for seen in uas.seen[before:]]
+        (ack,) = [ack for ack in uas.acks[acks:] if ack.call_id == invite.call_id]
+        bye = SipRequest(method="BYE", uri=(invite.get("Contact") or "").strip("<>"), headers=(
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:{uas.port};branch=z9hG4bK{os.urandom(6).hex()}"),
+            ("Max-Forwards", "70"), *[("Route", value) for value in invite.values("Record-Route")],
+            ("From", ack.get("To") or ""), ("To", ack.get("From") or ""), ("Call-ID", invite.call_id),
+            ("CSeq", "1 BYE"), ("Content-Length", "0")))
+        uas.send(bye.to_bytes(), ("127.0.0.1", proxy.ports["udp"]))
+        code = agent.wait_exit(30)
+    finally:
+        agent.stop()
+    assert code == 0, sipp_output(tmp_path, agent)
+    uas.wait(lambda: any(r.call_id == invite.call_id and r.cseq.method == "BYE" for r in uas.responses))
+    (answer,) = [r for r in uas.responses if r.call_id == invite.call_id]
+    assert answer.status == 200 and len(answer.vias) == 1
+    assert logged(proxy, lambda ls: len(ls) >= 4)[2:] == [("ACK", "FORWARDED", None, None, "none"),
+                                                          ("BYE", "FORWARDED", None, None, "none")]

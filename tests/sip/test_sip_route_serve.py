@@ -1,0 +1,178 @@
+"""Route, Record-Route and the trusted next hop of `authproxy sip serve` over real sockets on 127.0.0.1 (RFC 3261
+sections 16.4, 16.6, 12.1.1): a client's outbound-proxy Route stops at the proxy, a call is record-routed, and
+the callee's BYE (from the next hop, the tests' UAS) comes back through the proxy, unchallenged, to the caller's
+own socket (UDP) or connection (TCP), and its 200 goes back to the UAS."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sip_uas import Uas
+from test_sip_serve import UdpClient, outcomes
+
+from authproxy.sip.client import SipAuthenticator, drive
+from authproxy.sip.message import SipRequest, SipResponse, response_to
+from authproxy.sip.parse import parse_datagram, parse_stream
+
+from helpers import USERS, SipProxyProcess, make_users_file, start_sip_proxy
+
+REALM = "sip-test"
+PASSWORD = USERS["alice"]
+
+
+@pytest.fixture(scope="module")
+def uas() -> Iterator[Uas]:
+    with Uas({}, roles=()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, uas: Uas) -> Iterator[SipProxyProcess]:
+    tmp = tmp_path_factory.mktemp("sip-route")
+    users = make_users_file(tmp / "sip.users", REALM)
+    proc = start_sip_proxy(tmp, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5")
+    yield proc
+    proc.stop()
+
+
+class TcpClient:
+    """A UA on one TCP connection to the proxy: requests and responses framed by Content-Length (section 18.3)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.local = self.sock.getsockname()[1]
+        self.buffer = b""
+
+    def receive(self) -> SipRequest | SipResponse:
+        while (framed := parse_stream(self.buffer)) is None:
+            chunk = self.sock.recv(65535)
+            assert chunk, "the proxy closed the connection"
+            self.buffer += chunk
+        message, used = framed
+        self.buffer = self.buffer[used:]
+        return message
+
+    def send(self, request: SipRequest) -> SipResponse:
+        self.sock.sendall(request.to_bytes())
+        while True:
+            message = self.receive()
+            if isinstance(message, SipResponse) and message.status >= 200:
+                return message
+
+
+def invite(transport: str, local: int, proxy_port: int, call_id: str) -> SipRequest:
+    """alice's INVITE with the Route an outbound proxy setting gives (baresip's outbound=, linphone's reg_route)."""
+    return SipRequest(method="INVITE", uri="sip:bob@example.org", headers=(
+        ("Via", f"SIP/2.0/{transport.upper()} 127.0.0.1:{local};branch=z9hG4bK{os.urandom(6).hex()};rport"),
+        ("Max-Forwards", "70"), ("Route", f"<sip:127.0.0.1:{proxy_port};transport={transport};lr>"),
+        ("From", "<sip:alice@example.org>;tag=alice1"), ("To", "<sip:bob@example.org>"), ("Call-ID", call_id),
+        ("CSeq", "1 INVITE"), ("Contact", f"<sip:alice@127.0.0.1:{local};transport={transport}>"),
+        ("Content-Length", "0")))
+
+
+def far_side_bye(uas: Uas, ok: SipResponse, reached: SipRequest) -> SipRequest:
+    """The callee's BYE (section 12.2.1.1): to the caller's Contact, its route set the INVITE's Record-Route as
+    the UAS got it, in order."""
+    contact = (reached.get("Contact") or "").strip("<>")
+    return SipRequest(method="BYE", uri=contact, headers=(
+        ("Via", f"SIP/2.0/UDP 127.0.0.1:{uas.port};branch=z9hG4bK{os.urandom(6).hex()}"), ("Max-Forwards", "70"),
+        *[("Route", value) for value in reached.values("Record-Route")],
+        ("From", ok.get("To") or ""), ("To", ok.get("From") or ""), ("Call-ID", ok.call_id), ("CSeq", "1 BYE"),
+        ("Content-Length", "0")))
+
+
+def test_udp_call_record_routed_and_hung_up_by_the_callee(proxy: SipProxyProcess, uas: Uas) -> None:
+    port = proxy.ports["udp"]
+    client = UdpClient(port)
+    try:
+        call_id = f"rr-udp-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
+        assert ok.status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        assert reached.get_all("Route") == []  # its Route named the proxy: it stopped there (section 16.4)
+        (record_route,) = reached.values("Record-Route")
+        assert record_route.startswith("<sip:") and record_route.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
+        assert ok.values("Record-Route") == [record_route]  # the UAS's 200 copies it back to alice
+        # The callee hangs up: from the next hop, through the proxy (Route: its Record-Route), not challenged.
+        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", port))
+        bye = parse_datagram(client.sock.recv(65535))
+        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
+        assert (bye.vias[0].host, bye.vias[0].port) == ("127.0.0.1", port) and len(bye.vias) == 2
+        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
+        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
+        (done,) = [r for r in uas.responses if r.call_id == call_id]
+        assert done.status == 200 and len(done.vias) == 1  # the proxy's Via popped on the way back
+    finally:
+        client.close()
+    assert outcomes(proxy, call_id, 3) == [("ANSWERED", 407, None, "missing"), ("FORWARDED", None, "alice", "ok"),
+                                           ("FORWARDED", None, None, "none")]  # the callee's BYE: no sign-in
+
+
+def test_tcp_caller_gets_the_callees_bye_on_its_connection(proxy: SipProxyProcess, uas: Uas) -> None:
+    """A client over TCP, the next hop over UDP: two Record-Route values (RFC 5658), and the callee's BYE goes to
+    the caller's own connection (the flow token), not to the Contact's port where nothing listens."""
+    port = proxy.ports["tcp"]
+    client = TcpClient(port)
+    try:
+        call_id = f"rr-tcp-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        request = invite("tcp", client.local + 1, port, call_id)  # a Contact port nobody listens on
+        ok = drive(auth.exchange(request), client.send)
+        assert ok.status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        assert reached.get_all("Route") == []
+        top, second = reached.values("Record-Route")
+        assert top.endswith(f"@127.0.0.1:{proxy.ports['udp']};transport=udp;lr>")
+        assert second.endswith(f"@127.0.0.1:{port};transport=tcp;lr>")
+        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", proxy.ports["udp"]))
+        bye = client.receive()
+        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
+        assert bye.vias[0].transport == "TCP"
+        client.sock.sendall(response_to(bye, 200, "OK", to_tag="alice1").to_bytes())
+        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
+    finally:
+        client.sock.close()
+
+
+def test_a_stranger_cannot_use_the_record_route(proxy: SipProxyProcess, uas: Uas) -> None:
+    """The Record-Route's flow token from another address: challenged, and it never reaches the caller."""
+    port = proxy.ports["udp"]
+    client = UdpClient(port)
+    stranger = UdpClient(port)
+    try:
+        call_id = f"rr-stranger-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        bye = far_side_bye(uas, ok, reached)
+        forged = SipRequest(method="BYE", uri=bye.uri, headers=tuple(
+            (n, f"SIP/2.0/UDP 127.0.0.1:{stranger.local};branch=z9hG4bKstranger" if n == "Via" else v)
+            for n, v in bye.headers))
+        assert stranger.send(forged).status == 407
+        client.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.sock.recv(65535)  # nothing reached alice
+    finally:
+        client.close()
+        stranger.close()
+
+
+def test_no_record_route_when_turned_off(tmp_path: Path, uas: Uas) -> None:
+    users = make_users_file(tmp_path / "sip.users", REALM)
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                           "--no-record-route")
+    client = UdpClient(proc.ports["udp"])
+    try:
+        call_id = f"no-rr-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        assert drive(auth.exchange(invite("udp", client.local, proc.ports["udp"], call_id)), client.send).status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        assert reached.get_all("Record-Route") == [] and reached.get_all("Route") == []
+    finally:
+        client.close()
+        proc.stop()
