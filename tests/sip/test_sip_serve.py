@@ -351,8 +351,10 @@ children=1
 listen=udp:127.0.0.1:{port}
 mpath="{modules}"
 loadmodule "sl.so"
+loadmodule "rr.so"
 request_route {{
     if (method == "ACK") {{ exit; }}
+    if (loose_route()) {{ forward(); exit; }}  # a Route left: followed, as a registrar or SBC does
     sl_send_reply("200", "OK from kamailio");
 }}
 """
@@ -408,5 +410,18 @@ def test_kamailio_as_the_next_hop(tmp_path: Path, users: Path, kamailio: int) ->
         response = asyncio.run(register(("127.0.0.1", proc.ports["udp"]), "sip:alice@example.org", "alice",
                                         PASSWORD))
         assert (response.status, response.reason) == (200, "OK from kamailio")
+        # An outbound-proxy Route naming authproxy (RFC 3261 section 16.4): removed there, so kamailio's
+        # loose_route finds none to follow and answers; left in, kamailio would send it straight back.
+        client = UdpClient(proc.ports["udp"])
+        try:
+            request = client.request("OPTIONS")
+            request = request.replace_headers([*request.headers[:-1], ("Route", f"<sip:127.0.0.1:{proc.ports['udp']}"
+                                                                                ";transport=udp;lr>"),
+                                               request.headers[-1]])
+            auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+            response = drive(auth.exchange(request), client.send)
+            assert (response.status, response.reason) == (200, "OK from kamailio")
+        finally:
+            client.close()
     finally:
         proc.stop()
