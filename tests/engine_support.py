@@ -16,6 +16,7 @@ from authproxy.auth.policy import AuthPolicy
 from authproxy.config import Config
 from authproxy.engine.authenticate import Authentication
 from authproxy.engine.authn import Authenticator, PendingPassword
+from authproxy.engine.budget import HeldBodies
 from authproxy.engine.commands import ConnectFailure
 from authproxy.engine.connection import Connection
 from authproxy.engine.decision import Allowed, Decision
@@ -66,6 +67,7 @@ class State:
             self.throttle = FailureThrottle(c.throttle_max_failures, c.throttle_window, c.throttle_lockout,
                                             c.throttle_max_user_lockout)
         self.limits = HeadLimits(c.max_header_size, c.max_header_count, c.header_timeout)
+        self.held_bodies = HeldBodies(c.auth_int_max_body)
 
     @property
     def via_name(self) -> bytes:

@@ -17,7 +17,7 @@ from authproxy.auth.verifier import Allow, Reject
 from authproxy.engine import forward
 from authproxy.engine.authn import PendingBody, PendingPassword, Step
 from authproxy.engine.relay import Relay
-from authproxy.engine.throttle import retry_after
+from authproxy.engine.throttle import client_key, retry_after
 
 if TYPE_CHECKING:
     from authproxy.engine.connection import Connection
@@ -102,14 +102,20 @@ class Authentication(Relay):
             self.challenge(step.stale, step.challenge)
         elif isinstance(step, PendingBody):
             self.pending_body = step
-            self.conn.prep_at = self.conn.shared.monotonic()  # the body's time to arrive, in all, from here
-            limit = self.conn.shared.config.auth_int_max_body
+            conn = self.conn
+            conn.prep_at = conn.shared.monotonic()  # the body's time to arrive, in all, from here
+            step.key = client_key(conn.client)
+            limit = conn.shared.config.auth_int_max_body
             if self.buffered > limit or (self.content_length or 0) > limit:
                 self.outcome = Outcome.BAD_REQUEST
                 self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
                             error="http_request_denied", close=True)
+            elif not self.hold_body(self.buffered):
+                return
             elif self.body_complete:
                 self._resume_body()
+            else:
+                conn.resume_reading("body")  # the whole body is needed (auth_int_max_body bounds it)
         elif isinstance(step, PendingPassword):
             self.conn.pause_reading("auth")
             self.conn.sink.check_password(self, step)
@@ -151,7 +157,27 @@ class Authentication(Relay):
         except AuthProxyError as exc:
             self._malformed(exc)
 
+    def hold_body(self, size: int) -> bool:
+        """Count ``size`` more body bytes held before authentication (engine.budget); past the proxy's room,
+        answer 503 and close, and False."""
+        pending = self.pending_body
+        assert pending is not None
+        if self.conn.shared.held_bodies.take(pending.key, size):
+            pending.held += size
+            return True
+        self.refuse(503, "this proxy holds as many request bodies awaiting authentication (qop=auth-int) as it "
+                    "can; retry shortly", close=True, extra=[("Retry-After", "1")])
+        return False
+
+    def release_body(self) -> None:
+        """The held body is no longer counted (authenticated, refused, or its client gone)."""
+        pending = self.pending_body
+        if pending is not None and pending.held:
+            self.conn.shared.held_bodies.give(pending.key, pending.held)
+            pending.held = 0
+
     def _resume_body(self) -> None:
+        self.release_body()
         pending, self.pending_body = self.pending_body, None
         assert pending is not None
         body = b"".join(self.body_buffer)

@@ -46,6 +46,8 @@ class PendingBody:
     """The flow is waiting for the whole request body (qop=auth-int)."""
 
     suspended: Suspended
+    held: int = 0  # body bytes counted in the proxy's HeldBodies for this request
+    key: str = ""  # the client's key there (engine.throttle.client_key)
 
 
 @dataclass(slots=True)

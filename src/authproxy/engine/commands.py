@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from authproxy.config import Config
     from authproxy.engine.authenticate import Authentication
     from authproxy.engine.authn import Authenticator, PendingPassword
+    from authproxy.engine.budget import HeldBodies
     from authproxy.engine.decision import Decision
     from authproxy.engine.exchange import Exchange
     from authproxy.engine.origin import Origin
@@ -129,6 +130,7 @@ class ProxyState(Protocol):
     config: Config
     auth: Authenticator
     throttle: FailureThrottle | None
+    held_bodies: HeldBodies  # request bodies held before authentication (qop=auth-int), across connections
 
     @property
     def via_name(self) -> bytes: ...

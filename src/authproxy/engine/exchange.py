@@ -91,6 +91,8 @@ class Exchange(Authentication):
         """Answer the request ourselves. A request body still on its way is read and dropped, or we close."""
         if self.done:
             return
+        if self.pending_body is not None:
+            self.release_body()
         if self.head_sent:  # the response already started: all we can do is cut the connection
             self.finish(reusable=False, keep_client=False)
             return
@@ -294,13 +296,16 @@ class Exchange(Authentication):
         self.body_buffer.append(data)
         self.buffered += len(data)
         if self.pending_body is not None:
+            # Read whole, up to auth_int_max_body (the digest covers it): never paused at _BUFFER_LIMIT, which
+            # left a body past 256 KiB waiting for reads that never came.
             limit = config.auth_int_max_body
             if self.buffered > limit:
                 self.outcome = Outcome.BAD_REQUEST
                 self.refuse(413, f"a request authenticated with qop=auth-int may carry at most {limit} bytes",
                             error="http_request_denied", close=True)
-                return
-        if self.buffered > _BUFFER_LIMIT:
+            else:
+                self.hold_body(len(data))
+        elif self.buffered > _BUFFER_LIMIT:
             self.conn.pause_reading("body")
 
     def flush_body(self) -> None:
@@ -392,6 +397,8 @@ class Exchange(Authentication):
 
     def abandon(self) -> None:
         """The client went away: release the origin side."""
+        if self.pending_body is not None:
+            self.release_body()
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None

@@ -19,6 +19,7 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.store import UserStore
 from authproxy.config import Config
 from authproxy.engine.authn import Authenticator
+from authproxy.engine.budget import HeldBodies
 from authproxy.engine.decision import Decision, Refused
 from authproxy.engine.origin import HeadLimits
 from authproxy.engine.responses import made_up_response
@@ -55,6 +56,7 @@ class ProxyServer:
         # (user, host, port, is_connect) -> (expiry, decision): see decide_now.
         self._decisions: dict[tuple[str | None, str, int, bool], tuple[float, Decision]] = {}
         self.throttle = _throttle(config)
+        self.held_bodies = HeldBodies(config.auth_int_max_body)
         self.own_sockets = OwnSockets()  # where this proxy listens: a destination there is a loop
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
@@ -247,6 +249,7 @@ class ProxyServer:
         self._via = _via_entries(config)
         self._decisions = {}  # decided under the old policy
         self.pool.size = config.pool_size
+        self.held_bodies.resize(config.auth_int_max_body)
         self.pool.limits = _head_limits(config)
         self.pool.linger = config.write_timeout
         self.max_connections, self.pool.max_idle = config.max_connections, config.max_connections // 2
