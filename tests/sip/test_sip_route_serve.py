@@ -176,3 +176,30 @@ def test_no_record_route_when_turned_off(tmp_path: Path, uas: Uas) -> None:
     finally:
         client.close()
         proc.stop()
+
+
+def test_with_workers_the_record_route_names_the_listener(tmp_path: Path, uas: Uas) -> None:
+    """With --workers, each worker sends to the next hop from a port of its own (its Via), but the Record-Route
+    names the shared listener, which outlives a worker's restart; the callee's BYE reaches the caller whichever
+    worker the kernel gives it to (the flow token and the branch carry all it needs)."""
+    users = make_users_file(tmp_path / "sip.users", REALM)
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                           "--workers", "2")
+    port = proc.ports["udp"]
+    client = UdpClient(port)
+    try:
+        call_id = f"rr-workers-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        assert reached.vias[0].port != port  # the worker's own next-hop port
+        (record_route,) = reached.values("Record-Route")
+        assert record_route.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
+        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", port))
+        bye = parse_datagram(client.sock.recv(65535))
+        assert isinstance(bye, SipRequest) and bye.method == "BYE"
+        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
+        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
+    finally:
+        client.close()
+        proc.stop()

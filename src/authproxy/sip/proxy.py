@@ -128,8 +128,7 @@ class Send(NamedTuple):
 Action = Send | SipRecord
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
+class _Route(NamedTuple):
     """Where a request goes and what it carries there (sections 16.4-16.6): the Request-URI and Route values
     as forwarded (``routes`` None: the Route lines as they came), the address and transport, and the loop
     detection part of the branch; or, in ``refused``, the status and reason it can go nowhere."""
@@ -200,6 +199,7 @@ class SipProxy:
         except ValueError as exc:
             raise ConfigError(f"trusted: {exc}") from None
         self._flows = FlowTokens(self._key)
+        self._keyed: dict[int, hashlib.blake2b] = {}  # keyed BLAKE2b states by digest size (_mac)
         self._transactions: OrderedDict[tuple[str, ...], _Transaction] = OrderedDict()
         self._by_branch: dict[str, tuple[str, ...]] = {}
         self._per_source: dict[str, int] = {}
@@ -344,7 +344,8 @@ class SipProxy:
         Request-URI the last Route value), else to the Request-URI: an IP address (no RFC 3263 lookups here),
         never this proxy."""
         uri = request.uri
-        routes = request.values("Route")
+        lines = request.get_all("Route")  # most requests have none: no list split then
+        routes = [element for line in lines for element in split_list(line)] if lines else []
         changed = False
         flow = None
         if routes:
@@ -401,14 +402,13 @@ class SipProxy:
     def _record_route(self, request: SipRequest, source: Address, transport: str, route: _Route,
                       trusted: bool) -> list[str]:
         """This proxy's Record-Route values for ``request`` (section 16.6 step 4), topmost first: the URI the
-        far side reaches it at, and when the client side is another transport or socket, a second one for
-        that side (RFC 5658 section 5). For a client's request both carry its flow token, so the far side's
-        requests in the dialog come back to that client's flow."""
+        far side reaches it at, and when the client side is another transport, a second one for that side
+        (RFC 5658 section 5). Both name listeners (``public``), never a worker's own next-hop port: a dialog
+        outlives a worker and a restart, and a listener's port is the same after either. For a client's request
+        both carry its flow token, so the far side's requests in the dialog come back to that client's flow."""
         if not self.record_route or request.method not in DIALOG_METHODS or request.to.tag is not None:
             return []
-        hop = self.next_hop
-        out = self.local[hop.transport] if (route.transport, route.to) == (hop.transport, hop.address) \
-            else self.public[route.transport]
+        out = self.public.get(route.transport) or self.local[route.transport]
         token = None if trusted or not is_ip(source[0]) else self._flows.make(transport, source)
         values = [f"<{uri_text(route.transport, out, token)}>"]
         inbound = self.public.get(transport)
@@ -421,9 +421,11 @@ class SipProxy:
         """The request as it goes on (section 16.6 steps 2-8, 16.11): a pure function of the request, its source
         and its route, so a retransmission is forwarded as the first copy was."""
         top = request.vias[0]
-        branch = BRANCH_PREFIX + self._mac("\0".join((
-            request.get_all("Via")[0], request.call_id, str(request.cseq.number), request.from_.tag or "",
-            request.to.tag or "", request.uri)), 12) + route.loop
+        # The transaction part: the client's top Via line (its branch names its transaction) and the loop part,
+        # which is a MAC of the Request-URI, Route set, Call-ID, CSeq number and tags: a CANCEL, and a
+        # retransmission, get their INVITE's branch; a 2xx's ACK (another branch) another one.
+        loop = route.loop
+        branch = f"{BRANCH_PREFIX}{self._mac(request.get_all('Via')[0] + chr(0) + loop, 12)}{loop}"
         hop = self.next_hop
         if (route.transport, route.to) == (hop.transport, hop.address):
             via = self._via
@@ -472,8 +474,14 @@ class SipProxy:
 
     def _mac(self, material: str, size: int) -> str:
         """``size`` bytes of a MAC of ``material`` under this proxy's key, in hex: keyed BLAKE2b (RFC 7693
-        section 2.5: a MAC on its own, one pass where HMAC-SHA-256 takes four compressions)."""
-        return hashlib.blake2b(material.encode("utf-8"), key=self._key, digest_size=size).hexdigest()
+        section 2.5: a MAC on its own, one pass where HMAC-SHA-256 takes four compressions). The keyed state is
+        made once per size and copied: the key's block is not compressed again for every MAC."""
+        keyed = self._keyed.get(size)
+        if keyed is None:
+            keyed = self._keyed[size] = hashlib.blake2b(key=self._key, digest_size=size)
+        mac = keyed.copy()
+        mac.update(material.encode("utf-8"))
+        return mac.hexdigest()
 
     def _challenge(self, request: SipRequest, result: Reject, source: Address, transport: str, now: float,
                    record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
