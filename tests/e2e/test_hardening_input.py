@@ -287,6 +287,30 @@ def test_content_length_with_transfer_encoding(proxy: ProxyProcess, rec_origin: 
     assert_refused(attack(proxy, rec_origin, post(rec_origin, fields, body)))
 
 
+UPGRADE_WITH_BODY = {
+    "h2c-content-length": (b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                           b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n", False),
+    "websocket-content-length": (b"Upgrade: websocket\r\nConnection: upgrade\r\n", False),
+    "websocket-chunked": (b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n", True),
+}
+
+
+@pytest.mark.parametrize(("fields", "chunked"), UPGRADE_WITH_BODY.values(), ids=UPGRADE_WITH_BODY.keys())
+def test_a_body_behind_an_upgrade_request_is_not_lost(proxy: ProxyProcess, rec_origin: RecordingOrigin,
+                                                      fields: bytes, chunked: bool) -> None:
+    """llhttp ends a request asking to upgrade at its head: its body was parsed as the next request while the origin
+    got "Content-Length: N" and no body (on a pooled connection, the next request would have been taken for it)."""
+    smuggled = f"GET http://{rec_origin.authority}/smuggled HTTP/1.1\r\nHost: {rec_origin.authority}\r\n" \
+               f"Proxy-Authorization: {ALICE}\r\n\r\n".encode()
+    if chunked:
+        framing, body = b"Transfer-Encoding: chunked\r\n", b"%x\r\n%b\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    else:
+        framing, body = b"Content-Length: %d\r\n" % len(smuggled), smuggled
+    out = attack(proxy, rec_origin, post(rec_origin, fields + framing, body))
+    assert_refused(out)
+    assert b"Upgrade" in out.response
+
+
 CONTENT_LENGTHS = {
     "duplicate-identical": b"Content-Length: 5\r\nContent-Length: 5\r\n",
     "duplicate-differing": b"Content-Length: 5\r\nContent-Length: 6\r\n",

@@ -196,6 +196,14 @@ class RequestReader:
             self._refuse_head(exc.status_hint, exc.message)
             self.stopping = True
             raise _Stop from None
+        if (framing.content_length or framing.chunked) and method != b"CONNECT" and parser.should_upgrade():
+            # llhttp ends a request asking for an upgrade at its head, its body unread (what follows would be the
+            # new protocol's): forwarded, the origin would wait for a body that never comes, or take the next
+            # request on a pooled connection for it (smuggling). This proxy upgrades nothing: refuse, and close.
+            self._refuse_head(400, "a request asking to upgrade the protocol (Upgrade) cannot carry a body through "
+                                   "this proxy")
+            self.stopping = True
+            raise _Stop
         if self.closed:  # an exchange closed the connection from a callback of this slice
             self.stopping = True
             raise _Stop
