@@ -509,3 +509,25 @@ def test_an_invalid_status_code_is_refused(proxy: ProxyProcess, origin: Callable
         response = read_response(sock)
     assert_refused(response, server, "http_protocol_error")
     assert b"invalid status code " + code in response
+
+
+def test_an_unasked_response_behind_the_answer_does_not_reach_the_next_request(
+        proxy: ProxyProcess, origin: Callable[[Answer], ScriptedOrigin]) -> None:
+    """An origin that sends a second response behind its answer, in the same write (the proxy never pipelines to
+    origins): its connection went to the pool as reusable, and the next request on it, anyone's, got 502."""
+    def answer(conn: socket.socket, path: str) -> bool:
+        if path == "/first":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path.encode()))
+        return True
+
+    server = origin(answer)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(request(server, "/first"))
+        assert read_response(sock).endswith(b"\r\n\r\nok")
+        sock.sendall(request(server, "/second"))
+        second = read_response(sock)
+    assert status_of(second) == 200 and second.endswith(b"/second"), second[:300]
+    assert server.connections == 2  # the first connection was not reused

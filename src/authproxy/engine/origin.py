@@ -191,7 +191,9 @@ class Origin:
     def on_message_begin(self) -> None:
         if self.owner is None:
             # A message after the one asked for ended, in the same read: nobody asked for it (we never
-            # pipeline to origins). Stop; the connection is closed by whoever released it.
+            # pipeline to origins). The connection was released to the pool as reusable: close it, or the next
+            # request on it (anyone's) would meet this response, or a parser stopped in error (a 502).
+            self.close()
             raise _Stop
         self._headers = []
         self._reason = b""
