@@ -123,7 +123,8 @@ def test_nested_connects_stop_where_they_reach_the_proxy_itself(proxy_a: ProxyPr
 
 def test_via_naming_this_proxy_is_a_loop(proxy_a: ProxyProcess, origin: OriginServer) -> None:
     seen = len(origin.seen)
-    for via in ("1.1 authproxy", "1.0 squid, 1.1 AuthProxy (looped)", "HTTP/1.1 authproxy"):
+    for via in ("1.1 authproxy", "1.0 squid, 1.1 AuthProxy (looped)", "HTTP/1.1 authproxy", "1.1 authproxy:3128",
+                "1.1 authproxy(no-space)", "1.1\tAUTHPROXY", "1.0 a,1.1 authproxy", "1.1 a\r\nVia: 1.1 authproxy"):
         response = raw_exchange(proxy_a.port, request("GET", f"http://127.0.0.1:{origin.port}/v", f"Via: {via}"))
         assert_loop_refused(response)
         assert b"already passed through this proxy" in response

@@ -226,7 +226,9 @@ def via_lists(headers: Headers, received_by: bytes) -> bool:
             if received_by in lowered:
                 for entry in lowered.split(b","):
                     parts = entry.split()
-                    if len(parts) >= 2 and parts[1] == received_by:
+                    # received-by is a pseudonym or host[:port]; a comment may follow without its space (Squid
+                    # finds its name anywhere in the field): "authproxy:3128" and "authproxy(x)" name this proxy.
+                    if len(parts) >= 2 and parts[1].partition(b"(")[0].partition(b":")[0] == received_by:
                         return True
     return False
 
