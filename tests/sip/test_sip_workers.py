@@ -8,6 +8,9 @@ its own, named in the Via it adds."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from test_sip_serve import PASSWORD, REALM, UdpClient, outcomes
 
 from authproxy.sip.client import SipAuthenticator, drive
 from authproxy.sip.message import SipRequest, SipResponse
+from authproxy.sip.parse import parse_datagram
 
 from helpers import SipProxyProcess, make_users_file, start_sip_proxy
 
@@ -163,3 +167,39 @@ def test_tcp_clients_answered_on_their_connection_by_either_worker(workers: SipP
         if len(seen) == 2:
             return
     raise AssertionError(f"30 TCP connections, forwarded from {seen} only")
+
+
+def test_requests_sent_as_soon_as_it_listens_are_all_answered(tmp_path: Path, users: Path, uas: Uas) -> None:
+    """The announcement comes from worker 0; the other may still be starting, its socket (made before the fork)
+    queuing what the kernel hands it. Those queued datagrams are answered, not dropped: a worker makes its proxy,
+    and registers each socket it answers from, before it reads one (before that fix, this test failed in two
+    runs of five)."""
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--workers", "2",
+                           listen=("udp:127.0.0.1:0",))
+    clients = [UdpClient(proc.ports["udp"]) for _ in range(16)]
+    try:
+        requests = [client.request() for client in clients]
+        for client, request in zip(clients, requests, strict=True):
+            client.sock.sendto(request.to_bytes(), client.server)
+        for client in clients:
+            client.sock.settimeout(10)
+            answer = parse_datagram(client.sock.recv(65535))  # TimeoutError if it was dropped
+            assert isinstance(answer, SipResponse) and answer.status == 407
+    finally:
+        for client in clients:
+            client.close()
+        proc.stop()
+
+
+def test_a_port_another_process_shares_is_refused_not_joined(tmp_path: Path, users: Path, uas: Uas) -> None:
+    """A UDP socket of the same user with SO_REUSEPORT on the port: the workers' sockets could join its group
+    and split the datagrams with it; the port is found taken instead (the supervisor first binds it without the
+    option). Port 0 goes the same way, since Linux's bind to port 0 with SO_REUSEPORT may pick such a port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stranger.bind(("127.0.0.1", 0))
+        port = stranger.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "authproxy", "sip", "serve", "--users", str(users),
+                               "--next-hop", f"sip:127.0.0.1:{uas.port}", "--listen", f"udp:127.0.0.1:{port}",
+                               "--workers", "2"], capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and f"listen: cannot bind udp:127.0.0.1:{port}" in done.stderr, done.stderr

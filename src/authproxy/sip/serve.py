@@ -75,12 +75,21 @@ class SipWorker:
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, server: SipServer) -> None:
+    """A UDP socket: a listener at ``address``, or (``address`` None) a worker's own socket towards the next hop."""
+
+    def __init__(self, server: SipServer, address: Address | None) -> None:
         self.server = server
+        self.address = address
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        # Registered here, not when create_datagram_endpoint returns: uvloop may hand over a datagram already
+        # queued (a worker's socket, made before the fork) before it returns, and its answer needs a socket.
+        self.transport = udp = cast(asyncio.DatagramTransport, transport)
+        if self.address is None:
+            self.server._hop_udp = udp
+        else:
+            self.server._udp.append((self.address, udp))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.server.received(data, (str(addr[0]), int(addr[1])), "udp")
@@ -248,40 +257,32 @@ class SipServer:
         self._tick: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        """Bind (or take the worker's sockets), make the proxy, then serve: the proxy exists before a socket is
+        read, since a worker's sockets may hold datagrams queued while it was starting."""
         loop = asyncio.get_running_loop()
         config = self.config
+        worker = self.worker
+        # A worker serves the sockets the supervisor made for it; one process binds its own.
+        sockets = list(worker.sockets) if worker is not None else [
+            bind_listener(transport, host, port) for transport, host, port in config.listeners]
         local: dict[str, Address] = {}
         aliases: list[Address] = []  # every listener's address names this proxy in a Route (section 16.4)
-        worker = self.worker
-        for index, (transport, host, port) in enumerate(config.listeners):
-            # A worker serves the socket the supervisor made for it; one process binds its own.
-            sock = worker.sockets[index] if worker is not None else bind_listener(transport, host, port)
-            if transport == "udp":
-                endpoint, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
-                address = _address(endpoint.get_extra_info("sockname"))
-                self._udp.append((address, endpoint))
-            else:
-                if transport == "tls" and self.tls is None:
-                    self.tls = tls_context(config)
-                # No ssl= for TLS: _Stream counts the connection at accept, then starts the handshake.
-                server = await loop.create_server(functools.partial(_Stream, self, transport), sock=sock,
-                                                  backlog=1024)
-                self._servers.append(server)
-                address = _address(server.sockets[0].getsockname())
+        for (transport, _host, _port), sock in zip(config.listeners, sockets, strict=True):
+            address = _address(sock.getsockname())
             self.bound.append((transport, address))
             local.setdefault(transport, (config.via_host or address[0], address[1]))
             aliases += [address, (config.via_host or address[0], address[1])]
         public = dict(local)  # what clients reach: the listeners (a worker's own next-hop port is only local)
         hop = NextHop.parse(config.next_hop)
+        hop_sock = None
         if worker is not None and hop.transport == "udp":
             # Each worker sends to the next hop from a UDP port of its own, named in its Via, so the next hop's
             # answers come back to the worker that forwarded the request: the one holding the client's TCP or
             # TLS connection, and its transaction. (On the shared port they would all reach the one worker the
             # kernel picks for the next hop's address.)
             udp_host = next(host for transport, host, _ in config.listeners if transport == "udp")
-            self._hop_udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), sock=bind_listener("udp", udp_host, 0))
-            local["udp"] = (local["udp"][0], _address(self._hop_udp.get_extra_info("sockname"))[1])
+            hop_sock = bind_listener("udp", udp_host, 0)
+            local["udp"] = (local["udp"][0], _address(hop_sock.getsockname())[1])
         try:
             infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -297,6 +298,19 @@ class SipServer:
                               max_transactions_per_source=config.max_transactions_per_source,
                               public=public, aliases=aliases, record_route=config.record_route,
                               trusted=config.trusted, throttle=throttle)
+        if hop_sock is not None:
+            await loop.create_datagram_endpoint(lambda: _Datagrams(self, None), sock=hop_sock)
+        for (transport, _host, _port), sock, (_, address) in zip(config.listeners, sockets, self.bound,
+                                                                 strict=True):
+            if transport == "udp":
+                await loop.create_datagram_endpoint(functools.partial(_Datagrams, self, address), sock=sock)
+            else:
+                if transport == "tls" and self.tls is None:
+                    self.tls = tls_context(config)
+                # No ssl= for TLS: _Stream counts the connection at accept, then starts the handshake.
+                server = await loop.create_server(functools.partial(_Stream, self, transport), sock=sock,
+                                                  backlog=1024)
+                self._servers.append(server)
         self._tick = loop.call_later(1.0, self._housekeeping)
 
     # -- in and out -----------------------------------------------------------------------------------------
@@ -427,6 +441,33 @@ def bind_listener(transport: str, host: str, port: int, *, reuse_port: bool = Fa
     return sock
 
 
+def _reuseport_group(transport: str, host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets in one ``SO_REUSEPORT`` group at ``host:port`` (port 0: a port nobody holds).
+
+    Linux lets a socket with ``SO_REUSEPORT`` join a group of the same user already at that address, and
+    ``bind`` to port 0 with the option may even pick the port of such a group in another process (for UDP it
+    skips those ports as compatible): that process would then get a share of our datagrams, and we of its. So
+    the port is first bound without the option, which fails if anyone holds it and for port 0 finds a port
+    nobody holds, then released and taken by the group at once (a stranger taking it in between would be
+    refused, or, with the option itself, join us: a window of microseconds)."""
+    for attempt in range(5):
+        probe = bind_listener(transport, host, port)
+        chosen = probe.getsockname()[1]
+        probe.close()
+        group: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                group.append(bind_listener(transport, host, chosen, reuse_port=True))
+        except ConfigError:
+            for sock in group:
+                sock.close()
+            if port or attempt == 4:
+                raise
+            continue  # port 0: someone took the free port in between; find another
+        return group
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -473,11 +514,7 @@ def run(config: SipConfig) -> None:
     # the same address of ours, so the same 4-tuple) at the worker that remembers its transaction: it gets the
     # same treatment as the first copy although the transaction table is each worker's own. A TCP or TLS
     # connection is one worker's for its life anyway.
-    groups: list[list[socket.socket]] = []
-    for transport, host, port in config.listeners:
-        first = bind_listener(transport, host, port, reuse_port=True)
-        port = first.getsockname()[1]
-        groups.append([first, *(bind_listener(transport, host, port, reuse_port=True) for _ in range(count - 1))])
+    groups = [_reuseport_group(transport, host, port, count) for transport, host, port in config.listeners]
     key = secrets.token_bytes(32)
     from authproxy.state.shared import SharedNonceCounterStore  # multiprocessing: only with workers
 
