@@ -36,6 +36,10 @@ _STORE = MemoryUserStore([UserEntry("alice", REALM,
 _HOP = NextHop("192.0.2.99", 5060)
 _PROXY = SipProxy(_VERIFIERS[0], _STORE, MemoryNonceCounterStore(), next_hop=_HOP,
                   local={"udp": ("192.0.2.10", 5060)}, random=lambda n: b"k" * n)
+# The same proxy (same key: its flow tokens hold) for what the next hop sends: a trusted peer, routed by its Route
+# and Request-URI. Its own transaction table, so a message is not a retransmission of the client's copy.
+_PROXY_FROM_HOP = SipProxy(_VERIFIERS[0], _STORE, MemoryNonceCounterStore(), next_hop=_HOP,
+                           local={"udp": ("192.0.2.10", 5060)}, random=lambda n: b"k" * n)
 
 
 def check_sip(data: bytes) -> None:
@@ -59,8 +63,8 @@ def check_sip(data: bytes) -> None:
                 list(offers)
             with contextlib.suppress(AuthHeaderError):
                 authenticate(verifier, message, _STORE, MemoryNonceCounterStore(), NOW, transport="udp")
-    for source in (("192.0.2.1", 5060), _HOP.address):
-        for action in _PROXY.datagram(data, source, "udp", NOW):
+    for proxy, source in ((_PROXY, ("192.0.2.1", 5060)), (_PROXY_FROM_HOP, _HOP.address)):
+        for action in proxy.datagram(data, source, "udp", NOW):
             if isinstance(action, Send):
                 parse_datagram(action.data)  # what the proxy sends is well formed: this raises otherwise
 
@@ -86,6 +90,15 @@ def seed_messages() -> list[bytes]:
                  b"\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
                  b'Proxy-Authenticate: Digest realm="fuzz.example", nonce="n", qop="auth", algorithm=MD5\r\n'
                  b"l: 0\r\n\r\n")
+    # Routing (RFC 3261 section 16.4): a Route naming the proxy, a strict router's Request-URI, and the far
+    # side's request back along the proxy's Record-Route (its flow token), from the client and from the next hop.
+    own = "sip:192.0.2.10:5060;transport=udp;lr"
+    token = _PROXY._flows.make("udp", ("192.0.2.1", 5060))
+    seeds.append(request("OPTIONS", f"Route: <{own}>, <sip:192.0.2.7;lr>\r\nRecord-Route: <sip:192.0.2.7;lr>\r\n"))
+    seeds.append(request("INVITE", "Route: <sip:192.0.2.7:5070>\r\nRoute: <sip:bob@192.0.2.8>\r\n")
+                 .replace(b"INVITE sip:bob@fuzz.example", f"INVITE {own}".encode(), 1))
+    seeds.append(request("BYE", f"Route: <sip:{token}@192.0.2.10:5060;transport=udp;lr>\r\n")
+                 .replace(b"BYE sip:bob@fuzz.example", b"BYE sip:alice@192.0.2.1:5060;transport=tcp", 1))
     nonce = _VERIFIERS[0].issuer.issue(NOW, b"s" * 16)
     for verifier in _VERIFIERS:
         for algorithm in ("SHA-256", "MD5"):
