@@ -49,6 +49,11 @@ from authproxy.auth.roles import Role
 if TYPE_CHECKING:
     from authproxy.auth.policy import AuthPolicy
 
+# Enum members read once: through their class each read costs a call of the metaclass's __getattr__ (Python
+# 3.11), and these are read on every Digest request.
+_INVALID, _EXPIRED = NonceStatus.INVALID, NonceStatus.EXPIRED
+_FRESH, _UNKNOWN = NonceUse.FRESH, NonceUse.UNKNOWN
+
 
 def _equal(a: str, b: str) -> bool:
     # hmac.compare_digest refuses non-ASCII str; compare the UTF-8 bytes instead (surrogatepass: never raise).
@@ -242,7 +247,7 @@ class DigestScheme:
         if dc.opaque is None or not _equal(dc.opaque, self.issuer.opaque):
             return self._reject(Outcome.BAD_NONCE, shown, False, "opaque missing or not ours")
         status = self.issuer.check(dc.nonce, now)
-        if status is NonceStatus.INVALID:
+        if status is _INVALID:
             return self._reject(Outcome.BAD_NONCE, shown, False, "nonce not issued here")
 
         if dc.userhash:
@@ -279,17 +284,17 @@ class DigestScheme:
         )
         if not _equal(expected, dc.response):
             return self._reject(Outcome.BAD_PASSWORD, entry.name, False, "wrong digest response")
-        if status is NonceStatus.EXPIRED:
+        if status is _EXPIRED:
             return self._reject(Outcome.STALE_NONCE, entry.name, True, "nonce expired; the digest was right")
         nc = dc.nc_value
         assert nc is not None  # from_credentials guarantees nc with qop
         use = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce), entry.name)
-        if use is NonceUse.UNKNOWN:
+        if use is _UNKNOWN:
             # The store forgot this nonce's counts (a bounded table under pressure): fail safe with a new
             # challenge, which the client answers silently, rather than call it a replay and count a failure.
             return self._reject(Outcome.STALE_NONCE, entry.name, True,
                                 "nonce counts no longer known; the digest was right")
-        if not use:  # NonceUse.REPLAY (or False from a store that answers a bool)
+        if use is not _FRESH and use is not True:  # NonceUse.REPLAY, or False from a store that answers a bool
             return self._reject(Outcome.REPLAY, entry.name, False, f"nonce count {dc.nc} already used")
         return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now) if self.auth_info else None, self.role)
 

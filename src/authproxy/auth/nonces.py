@@ -53,6 +53,11 @@ class NonceStatus(enum.Enum):
     INVALID = "invalid"  # forged, malformed, for another realm or key, or issued in the future
 
 
+# Read once (through the Enum class each read costs a metaclass __getattr__ call on Python 3.11): check() runs
+# on every Digest request.
+_VALID, _EXPIRED, _INVALID = NonceStatus.VALID, NonceStatus.EXPIRED, NonceStatus.INVALID
+
+
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -147,10 +152,10 @@ class NonceIssuer:
         """VALID, EXPIRED (authentic but too old) or INVALID."""
         issued_at = self._decode(nonce)
         if issued_at is None or issued_at > now + self.skew:
-            return NonceStatus.INVALID
+            return _INVALID
         if now >= issued_at + self.lifetime:
-            return NonceStatus.EXPIRED
-        return NonceStatus.VALID
+            return _EXPIRED
+        return _VALID
 
     def issued_at(self, nonce: str) -> float:
         """When an authentic nonce was issued; AuthHeaderError if it is not one of ours."""

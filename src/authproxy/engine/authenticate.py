@@ -22,6 +22,8 @@ from authproxy.engine.throttle import client_key, retry_after
 if TYPE_CHECKING:
     from authproxy.engine.connection import Connection
 
+_OK = Outcome.OK  # read once: through the Enum class it costs a __getattr__ call (Python 3.11)
+
 
 class Authentication(Relay):
     """Who sent the request, and whether they may: the exchange's authentication steps."""
@@ -79,7 +81,7 @@ class Authentication(Relay):
         self.on_auth_step(step)
 
     def _proxy_authorization(self) -> str | None:
-        values = [v for n, v in self.headers if n.lower() == b"proxy-authorization"]
+        values = [v for n, v in self.headers if len(n) == 19 and n.lower() == b"proxy-authorization"]
         if not values:
             return None
         if len(values) > 1:
@@ -95,7 +97,7 @@ class Authentication(Relay):
         if isinstance(step, Allow | Reject) and self._throttled(step):
             return
         if isinstance(step, Allow):
-            self.user, self.outcome, self.auth_info = step.user, Outcome.OK, step.auth_info
+            self.user, self.outcome, self.auth_info = step.user, _OK, step.auth_info
             self.route()
         elif isinstance(step, Reject):
             self.user, self.outcome = step.user, step.outcome

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from authproxy.engine.connection import Connection
     from authproxy.engine.origin import Origin
 
+# An Enum member read through its class costs a call of the metaclass's __getattr__ (Python 3.11): the states
+# and outcome every request goes through are read once, here.
+_AUTHENTICATING, _WAITING, _DISCARDING, _DONE = (ExchangeState.AUTHENTICATING, ExchangeState.WAITING,
+                                                 ExchangeState.DISCARDING, ExchangeState.DONE)
+_NO_OUTCOME = Outcome.NONE
+
 _DISCARD_LIMIT = 1 << 20  # body bytes of a refused request we read and drop to keep the connection alive
 _BUFFER_LIMIT = 256 * 1024  # body bytes held while authenticating or connecting before reading pauses
 
@@ -42,7 +48,7 @@ class Exchange(Authentication):
                  headers: list[tuple[bytes, bytes]], keep_alive: bool,
                  content_length: int | None, chunked: bool) -> None:
         self.conn = conn
-        self.state = ExchangeState.AUTHENTICATING
+        self.state = _AUTHENTICATING
         self.method = method
         self.target = target
         self.version = version
@@ -64,7 +70,7 @@ class Exchange(Authentication):
         self.forwarding = False
         # Authentication.
         self.user: str | None = None
-        self.outcome = Outcome.NONE
+        self.outcome = _NO_OUTCOME
         self.auth_info: str | None = None
         self.pending_body: PendingBody | None = None
         # Routing and response.
@@ -139,9 +145,8 @@ class Exchange(Authentication):
                 if hop_limit == 0:
                     self._answer_max_forwards()
                     return
-            tokens = forward.connection_tokens(self.headers)
             self.request_head = forward.build_request_head(
-                self.method, self.dest, forward.end_to_end(self.headers, tokens),
+                self.method, self.dest, self.headers, tokens=forward.connection_tokens(self.headers),
                 via=shared.via(self.version), content_length=self.content_length,
                 chunked=self.chunked, hop_limit=hop_limit,
             )
@@ -251,7 +256,7 @@ class Exchange(Authentication):
     def _send_request(self, upstream: Origin) -> None:
         assert self.dest is not None
         self.upstream = upstream
-        self.state = ExchangeState.WAITING
+        self.state = _WAITING
         self.peer = self.dest.authority
         if self.conn.writing_paused_now:
             self.conn.hold_source()  # the client is not reading: this origin waits too
@@ -368,7 +373,7 @@ class Exchange(Authentication):
         if self.done:
             return
         self.done = True
-        self.state = ExchangeState.DISCARDING if self.discarding else ExchangeState.DONE
+        self.state = _DISCARDING if self.discarding else _DONE
         if self.upstream is not None:
             self.upstream.release(reusable)
             self.upstream = None

@@ -44,6 +44,12 @@ HOP_BY_HOP = frozenset(
 #: this proxy's (a fake nextnonce, a challenge a client would answer with its proxy password).
 RESPONSE_DROPPED = HOP_BY_HOP | frozenset(f.encode("ascii") for f in PROXY.fields) | {b"proxy-status"}
 
+#: Request fields never copied to the origin: the hop-by-hop ones, and Host, which is regenerated.
+_NOT_FORWARDED = HOP_BY_HOP | {b"host"}
+
+#: What ``connection_tokens`` gives for a request without a Connection field (most of them).
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
 #: The response fields the first pass of ``response_fields`` reads.
 _RESPONSE_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
@@ -96,14 +102,16 @@ def check_request_head(method: bytes, version: str, headers: Headers) -> Framing
     codings: list[bytes] = []
     content_length: int | None = None
     for name, value in headers:
-        lower = name.lower()
-        if lower == b"host":
-            hosts += 1
-            if b"," in value or not value.strip():
-                raise ProtocolError("the Host field must hold exactly one host")
-        elif lower == b"transfer-encoding":
-            codings += [c.strip().lower() for c in value.split(b",")]
-        elif lower == b"content-length":
+        size = len(name)  # lower-case only the names that can be one of these three (most are not)
+        if size == 4:
+            if name.lower() == b"host":
+                hosts += 1
+                if b"," in value or not value.strip():
+                    raise ProtocolError("the Host field must hold exactly one host")
+        elif size == 17:
+            if name.lower() == b"transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(b",")]
+        elif size == 14 and name.lower() == b"content-length":
             content_length = int(value)  # llhttp has rejected anything but one valid number
     if hosts > 1:
         raise ProtocolError("more than one Host field (RFC 9112 section 3.2)")
@@ -176,9 +184,9 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """The lower-cased options of every Connection field (RFC 9110 section 7.6.1)."""
     tokens: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if len(name) == 10 and name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
+    return frozenset(tokens) if tokens else _NO_TOKENS
 
 
 def end_to_end(headers: Headers, tokens: frozenset[bytes]) -> Headers:
@@ -251,12 +259,14 @@ def build_request_head(
     content_length: int | None,
     chunked: bool,
     hop_limit: int | None = None,
+    tokens: frozenset[bytes] = _NO_TOKENS,
 ) -> bytes:
-    """The request head to send to the origin, in origin-form (RFC 9112 section 3.2.1)."""
+    """The request head to send to the origin, in origin-form (RFC 9112 section 3.2.1): the end-to-end fields of
+    ``headers`` (``end_to_end``, with ``tokens`` the options of its Connection fields), done in the same pass."""
     parts = [method, b" ", target.origin_form, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
     for name, value in headers:
         lower = name.lower()
-        if lower == b"host":
+        if lower in _NOT_FORWARDED or lower in tokens:
             continue
         if lower == b"max-forwards" and hop_limit is not None:
             value = str(hop_limit - 1).encode()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from authproxy.engine.origin import Origin
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_RESPONDING = ExchangeState.RESPONDING  # read once: through the Enum class it costs a __getattr__ call (3.11)
 
 
 class Relay:
@@ -163,7 +164,7 @@ class Relay:
         self.keep_alive = keep
         self.status = status
         self.head_sent = True
-        self.state = ExchangeState.RESPONDING
+        self.state = _RESPONDING
         head = forward.build_response_head(
             status, reason, fields, via=conn.shared.via("1.1"), content_length=send_length,
             chunked=self.chunked_out, keep_alive=keep,

@@ -8,7 +8,7 @@ and trailers, which are dropped, RFC 9110 section 6.5.1) and makes an ``Exchange
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NoReturn
 
 import httptools
 
@@ -18,7 +18,6 @@ from authproxy.engine.exchange import Exchange
 
 if TYPE_CHECKING:
     from authproxy.engine.commands import ProxyState
-    from authproxy.engine.connection import Connection
 
 #: A read larger than this is parsed in slices of this size, so that parsing can stop in between (one read can
 #: hold thousands of pipelined requests). llhttp accepts its input split anywhere.
@@ -163,26 +162,30 @@ class RequestReader:
         self.header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_size += len(name) + len(value) + 4
+        size = self.header_size = self.header_size + len(name) + len(value) + 4
+        headers = self.headers
         if self.in_head:
             # llhttp leaves trailing whitespace on values; RFC 9110 section 5.5 says it is not part of the value.
-            self.headers.append((name, value.rstrip(b" \t")))
-            count = len(self.headers)
+            headers.append((name, value.rstrip(b" \t")))
+            count = len(headers)
         else:
             # httptools reports a chunked body's trailer fields here too. RFC 9110 section 6.5.1: a trailer is
             # not to be merged into the head nor used to authenticate or route, so it is dropped (the origin
             # gets "0 CRLF CRLF"). It still counts against the head's limits: a trailer section is bounded.
             self.trailer_count += 1
-            count = len(self.headers) + self.trailer_count
+            count = len(headers) + self.trailer_count
         config = self.shared.config
-        if self.header_size > config.max_header_size:
+        if size > config.max_header_size or count > config.max_header_count:
+            self._over_head_limit(size > config.max_header_size)
+
+    def _over_head_limit(self, too_large: bool) -> NoReturn:
+        """431 for a head over max_header_size (checked first) or max_header_count, and stop parsing."""
+        if too_large:
             self._refuse_head(431, "the request head is larger than this proxy accepts")
-            self.stopping = True
-            raise _Stop
-        if count > config.max_header_count:
-            self._refuse_head(431, f"the request has more than {config.max_header_count} header fields")
-            self.stopping = True
-            raise _Stop
+        else:
+            self._refuse_head(431, f"the request has more than {self.shared.config.max_header_count} header fields")
+        self.stopping = True
+        raise _Stop
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -208,7 +211,8 @@ class RequestReader:
             self.stopping = True
             raise _Stop
         keep_alive = parser.should_keep_alive() and not self.draining
-        ex = Exchange(cast("Connection", self), method, self.url, version, self.headers, keep_alive,
+        # self is always the Connection built on this class (typing.cast would be one more call per request).
+        ex = Exchange(self, method, self.url, version, self.headers, keep_alive,  # type: ignore[arg-type]
                       framing.content_length, framing.chunked)
         # Connection: close, or HTTP/1.0 without keep-alive: the last request (RFC 9112 section 9.6); bytes after
         # a CONNECT head belong to its tunnel instead.

@@ -275,6 +275,8 @@ class FailureThrottle:
     # == asking ========================================================================================================
     def check(self, client: str, user: str | None, now: float) -> float | None:
         """None if ``client`` may try ``user``'s credentials now, else the seconds until it may."""
+        if not self._clients.entries and not self._users.entries:
+            return None  # nobody has failed lately (the usual case, asked twice per request): nothing can lock
         ckey = client_key(client)
         wait = self._clients.locked(self._client_entry(ckey), now)
         if user is not None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 from authproxy.state.base import NonceUse
 
+_FRESH = NonceUse.FRESH  # read once: through the Enum class each read costs a __getattr__ call (Python 3.11)
+
 
 @dataclass(slots=True)
 class _Counts:
@@ -90,7 +92,7 @@ class MemoryNonceCounterStore:
         if nc > entry.highest:
             entry.seen = ((entry.seen << (nc - entry.highest)) | 1) & self._mask
             entry.highest = nc
-            return NonceUse.FRESH
+            return _FRESH
         offset = entry.highest - nc
         if offset >= self.window:
             return NonceUse.UNKNOWN  # below the window: no longer known whether it was used
@@ -98,7 +100,7 @@ class MemoryNonceCounterStore:
         if entry.seen & bit:
             return NonceUse.REPLAY
         entry.seen |= bit
-        return NonceUse.FRESH
+        return _FRESH
 
     def _insert(self, record: _Owner | None, owner: str, nonce: str, nc: int, expires_at: float) -> NonceUse:
         if record is None:
@@ -119,7 +121,7 @@ class MemoryNonceCounterStore:
             # Evicted entries leave their heap items behind; rebuild so the heap stays proportional to the table.
             self._expiry = [(c.expires_at, o, n) for o, r in self._owners.items() for n, c in r.nonces.items()]
             heapq.heapify(self._expiry)
-        return NonceUse.FRESH
+        return _FRESH
 
     # == bookkeeping ===================================================================================================
     def _evict(self, owner: str, record: _Owner) -> None:
