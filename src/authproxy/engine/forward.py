@@ -50,8 +50,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {b"host"}
 #: What ``connection_tokens`` gives for a request without a Connection field (most of them).
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
-#: The response fields the first pass of ``response_fields`` reads.
-_RESPONSE_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
+#: The lengths of those names: a response field of another length is relayed without lower-casing its name.
+_DROPPED_LENGTHS = frozenset(len(name) for name in RESPONSE_DROPPED)
 
 #: Fields a TRACE echo leaves out (RFC 9110 section 9.3.8: the recipient should exclude sensitive data).
 _TRACE_HIDDEN = frozenset({b"proxy-authorization", b"authorization", b"cookie"})
@@ -196,22 +196,31 @@ def end_to_end(headers: Headers, tokens: frozenset[bytes]) -> Headers:
 
 def response_fields(headers: Headers) -> tuple[Headers, int | None, list[bytes] | None]:
     """An origin's response fields as relayed, its Content-Length, and its transfer codings (lower-cased, in
-    order; None without Transfer-Encoding). Two passes: framing and Connection first, then the filter, since a
-    Connection field may name a field that came before it (RFC 9110 section 7.6.1)."""
-    dropped = RESPONSE_DROPPED
+    order; None without Transfer-Encoding). One pass, and a second only when a Connection field names a field
+    of its own (not one dropped anyway), since it may name a field that came before it (RFC 9110 section 7.6.1)."""
     content_length: int | None = None
     codings: list[bytes] | None = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _RESPONSE_FRAMING:
-            if lower == b"content-length":
-                content_length = int(value)  # llhttp has checked it is one valid number, and the only one
-            elif lower == b"transfer-encoding":
-                found = [c.strip().lower() for c in value.split(b",")]
-                codings = (codings or []) + [c for c in found if c]
-            else:
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
-    return [(n, v) for n, v in headers if n.lower() not in dropped], content_length, codings
+    named: set[bytes] | None = None  # what Connection fields name beyond RESPONSE_DROPPED
+    kept: Headers = []
+    for field in headers:
+        name = field[0]
+        if len(name) in _DROPPED_LENGTHS:
+            lower = name.lower()
+            if lower in RESPONSE_DROPPED:
+                if lower == b"content-length":
+                    content_length = int(field[1])  # llhttp has checked it is one valid number, and the only one
+                elif lower == b"transfer-encoding":
+                    found = [c.strip().lower() for c in field[1].split(b",")]
+                    codings = (codings or []) + [c for c in found if c]
+                elif lower == b"connection":
+                    options = {t.strip().lower() for t in field[1].split(b",")} - RESPONSE_DROPPED
+                    if options:
+                        named = options if named is None else named | options
+                continue
+        kept.append(field)
+    if named is not None:
+        kept = [(n, v) for n, v in kept if n.lower() not in named]
+    return kept, content_length, codings
 
 
 def max_forwards(headers: Headers) -> int | None:
