@@ -3,11 +3,12 @@
 ClientConnection.check_timeouts(now) (the engine's Connection.timer) takes the time as an argument: these tests
 drive a real ClientConnection of a real ProxyServer over a recording transport, put it in each state with real
 request bytes, and move ``now`` instead of waiting. tests/e2e/test_client_timers.py shows the same over sockets
-with short configured timeouts.
+with short configured timeouts. The last test checks that a closed connection is freed at once.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -168,3 +169,23 @@ def test_every_state_but_closed_has_a_timer() -> None:
     timed = {state.value: timer.value for state, timer in TIMERS.items() if timer is not Timer.NONE}
     assert set(timed) == {"head", "body", "draining", "origin", "sending", "idle", "tunnel", "preparing"}
     assert set(timed.values()) == {*TIMEOUTS, "connect_timeout", "tunnel_idle_timeout"}
+
+
+def test_a_closed_connection_is_freed_at_once(users_file: Path) -> None:
+    """The driver, its engine and the engine's parser refer to each other; connection_lost parts them, so that a
+    closed connection is freed by reference counting, not left (with its exchange, headers and parser) for the
+    cyclic garbage collector: under a Connection: close load that is one such heap of objects per request."""
+    server = build_server(Config(users=str(users_file), realm=REALM, access_log=""))
+    gc.collect()
+    gc.disable()
+    try:
+        connection = ClientConnection(server)
+        transport = Transport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert transport.written.startswith(b"HTTP/1.1 407 ") and transport.closed
+        connection.connection_lost(None)
+        del connection
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

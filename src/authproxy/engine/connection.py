@@ -80,14 +80,9 @@ class Connection(TunnelRelay):
         self.prep_at = 0.0  # when the exchange's current slow step began (a password check, resolving, connecting)
         # A tunnel's download seen by the last tick (bytes, when): its idle timer costs nothing per read.
         self.tunnel_seen = (0, 0.0)
-        # The request head being parsed.
+        # Whether a request head is being parsed. What is parsed of it (url, headers, their sizes, when it began)
+        # is set by on_message_begin, before anything reads it.
         self.in_head = False
-        self.head_started = 0.0
-        self.head_bytes = 0
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.header_size = 0
-        self.trailer_count = 0
         # Exchanges: the one running, the one whose body is arriving, and any pipelined behind.
         self.active: Exchange | None = None
         self.receiving: Exchange | None = None
@@ -237,11 +232,20 @@ class Connection(TunnelRelay):
         self.closed = True
         self.pending = b""
         self.auth_state = None
-        self.tunnel_lost()
-        for ex in (self.active, self.receiving, *self.queue):
-            if ex is not None and ex is not self.tunnel_exchange:
-                ex.abandon()
-        self.queue.clear()
+        if self.tunnel is not None:
+            self.tunnel_lost()
+        if self.active is not None or self.receiving is not None or self.queue:
+            for ex in (self.active, self.receiving, *self.queue):
+                if ex is not None and ex is not self.tunnel_exchange:
+                    ex.abandon()
+            self.queue.clear()
+        if self.tunnel_exchange is None:
+            # Nothing more is parsed or started here (a tunnel's far end still reports to its exchange). Drop what
+            # refers back to this object, the parser (its callbacks) and the exchanges, so that a closed connection
+            # is freed at once by reference counting instead of waiting, with a few dozen objects hanging off it,
+            # for the cyclic garbage collector (Connection: close load makes one per request).
+            self.active = self.receiving = self.ready = None
+            del self.parser
 
     def writing_paused(self) -> None:
         """The client is owed more than the driver's high-water mark: stop what adds to it until it reads.

@@ -37,25 +37,29 @@ WRITE_LOW = 16 * 1024
 class ClientConnection(asyncio.Protocol):
     """asyncio.Protocol for a client of the proxy, and the engine's ClientSink."""
 
-    __slots__ = ("_wake", "client", "closed", "engine", "send", "server", "tasks", "transport")
+    __slots__ = ("_wake", "client", "closed", "data_received", "engine", "send", "server", "tasks", "transport")
+
+    # asyncio.Protocol's data_received is the engine's own, bound per connection: no frame of ours on every read.
+    # Bound here, not in connection_made: uvloop looks it up once, when it makes the transport, before that.
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]  # mypy takes the bound method for another type
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client = "-"
         self.closed = False
-        self.engine: Connection = None  # type: ignore[assignment]
         # Work started for this connection (connects, lookups, password checks), cancelled when it goes: a
-        # password check still queued for a thread is then never run.
-        self.tasks: set[asyncio.Future[Any]] = set()
+        # password check still queued for a thread is then never run. Made for the first (most have none).
+        self.tasks: set[asyncio.Future[Any]] | None = None
         self._wake: asyncio.Handle | None = None
+        engine = self.engine = Connection(server, self, "-")  # its client is set in connection_made
+        self.data_received = engine.data_received
 
     # == asyncio.Protocol: events for the engine ==============================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.use_transport(transport)
         peer = transport.get_extra_info("peername")
-        self.client = peer[0] if isinstance(peer, tuple) else "-"
-        self.engine = Connection(self.server, self, self.client)
+        self.client = self.engine.client = peer[0] if isinstance(peer, tuple) else "-"
         self.server.accepted(self)  # counted from accept, before any TLS handshake; or refused and closed
 
     def use_transport(self, transport: asyncio.BaseTransport) -> None:
@@ -67,9 +71,6 @@ class ClientConnection(asyncio.Protocol):
         # ClientSink.send is the transport's own write: no frame of ours on every response and tunnel read.
         self.send: Callable[[bytes], None] = self.transport.write
 
-    def data_received(self, data: bytes) -> None:
-        self.engine.data_received(data)
-
     def eof_received(self) -> bool:
         return self.engine.eof_received()
 
@@ -78,10 +79,13 @@ class ClientConnection(asyncio.Protocol):
         if self._wake is not None:
             self._wake.cancel()
         self.server.release(self)
-        if self.engine is not None:
-            self.engine.connection_lost()
-        for task in self.tasks:
-            task.cancel()
+        self.engine.connection_lost()
+        if self.tasks:
+            for task in self.tasks:
+                task.cancel()
+        # This object and its engine refer to each other: part them, so that both are freed at once by reference
+        # counting (see Connection.connection_lost). Nothing calls the engine through this object once closed.
+        del self.engine, self.data_received
 
     def pause_writing(self) -> None:
         self.engine.writing_paused()
@@ -175,13 +179,17 @@ class ClientConnection(asyncio.Protocol):
         future = asyncio.get_running_loop().run_in_executor(None, self.server.auth.check_slow_password, pending)
         future.add_done_callback(lambda f: ex.password_checked(pending, not f.cancelled()
                                                                and f.exception() is None and f.result()))
-        self.tasks.add(future)
-        future.add_done_callback(self.tasks.discard)
+        self._track(future)
 
     def _start(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        """Keep ``future`` until it is done, to cancel it if the connection goes first."""
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(future)
+        future.add_done_callback(self.tasks.discard)
 
     # == for the server =======================================================================================
     def check_timeouts(self, now: float) -> None:

@@ -19,7 +19,10 @@ class UpstreamConnection(OutgoingConnection):
     """One connection to an origin, reused across requests while the origin keeps it open. The Origin's
     OriginSink."""
 
-    __slots__ = ("_pool", "_timer", "key", "origin")
+    __slots__ = ("_pool", "_timer", "data_received", "key", "origin")
+
+    # The Origin's own method, bound per connection before the transport looks it up (as ClientConnection does).
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]  # mypy takes the bound method for another type
 
     def __init__(self, key: tuple[str, int], pool: Pool, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -27,11 +30,9 @@ class UpstreamConnection(OutgoingConnection):
         self._pool = pool
         self._timer: asyncio.TimerHandle | None = None
         self.origin = Origin(key, self, clock, pool)
+        self.data_received = self.origin.data_received
 
     # -- asyncio.Protocol: events for the Origin ------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        self.origin.data_received(data)
-
     def eof_received(self) -> bool:
         return False
 
