@@ -203,3 +203,42 @@ def test_with_workers_the_record_route_names_the_listener(tmp_path: Path, uas: U
     finally:
         client.close()
         proc.stop()
+
+
+def test_two_chained_proxies_both_record_route_and_the_bye_comes_back_through_both(tmp_path: Path,
+                                                                                   uas: Uas) -> None:
+    """alice -> outer (its realm) -> inner (another realm) -> UAS: each proxy record-routes with its own flow
+    token; the callee's BYE, its Route both proxies' values, goes inner (from its next hop) -> outer (from its
+    next hop, the inner proxy) -> alice, each removing its own value, neither challenging."""
+    inner_users = make_users_file(tmp_path / "inner.users", "inner-realm")
+    outer_users = make_users_file(tmp_path / "outer.users", "outer-realm")
+    inner = start_sip_proxy(tmp_path, inner_users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                            listen=("udp:127.0.0.1:0",))
+    outer = start_sip_proxy(tmp_path, outer_users, f"sip:127.0.0.1:{inner.ports['udp']}",
+                            "--digest-algorithms", "MD5", listen=("udp:127.0.0.1:0",))
+    port = outer.ports["udp"]
+    client = UdpClient(port)
+    try:
+        call_id = f"rr-chain-{os.urandom(4).hex()}@127.0.0.1"
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
+        assert ok.status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        first, second = reached.values("Record-Route")  # the inner proxy's on top
+        assert first.endswith(f"@127.0.0.1:{inner.ports['udp']};transport=udp;lr>")
+        assert second.endswith(f"@127.0.0.1:{port};transport=udp;lr>") and reached.get_all("Route") == []
+        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", inner.ports["udp"]))
+        bye = parse_datagram(client.sock.recv(65535))
+        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
+        assert len(bye.vias) == 3  # the UAS's, the inner proxy's, the outer proxy's
+        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
+        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
+        assert outcomes(inner, call_id, 3) == [("ANSWERED", 407, None, "missing"),
+                                               ("FORWARDED", None, "alice", "ok"), ("FORWARDED", None, None, "none")]
+        assert outcomes(outer, call_id, 4) == [("ANSWERED", 407, None, "missing"),
+                                               ("FORWARDED", None, "alice", "ok"), ("FORWARDED", None, "alice", "ok"),
+                                               ("FORWARDED", None, None, "none")]
+    finally:
+        client.close()
+        outer.stop()
+        inner.stop()
