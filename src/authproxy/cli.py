@@ -93,7 +93,7 @@ def _run_sip(args: argparse.Namespace) -> int:
     config = load_sip_config(args.config, overrides)
     from authproxy.sip.serve import run
 
-    run(config)
+    run(config, reload=lambda: load_sip_config(args.config, overrides))
     return 0
 
 

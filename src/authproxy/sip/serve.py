@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from authproxy.auth.errors import ConfigError, UserStoreError
+from authproxy.auth.errors import AuthProxyError, ConfigError, UserStoreError
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
@@ -236,9 +236,8 @@ class SipServer:
         self.random = random
         self.worker = worker
         self.store = open_serving_store(config.users, config.realm)
-        key = worker.key if worker is not None else random(32)
-        issuer = NonceIssuer(key, config.realm, config.nonce_lifetime)
-        self.verifier = Verifier(config.auth_policy, issuer, PROXY, auth_info=False)  # SIP has no such field
+        key = self._nonce_key = worker.key if worker is not None else random(32)
+        self.verifier = self._verifier(config)
         self.counters: NonceCounterStore = worker.counters if worker is not None else MemoryNonceCounterStore()
         # Branches and To tags: derived from the same shared secret, under a label of their own.
         self._proxy_key = hmac.digest(key, b"authproxy sip branch and to-tag key", "sha256")
@@ -255,6 +254,10 @@ class SipServer:
         self._servers: list[asyncio.Server] = []
         self._connecting: dict[Address, list[bytes]] = {}
         self._tick: asyncio.TimerHandle | None = None
+
+    def _verifier(self, config: SipConfig) -> Verifier:
+        issuer = NonceIssuer(self._nonce_key, config.realm, config.nonce_lifetime)
+        return Verifier(config.auth_policy, issuer, PROXY, auth_info=False)  # SIP has no such field
 
     async def start(self) -> None:
         """Bind (or take the worker's sockets), make the proxy, then serve: the proxy exists before a socket is
@@ -288,10 +291,7 @@ class SipServer:
         except OSError as exc:
             raise ConfigError(f"next_hop: cannot resolve {hop.host}: {exc.strerror}") from None
         resolved = NextHop(str(infos[0][4][0]), hop.port, hop.transport)
-        throttle = None
-        if config.throttle_max_failures:  # per worker, as the HTTP proxy's
-            throttle = FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
-                                       config.throttle_max_user_lockout, max_entries=config.throttle_max_entries)
+        throttle = _throttle(config)
         self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
                               random=self.random, key=self._proxy_key, limits=self.limits,
                               max_transactions=config.max_transactions,
@@ -388,6 +388,35 @@ class SipServer:
             _stderr(f"authproxy: users file not reloaded: {exc.message}")
         self._tick = asyncio.get_running_loop().call_later(1.0, self._housekeeping)
 
+    def reload(self, config: SipConfig) -> None:
+        """SIGHUP: the config file and the users file read again and the access log reopened (log rotation), as
+        ``authproxy serve`` does, without dropping a connection or a remembered transaction. Nonces already issued
+        stay valid (same key, same counts). What the sockets or the routing were made from (``listen``,
+        ``next_hop``, ``tls_*`` and the rest but :data:`RELOADABLE`) needs a restart: kept, and said so. A bad
+        edit raises (AuthProxyError) before anything changed."""
+        old = self.config
+        kept = [f.name for f in dataclasses.fields(config)
+                if f.init and f.name not in RELOADABLE and getattr(config, f.name) != getattr(old, f.name)]
+        if kept:
+            _stderr(f"authproxy: reload: {', '.join(kept)} need a restart; keeping the current values")
+            config = dataclasses.replace(config, **{name: getattr(old, name) for name in kept})
+        store = open_serving_store(config.users, config.realm)
+        verifier = self._verifier(config)
+        log = AccessLog.open(config.access_log, config.access_log_format)
+        old_log = self.log
+        self.config, self.store, self.verifier, self.log = config, store, verifier, log
+        self._format = format_sip_json if config.access_log_format == "json" else format_sip_squid
+        self.limits = Limits(max_message_size=config.max_message_size, max_body_size=config.max_message_size)
+        proxy = self.proxy
+        if proxy is not None:
+            proxy.verifier, proxy.store, proxy.limits = verifier, store, self.limits
+            proxy.max_transactions = config.max_transactions
+            proxy.max_per_source = config.max_transactions_per_source
+            if _throttle_settings(config) != _throttle_settings(old):
+                proxy.throttle = _throttle(config)  # counts start again, as the HTTP proxy's do
+        old_log.flush()
+        old_log.close()
+
     async def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
@@ -472,15 +501,47 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: What SIGHUP takes from an edited config (the rest needs a restart).
+RELOADABLE = frozenset({
+    "users", "realm", "digest_algorithms", "qop", "nonce_lifetime", "access_log", "access_log_format",
+    "max_transactions", "max_transactions_per_source", "max_message_size", "max_connections", "idle_timeout",
+    "message_timeout", "tls_handshake_timeout", "throttle_max_failures", "throttle_window", "throttle_lockout",
+    "throttle_max_user_lockout", "throttle_max_entries"})
+
+
+def _throttle_settings(config: SipConfig) -> tuple[float, ...]:
+    return (config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+            config.throttle_max_user_lockout, config.throttle_max_entries)
+
+
+def _throttle(config: SipConfig) -> FailureThrottle | None:
+    if not config.throttle_max_failures:  # per worker, as the HTTP proxy's
+        return None
+    return FailureThrottle(config.throttle_max_failures, config.throttle_window, config.throttle_lockout,
+                           config.throttle_max_user_lockout, max_entries=config.throttle_max_entries)
+
+
 async def serve(config: SipConfig, *, announce: Callable[[str], None] = _stderr,
-                worker: SipWorker | None = None) -> None:
-    """Run the SIP proxy (or one worker of it) until SIGTERM or SIGINT."""
+                worker: SipWorker | None = None, reload: Callable[[], SipConfig] | None = None) -> None:
+    """Run the SIP proxy (or one worker of it) until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config
+    (as ``authproxy serve`` does)."""
     server = SipServer(config, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        try:
+            server.reload(reload() if reload is not None else server.config)
+        except AuthProxyError as exc:
+            _stderr(f"authproxy: reload refused, still running with the previous config: {exc.message}")
+        else:
+            _stderr("authproxy: reloaded config and users")
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
     if worker is None or worker.index == 0:
         announce(server.describe())
@@ -490,20 +551,21 @@ async def serve(config: SipConfig, *, announce: Callable[[str], None] = _stderr,
         await server.stop()
 
 
-def _run_loop(config: SipConfig, worker: SipWorker | None) -> None:
+def _run_loop(config: SipConfig, worker: SipWorker | None, reload: Callable[[], SipConfig] | None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run on
-        asyncio.run(serve(config, worker=worker))
+        asyncio.run(serve(config, worker=worker, reload=reload))
     else:
-        uvloop.run(serve(config, worker=worker))
+        uvloop.run(serve(config, worker=worker, reload=reload))
 
 
-def run(config: SipConfig) -> None:
-    """Blocking entry point: one process, or a supervisor and ``workers`` processes on the same ports."""
+def run(config: SipConfig, reload: Callable[[], SipConfig] | None = None) -> None:
+    """Blocking entry point: one process, or a supervisor and ``workers`` processes on the same ports (the
+    supervisor passes SIGHUP on: each worker reloads)."""
     count = config.workers or len(os.sched_getaffinity(0))
     if count == 1:
-        _run_loop(config, None)
+        _run_loop(config, None, reload)
         return
     open_serving_store(config.users, config.realm)  # a users file that cannot serve stops us here, not N times
     config = dataclasses.replace(config, workers=count)
@@ -520,13 +582,18 @@ def run(config: SipConfig) -> None:
 
     counters = SharedNonceCounterStore()
 
+    def counted() -> SipConfig:  # "workers = 0" in the file again means the count this supervisor made
+        assert reload is not None
+        again = reload()
+        return dataclasses.replace(again, workers=count) if again.workers == 0 else again
+
     def work(index: int) -> None:
         mine = tuple(group[index] for group in groups)
         for group in groups:  # the other workers' sockets are theirs: this process closes its copies
             for sock in group:
                 if sock not in mine:
                     sock.close()
-        _run_loop(config, SipWorker(index, key, counters, mine))
+        _run_loop(config, SipWorker(index, key, counters, mine), counted if reload is not None else None)
 
     supervise(count, work)
     for group in groups:
