@@ -72,6 +72,8 @@ def _sip_parser(subparsers: Any) -> None:
                        help="add Record-Route to INVITE, SUBSCRIBE and REFER (default on)")
     serve.add_argument("--trusted", metavar="ADDRESS|NETWORK", action="append",
                        help="a peer not challenged, besides the next hop (repeatable)")
+    serve.add_argument("--alias", metavar="HOST[:PORT]", action="append", dest="aliases",
+                       help="another name of this proxy in a Route, e.g. its domain (repeatable)")
 
 
 def _run_sip(args: argparse.Namespace) -> int:
@@ -89,6 +91,7 @@ def _run_sip(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "record_route": args.record_route,
         "trusted": tuple(args.trusted) if args.trusted else None,
+        "aliases": tuple(args.aliases) if args.aliases else None,
     }
     config = load_sip_config(args.config, overrides)
     from authproxy.sip.serve import run

@@ -252,6 +252,20 @@ def parse_sip_listen(value: str, *, key: str = "listen") -> tuple[str, str, int]
     return transport.lower(), host, port
 
 
+def parse_sip_alias(value: str, *, key: str = "aliases") -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``V6`` or ``[V6]:PORT`` into (host, port or None: any port)."""
+    host, port = value, None
+    head, sep, tail = value.rpartition(":")
+    if sep and tail.isdigit() and (value.startswith("[") or ":" not in head):
+        host, port = head, int(tail)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{key}: port out of range in {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if _HOSTNAME_RE.fullmatch(host) is None:
+        raise ConfigError(f"{key}: expected HOST or HOST:PORT, got {value!r}")
+    return host, port
+
+
 @dataclass(frozen=True)
 class SipConfig:
     """Every option of ``authproxy sip serve``: the keys of the file's ``[sip]`` table (the ones in
@@ -287,6 +301,9 @@ class SipConfig:
     # configuration record-routes them too): their BYE, re-INVITE and NOTIFY then come through here.
     record_route: bool = True
     trusted: tuple[str, ...] = ()  # IP addresses/networks not challenged, besides the next hop's address
+    # More names of this proxy in a Route (section 16.4), as kamailio's alias=: HOST (at any port) or HOST:PORT,
+    # such as the domain name user agents are given as their outbound proxy.
+    aliases: tuple[str, ...] = ()
 
     listeners: tuple[tuple[str, str, int], ...] = field(init=False, repr=False, compare=False)
     auth_policy: AuthPolicy = field(init=False, repr=False, compare=False)
@@ -327,6 +344,8 @@ class SipConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be positive")
         _check_throttle(self)
+        for alias in self.aliases:
+            parse_sip_alias(alias)
         for net in self.trusted:
             try:
                 ipaddress.ip_network(net, strict=False)

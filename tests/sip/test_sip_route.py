@@ -12,7 +12,7 @@ from test_sip_proxy import CLIENT, HOP, NOW, USERS, Client, make_proxy, only_sen
 
 from authproxy.auth.errors import ConfigError
 from authproxy.auth.outcomes import Outcome
-from authproxy.config import SipConfig, load_sip_config
+from authproxy.config import SipConfig, load_sip_config, parse_sip_alias
 from authproxy.sip.client import SipAuthenticator, drive
 from authproxy.sip.log import ANSWERED, FORWARDED
 from authproxy.sip.message import SipRequest, SipResponse, response_to
@@ -74,9 +74,13 @@ def test_routes_not_naming_this_proxy_are_left_for_the_next_hop() -> None:
 
 
 def test_an_alias_names_this_proxy() -> None:
-    proxy = make_proxy(aliases=[("Proxy.Example.ORG", 5060)])
+    proxy = make_proxy(aliases=[("Proxy.Example.ORG", 5060), ("sbc.example.net", None)])
     reached = signed_in(proxy, with_fields(options(), ("Route", "<sip:proxy.example.org;lr>")))
     assert reached.get_all("Route") == []
+    reached = signed_in(proxy, with_fields(options("z9hG4bKany"), ("Route", "<sip:sbc.example.net:5099;lr>")))
+    assert reached.get_all("Route") == []  # an alias without a port names this proxy at any port
+    with pytest.raises(ConfigError, match="next_hop: names this proxy"):
+        make_proxy(aliases=[(HOP.host, None)])
 
 
 def test_a_strict_router_put_this_proxy_in_the_request_uri() -> None:
@@ -277,8 +281,11 @@ def test_record_route_and_trusted_options(tmp_path: Path) -> None:
     assert config.record_route is False and config.trusted == ("10.0.0.0/8", "2001:db8::1")
     assert load_sip_config(path, {"record_route": True}).record_route is True
     assert SipConfig(next_hop="sip:127.0.0.1:5080").record_route is True  # kamailio's default config does
+    assert [parse_sip_alias(a) for a in ("sip.example.com", "sip.example.com:5070", "::1", "[::1]:5070")] == [
+        ("sip.example.com", None), ("sip.example.com", 5070), ("::1", None), ("::1", 5070)]
     for text, key in (('trusted = ["10.0.0.0/33"]', "trusted"), ('trusted = "10.0.0.1"', "trusted"),
-                      ('record_route = "yes"', "record_route")):
+                      ('record_route = "yes"', "record_route"), ('aliases = ["a b"]', "aliases"),
+                      ('aliases = ["h:0"]', "aliases")):
         path.write_text(f'[sip]\nnext_hop = "sip:127.0.0.1:5080"\n{text}\n')
         with pytest.raises(ConfigError, match=f"^sip.{key}|^{key}"):
             load_sip_config(path, {})

@@ -242,3 +242,23 @@ def test_two_chained_proxies_both_record_route_and_the_bye_comes_back_through_bo
         client.close()
         outer.stop()
         inner.stop()
+
+
+def test_an_alias_names_the_proxy_in_a_route(tmp_path: Path, uas: Uas) -> None:
+    """User agents given the proxy by name (its domain) send Route: <sip:NAME;lr>: with --alias NAME it stops
+    at the proxy like one naming its address."""
+    users = make_users_file(tmp_path / "sip.users", REALM)
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                           "--alias", "outbound.example.test")
+    client = UdpClient(proc.ports["udp"])
+    try:
+        request = client.request("OPTIONS")
+        request = request.replace_headers([*request.headers[:-1], ("Route", "<sip:outbound.example.test;lr>"),
+                                           request.headers[-1]])
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        assert drive(auth.exchange(request), client.send).status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == request.call_id]
+        assert reached.get_all("Route") == []
+    finally:
+        client.close()
+        proc.stop()

@@ -167,7 +167,7 @@ class SipProxy:
                  local: dict[str, Address], random: Callable[[int], bytes], key: bytes | None = None,
                  name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
                  max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None,
-                 public: dict[str, Address] | None = None, aliases: Iterable[Address] = (),
+                 public: dict[str, Address] | None = None, aliases: Iterable[tuple[str, int | None]] = (),
                  record_route: bool = True, trusted: Sequence[str] = ()) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")

@@ -107,17 +107,21 @@ def route_uri(element: str) -> SipUri | None:
 
 class Addresses:
     """The addresses that name this proxy: every listener's (the host it is bound to, and ``via_host``), with
-    its port; a URI names this proxy when its host and port (the default port when absent) are one of them,
-    over any transport."""
+    its port, and aliases (a host at a port, or at any port when the port is None, as kamailio's ``alias=``);
+    a URI names this proxy when its host and port (the default port when absent) are one of them, over any
+    transport."""
 
-    def __init__(self, addresses: Iterable[Address]) -> None:
-        self._set = frozenset((normal_host(host), port) for host, port in addresses)
+    def __init__(self, addresses: Iterable[tuple[str, int | None]]) -> None:
+        pairs = [(normal_host(host), port) for host, port in addresses]
+        self._set = frozenset(pairs)
+        self._any_port = frozenset(host for host, port in pairs if port is None)
 
     def __contains__(self, address: Address) -> bool:
-        return (normal_host(address[0]), address[1]) in self._set
+        host = normal_host(address[0])
+        return (host, address[1]) in self._set or host in self._any_port
 
     def names(self, uri: SipUri | None) -> bool:
-        return uri is not None and uri.address in self._set
+        return uri is not None and (uri.address in self._set or uri.host in self._any_port)
 
 
 class FlowTokens:

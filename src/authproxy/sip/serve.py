@@ -44,7 +44,7 @@ from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.auth.verifier import Verifier
-from authproxy.config import SipConfig
+from authproxy.config import SipConfig, parse_sip_alias
 from authproxy.engine.throttle import FailureThrottle
 from authproxy.observe.accesslog import AccessLog
 from authproxy.observe.notices import RateLimitedNotices
@@ -269,13 +269,16 @@ class SipServer:
         sockets = list(worker.sockets) if worker is not None else [
             bind_listener(transport, host, port) for transport, host, port in config.listeners]
         local: dict[str, Address] = {}
-        aliases: list[Address] = []  # every listener's address names this proxy in a Route (section 16.4)
+        aliases: list[tuple[str, int | None]] = []  # every listener's address names this proxy (section 16.4)
         for (transport, _host, _port), sock in zip(config.listeners, sockets, strict=True):
             address = _address(sock.getsockname())
             self.bound.append((transport, address))
             local.setdefault(transport, (config.via_host or address[0], address[1]))
             aliases += [address, (config.via_host or address[0], address[1])]
         public = dict(local)  # what clients reach: the listeners (a worker's own next-hop port is only local)
+        for alias in config.aliases:
+            name, alias_port = parse_sip_alias(alias)
+            aliases.append((name, alias_port))
         hop = NextHop.parse(config.next_hop)
         hop_sock = None
         if worker is not None and hop.transport == "udp":
