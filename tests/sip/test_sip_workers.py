@@ -7,7 +7,9 @@ its own, named in the Via it adds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -203,3 +205,41 @@ def test_a_port_another_process_shares_is_refused_not_joined(tmp_path: Path, use
                                "--next-hop", f"sip:127.0.0.1:{uas.port}", "--listen", f"udp:127.0.0.1:{port}",
                                "--workers", "2"], capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and f"listen: cannot bind udp:127.0.0.1:{port}" in done.stderr, done.stderr
+
+
+def _pid_holding_udp_port(pids: list[int], port: int) -> int:
+    """Which of ``pids`` holds the UDP socket bound to ``port`` on 127.0.0.1 (Linux: /proc/net/udp's inode)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as table:
+        inodes = {line.split()[9] for line in table if line.split()[1] == wanted}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in inodes}:
+                    return pid
+    raise AssertionError(f"no worker holds udp port {port}")
+
+
+def test_a_restarted_worker_takes_its_predecessors_socket(tmp_path: Path, users: Path, uas: Uas) -> None:
+    """A worker killed: the supervisor restarts it on the socket it kept, so what was sent meanwhile is answered
+    and no peer changes worker (the other worker's transactions still meet their retransmissions)."""
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--workers", "2",
+                           listen=("udp:127.0.0.1:0",))
+    a, b = on_two_workers(proc.ports["udp"], uas)
+    try:
+        with open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children") as children:
+            workers = [int(pid) for pid in children.read().split()]
+        os.kill(_pid_holding_udp_port(workers, b.worker), signal.SIGKILL)
+        pending = b.client.request()
+        b.client.sock.sendto(pending.to_bytes(), b.client.server)  # queued on the dead worker's socket
+        b.client.sock.settimeout(15)
+        answer = parse_datagram(b.client.sock.recv(65535))
+        assert isinstance(answer, SipResponse) and answer.status == 407 and answer.call_id == pending.call_id
+        assert "restarting it" in "".join(proc.stderr_lines)
+        # A's worker lived on, and A still reaches it: its retransmission is its transaction's, not a replay.
+        reached = uas.datagrams
+        assert a.client.send(a.signed).status == 200 and uas.datagrams == reached + 1
+    finally:
+        a.client.close()
+        b.client.close()
+        proc.stop()
