@@ -70,6 +70,8 @@ def _sip_parser(subparsers: Any) -> None:
                        help="processes sharing the listeners (default 1; 0: one per CPU)")
     serve.add_argument("--record-route", action=argparse.BooleanOptionalAction, default=None,
                        help="add Record-Route to INVITE, SUBSCRIBE and REFER (default on)")
+    serve.add_argument("--path", action=argparse.BooleanOptionalAction, default=None,
+                       help="add Path to a client's REGISTER (RFC 3327; default on)")
     serve.add_argument("--trusted", metavar="ADDRESS|NETWORK", action="append",
                        help="a peer not challenged, besides the next hop (repeatable)")
     serve.add_argument("--alias", metavar="HOST[:PORT]", action="append", dest="aliases",
@@ -90,6 +92,7 @@ def _run_sip(args: argparse.Namespace) -> int:
         "via_host": args.via_host,
         "workers": args.workers,
         "record_route": args.record_route,
+        "path": args.path,
         "trusted": tuple(args.trusted) if args.trusted else None,
         "aliases": tuple(args.aliases) if args.aliases else None,
     }

@@ -300,6 +300,9 @@ class SipConfig:
     # Section 16.6 step 4: stay on the path of the dialogs INVITE, SUBSCRIBE and REFER create (kamailio's default
     # configuration record-routes them too): their BYE, re-INVITE and NOTIFY then come through here.
     record_route: bool = True
+    # RFC 3327: Path on a client's REGISTER, so the registrar's calls to it come through here (kamailio's
+    # add_path); a registrar without Path support ignores it.
+    path: bool = True
     trusted: tuple[str, ...] = ()  # IP addresses/networks not challenged, besides the next hop's address
     # More names of this proxy in a Route (section 16.4), as kamailio's alias=: HOST (at any port) or HOST:PORT,
     # such as the domain name user agents are given as their outbound proxy.

@@ -281,6 +281,7 @@ def test_record_route_and_trusted_options(tmp_path: Path) -> None:
     assert config.record_route is False and config.trusted == ("10.0.0.0/8", "2001:db8::1")
     assert load_sip_config(path, {"record_route": True}).record_route is True
     assert SipConfig(next_hop="sip:127.0.0.1:5080").record_route is True  # kamailio's default config does
+    assert SipConfig(next_hop="sip:127.0.0.1:5080").path is True and not load_sip_config(path, {"path": False}).path
     assert [parse_sip_alias(a) for a in ("sip.example.com", "sip.example.com:5070", "::1", "[::1]:5070")] == [
         ("sip.example.com", None), ("sip.example.com", 5070), ("::1", None), ("::1", 5070)]
     for text, key in (('trusted = ["10.0.0.0/33"]', "trusted"), ('trusted = "10.0.0.1"', "trusted"),
@@ -289,3 +290,24 @@ def test_record_route_and_trusted_options(tmp_path: Path) -> None:
         path.write_text(f'[sip]\nnext_hop = "sip:127.0.0.1:5080"\n{text}\n')
         with pytest.raises(ConfigError, match=f"^sip.{key}|^{key}"):
             load_sip_config(path, {})
+
+
+def test_path_on_a_clients_register_brings_the_registrars_calls_to_its_flow() -> None:
+    """RFC 3327: a client's REGISTER gets this proxy's Path (its flow token); the registrar's INVITE to that
+    contact, with the Path as its Route, comes from the next hop and goes to the client's flow."""
+    proxy = make_proxy()
+    register = options("z9hG4bKreg", method="REGISTER", extra=(("Contact", "<sip:alice@10.0.0.1:5070>"),))
+    reached = signed_in(proxy, register)
+    (path,) = reached.values("Path")
+    uri = SipUri.parse(path.strip("<>"))
+    assert uri is not None and uri.lr and uri.address == ("127.0.0.1", 5060)
+    assert FlowTokens(proxy._key).read(uri.user) == ("udp", CLIENT) and reached.get_all("Record-Route") == []
+    incoming = SipRequest(method="INVITE", uri="sip:alice@10.0.0.1:5070", headers=(
+        ("Via", f"SIP/2.0/UDP {HOP.host}:{HOP.port};branch=z9hG4bKcall"), ("Max-Forwards", "69"),
+        ("Route", path), ("From", "<sip:carol@example.org>;tag=c1"), ("To", "<sip:alice@example.org>"),
+        ("Call-ID", "incoming@example.org"), ("CSeq", "1 INVITE"), ("Content-Length", "0")))
+    send, onward = only_send(proxy.datagram(incoming.to_bytes(), HOP.address, "udp", NOW))
+    assert send.to == CLIENT and isinstance(onward, SipRequest) and onward.get_all("Route") == []
+    assert onward.values("Record-Route") == ["<sip:127.0.0.1:5060;transport=udp;lr>"]  # the caller's side, a peer
+    assert signed_in(make_proxy(path=False), register).get_all("Path") == []
+    assert signed_in(proxy, options("z9hG4bKopt")).get_all("Path") == []  # REGISTER only

@@ -262,3 +262,35 @@ def test_an_alias_names_the_proxy_in_a_route(tmp_path: Path, uas: Uas) -> None:
     finally:
         client.close()
         proc.stop()
+
+
+def test_path_brings_an_incoming_call_to_the_registered_client(proxy: SipProxyProcess, uas: Uas) -> None:
+    """RFC 3327: alice registers through the proxy, which adds its Path; the registrar (the UAS here) sends a
+    call for her contact with that Path as its Route: it reaches alice's own socket through the proxy,
+    unchallenged, and her answer goes back to the UAS."""
+    port = proxy.ports["udp"]
+    client = UdpClient(port)
+    try:
+        register = client.request("REGISTER", uri="sip:example.org")
+        register = register.replace_headers([*register.headers[:-1],
+                                             ("Contact", f"<sip:alice@192.0.2.1:{client.local}>"),
+                                             register.headers[-1]])
+        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+        assert drive(auth.exchange(register), client.send).status == 200
+        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == register.call_id]
+        (path,) = reached.values("Path")
+        assert path.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
+        call_id = f"incoming-{os.urandom(4).hex()}@example.org"
+        incoming = SipRequest(method="INVITE", uri=f"sip:alice@192.0.2.1:{client.local}", headers=(
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:{uas.port};branch=z9hG4bK{os.urandom(6).hex()}"),
+            ("Max-Forwards", "70"), ("Route", path), ("From", "<sip:carol@example.org>;tag=carol"),
+            ("To", "<sip:alice@example.org>"), ("Call-ID", call_id), ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:carol@127.0.0.1:{uas.port}>"), ("Content-Length", "0")))
+        uas.send(incoming.to_bytes(), ("127.0.0.1", port))  # 192.0.2.1 (the Contact) is not where alice is
+        call = parse_datagram(client.sock.recv(65535))
+        assert isinstance(call, SipRequest) and call.method == "INVITE" and call.call_id == call_id
+        assert call.get_all("Route") == [] and len(call.vias) == 2
+        client.sock.sendto(response_to(call, 200, "OK", to_tag="alice2").to_bytes(), ("127.0.0.1", port))
+        uas.wait(lambda: any(r.call_id == call_id and r.status == 200 for r in uas.responses))
+    finally:
+        client.close()

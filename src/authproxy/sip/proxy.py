@@ -168,7 +168,7 @@ class SipProxy:
                  name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
                  max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None,
                  public: dict[str, Address] | None = None, aliases: Iterable[tuple[str, int | None]] = (),
-                 record_route: bool = True, trusted: Sequence[str] = ()) -> None:
+                 record_route: bool = True, trusted: Sequence[str] = (), path: bool = True) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
         if next_hop.transport not in local:
@@ -194,6 +194,7 @@ class SipProxy:
         if next_hop.address in self.own:
             raise ConfigError("next_hop: names this proxy itself (every request would loop)")
         self.record_route = record_route
+        self.path = path
         try:
             self.trusted = tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
         except ValueError as exc:
@@ -416,6 +417,15 @@ class SipProxy:
             values.append(f"<{uri_text(transport, inbound, token)}>")
         return values
 
+    def _path(self, request: SipRequest, source: Address, transport: str, route: _Route, trusted: bool) -> list[str]:
+        """This proxy's Path value for a client's REGISTER (RFC 3327 section 5.2, as kamailio's add_path): the
+        registrar sends the calls for that contact with it as their Route, so they come through this proxy,
+        and its flow token takes them to the client's flow (its NAT binding, its TCP or TLS connection)."""
+        if request.method != "REGISTER" or not self.path or trusted or not is_ip(source[0]):
+            return []
+        out = self.public.get(route.transport) or self.local[route.transport]
+        return [f"<{uri_text(route.transport, out, self._flows.make(transport, source))}>"]
+
     def _forward_send(self, request: SipRequest, source: Address, transport: str, route: _Route,
                       trusted: bool) -> tuple[Send, str]:
         """The request as it goes on (section 16.6 steps 2-8, 16.11): a pure function of the request, its source
@@ -449,6 +459,7 @@ class SipProxy:
         lines = [start, f"Via: {own}"]
         lines += [f"Record-Route: {value}" for value in self._record_route(request, source, transport, route,
                                                                            trusted)]
+        lines += [f"Path: {value}" for value in self._path(request, source, transport, route, trusted)]
         routes = route.routes
         length_at = -1
         for name, value in request.headers:

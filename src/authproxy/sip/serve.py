@@ -299,7 +299,7 @@ class SipServer:
                               random=self.random, key=self._proxy_key, limits=self.limits,
                               max_transactions=config.max_transactions,
                               max_transactions_per_source=config.max_transactions_per_source,
-                              public=public, aliases=aliases, record_route=config.record_route,
+                              public=public, aliases=aliases, record_route=config.record_route, path=config.path,
                               trusted=config.trusted, throttle=throttle)
         if hop_sock is not None:
             await loop.create_datagram_endpoint(lambda: _Datagrams(self, None), sock=hop_sock)
