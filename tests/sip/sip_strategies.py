@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from authproxy.sip.fields import CSeq, NameAddr, Via
+from authproxy.sip.addresses import NameAddr
+from authproxy.sip.fields import CSeq
 from authproxy.sip.message import SipRequest, SipResponse
+from authproxy.sip.via import Via
 
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 tokens = st.text(TOKEN_CHARS, min_size=1, max_size=12)

@@ -11,10 +11,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sip_strategies import messages, name_addrs, requests, vias
 
-from authproxy.sip import fields
-from authproxy.sip.fields import COMPACT_FORMS, CSeq, NameAddr, SipError, Via, remember_via, split_list
+from authproxy.sip import via as via_module
+from authproxy.sip.addresses import NameAddr
+from authproxy.sip.fields import COMPACT_FORMS, CSeq, SipError, split_list
 from authproxy.sip.message import SipRequest, SipResponse
 from authproxy.sip.parse import Limits, parse_datagram, parse_stream
+from authproxy.sip.via import Via, remember_via
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
@@ -357,7 +359,7 @@ def test_a_remembered_via_parses_to_itself(via: Via, branch: str) -> None:
         text = str(value)
         remember_via(text, value)
         assert Via.parse(text) == value
-        assert fields._SENT_VIAS.pop(text) is value
+        assert via_module._SENT_VIAS.pop(text) is value
         assert Via.parse(text) == value  # and parsed, it is the same
     # The proxy writes its own Via as its prefix and the branch: the text of the Via it remembers.
     own = Via(via.transport, via.host, via.port)

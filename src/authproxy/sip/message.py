@@ -16,21 +16,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
+from authproxy.sip.addresses import URI_RE, NameAddr
 from authproxy.sip.fields import (
     COMPACT_OF,
     CONTROL_RE,
     LIST_FIELDS,
-    URI_RE,
     CSeq,
-    NameAddr,
     SipError,
-    Via,
     canonical_name,
     is_token,
     parse_call_id,
     parse_count,
     split_list,
 )
+from authproxy.sip.via import Via
 
 SIP_VERSION = "SIP/2.0"
 #: Section 20.22: Max-Forwards is an integer in 0-255 (70 is what a UAC sends, section 8.1.1.6).

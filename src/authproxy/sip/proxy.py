@@ -52,8 +52,9 @@ from authproxy.auth.roles import PROXY
 from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.throttle import FailureThrottle, retry_after
+from authproxy.sip.addresses import NameAddr
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for
-from authproxy.sip.fields import CONTROL_RE, NameAddr, SipError, Via, canonical_name, remember_via, split_list
+from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name, split_list
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, Address, SipRecord
 from authproxy.sip.message import (
     SipRequest,
@@ -64,6 +65,7 @@ from authproxy.sip.message import (
 from authproxy.sip.parse import DEFAULT_LIMITS, Limits, parse_datagram
 from authproxy.sip.route import DIALOG_METHODS, Addresses, FlowTokens, SipUri, is_ip, normal_host, route_uri, uri_text
 from authproxy.sip.verify import authenticate, is_own_field
+from authproxy.sip.via import Via, remember_via
 
 #: Section 17.1.1.1 T1, and 64*T1: how long a transaction is remembered (Timer F / Timer J).
 T1 = 0.5

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from authproxy.sip.fields import NameAddr
+from authproxy.sip.addresses import NameAddr
 from authproxy.sip.log import Address
 
 #: Methods whose request creates a dialog (RFC 3261 section 12; RFC 6665 SUBSCRIBE; RFC 3515 REFER): a proxy

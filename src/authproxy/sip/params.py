@@ -1,0 +1,88 @@
+"""Generic header field parameters, ``*( SEMI generic-param )`` (RFC 3261 section 25.1, as Via, From, To and
+Contact carry them: sections 20.10, 20.20, 20.39 and 20.42): parsed in two C calls, checked, built back.
+"""
+
+from __future__ import annotations
+
+import re
+
+from authproxy.sip.fields import CONTROL_RE, HOST, TOKEN, SipError, is_token
+
+# gen-value = token / host / quoted-string; an unbracketed IPv6 address (via-received) first, since its
+# leading hex digits are a token too.
+_IPV6 = r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"
+_BARE_VALUE_RE = re.compile(rf"{_IPV6}|{TOKEN}|{HOST}")
+_GEN_VALUE = rf'{_IPV6}|{TOKEN}|{HOST}|"(?:[^"\\]|\\.)*"'
+_PARAM_RE = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({_GEN_VALUE}))?")
+# A whole run of parameters. Each starts with ';', which no value but a quoted-string holds (and a
+# quoted-string cannot end early), so the run splits one way only: the engine never backtracks across
+# parameters, and this accepts exactly what matching _PARAM_RE again and again from the same place accepts.
+_PARAMS_RE = re.compile(rf"(?:[ \t]*;[ \t]*{TOKEN}(?:[ \t]*=[ \t]*(?:{_GEN_VALUE}))?)*")
+QUOTED_PAIR_RE = re.compile(r"\\(.)")
+
+Params = tuple[tuple[str, str | None], ...]
+
+
+def _refuse_params(text: str, pos: int) -> None:
+    """The error for a run of parameters that does not match: read one parameter at a time, so the first rule
+    broken is the one named (a parameter given twice before a malformed one)."""
+    seen: set[str] = set()
+    while pos < len(text):
+        m = _PARAM_RE.match(text, pos)
+        if m is None:
+            break
+        name = m.group(1).lower()
+        if name in seen:
+            raise SipError("a header field parameter occurs twice")
+        seen.add(name)
+        pos = m.end()
+    raise SipError("malformed header field parameter")
+
+
+def parse_params(text: str, pos: int) -> Params:
+    """The parameters ``*( SEMI generic-param )`` from ``text[pos:]`` to its end: names lower-cased, each
+    once; a value-less parameter has the value None, a quoted-string value is unquoted. Two C calls (the
+    check of the whole run, then the pairs) rather than a match per parameter."""
+    if pos == len(text):
+        return ()
+    if _PARAMS_RE.fullmatch(text, pos) is None:
+        _refuse_params(text, pos)
+    # findall gives '' for an absent value; a present one is never empty (each value form takes a character).
+    params = tuple([(name.lower(), value or None) for name, value in _PARAM_RE.findall(text, pos)])
+    if len(params) > 1 and len({name for name, _ in params}) != len(params):
+        raise SipError("a header field parameter occurs twice")
+    if '"' in text:
+        params = tuple([(name, QUOTED_PAIR_RE.sub(r"\1", value[1:-1]) if value and value[0] == '"' else value)
+                        for name, value in params])
+    return params
+
+
+def check_params(params: Params) -> Params:
+    normalised = tuple((name.lower(), value) for name, value in params)
+    if len({name for name, _ in normalised}) != len(normalised):
+        raise SipError("a header field parameter occurs twice")
+    for name, value in normalised:
+        if not is_token(name):
+            raise SipError("header field parameter name is not a token")
+        if value is not None and CONTROL_RE.search(value) is not None:
+            raise SipError("control character in a header field parameter")
+    return normalised
+
+
+def format_params(params: Params) -> str:
+    parts = []
+    for name, value in params:
+        if value is None:
+            parts.append(f";{name}")
+        elif _BARE_VALUE_RE.fullmatch(value):
+            parts.append(f";{name}={value}")
+        else:
+            parts.append(f';{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "".join(parts)
+
+
+def param(params: Params, name: str) -> str | None:
+    for pname, value in params:
+        if pname == name:
+            return value
+    return None
