@@ -532,6 +532,26 @@ def test_a_body_read_before_authentication_has_read_timeout_in_all() -> None:
     assert status_of(commands[0][1]) == 408 and commands[-1] == ("close",)
 
 
+def test_chunk_framing_trickled_is_no_body_byte_for_read_timeout() -> None:
+    """read_timeout runs from the last byte of body data: a chunk extension trickled a byte at a time (64 KiB of
+    them would take weeks) does not restart it."""
+    p = Playbook(read_timeout=60)
+    p.conn.data_received(get(extra="Transfer-Encoding: chunked\r\n") + b"1\r\na\r\n")
+    p.connect()
+    p.conn.woken()
+    p.sink.take()
+    p.conn.data_received(b"1;e")
+    for _ in range(5):
+        p.clock.now += 11
+        p.conn.data_received(b"e")
+        p.conn.timer(p.clock.now)
+    assert p.sink.take() == [] and p.conn.conn_state is ConnState.BODY
+    p.clock.now += 6
+    p.conn.timer(p.clock.now)
+    commands = p.sink.take()
+    assert status_of(commands[0][1]) == 408 and commands[-1] == ("close",)
+
+
 def parse_head(response: bytes) -> list[tuple[bytes, bytes]]:
     head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
     return [(n, v.strip()) for n, _, v in (line.partition(b":") for line in head)]

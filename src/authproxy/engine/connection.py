@@ -46,7 +46,6 @@ class Connection(TunnelRelay):
         "client_eof",
         "closed",
         "draining",
-        "last_activity",
         "paused",
         "prep_at",
         "queue",
@@ -194,9 +193,9 @@ class Connection(TunnelRelay):
 
     # == events from the client's transport ===================================================================
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.shared.monotonic()
         tunnel = self.tunnel
         if tunnel is not None:  # the tunnel's fast path, inline
+            self.last_activity = self.shared.monotonic()
             tunnel.write(data)
             return
         if self.tunnel_exchange is not None and self.tunnel_data_from_client(data):

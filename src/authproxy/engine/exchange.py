@@ -365,6 +365,7 @@ class Exchange(Authentication):
         head += b"\r\n"
         self.sent_bytes += len(head)
         conn.sink.send(head)
+        conn.last_activity = conn.shared.monotonic()  # the tunnel's idle time runs from its start
         conn.start_tunnel(self, tunnel)
         conn.resume_reading("connect")
 

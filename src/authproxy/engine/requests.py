@@ -40,6 +40,7 @@ class RequestReader:
         "header_size",
         "headers",
         "in_head",
+        "last_activity",
         "last_request",
         "parser",
         "pending",
@@ -218,7 +219,11 @@ class RequestReader:
         # a CONNECT head belong to its tunnel instead.
         self.connect_head = method == b"CONNECT"
         self.closing_after = not keep_alive and not self.connect_head
-        self.receiving = None if ex.body_complete else ex
+        if ex.body_complete:
+            self.receiving = None
+        else:
+            self.receiving = ex
+            self.last_activity = self.shared.monotonic()  # the body's time runs from its head
         self.framing_gap = 0
         if self.active is None:
             self.active = ex
@@ -227,6 +232,8 @@ class RequestReader:
             self.queue.append(ex)  # parsing stops after this slice (_run)
 
     def on_body(self, body: bytes) -> None:
+        # A body byte: read_timeout runs from here (chunk sizes, extensions and trailers do not restart it).
+        self.last_activity = self.shared.monotonic()
         self.body_seen = True
         if self.receiving is not None:
             self.receiving.request_body(body)
