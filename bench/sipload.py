@@ -206,7 +206,9 @@ def in_process(count: int, *, profile: bool = False) -> float:
     from authproxy.auth.roles import PROXY
     from authproxy.auth.store import UserEntry
     from authproxy.auth.verifier import Verifier
-    from authproxy.sip.proxy import NextHop, Send, SipProxy
+    from authproxy.sip.actions import Send
+    from authproxy.sip.proxy import SipProxy
+    from authproxy.sip.routing import NextHop
     from authproxy.state import MemoryNonceCounterStore
     from authproxy.users.memory import MemoryUserStore
 

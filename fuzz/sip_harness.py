@@ -18,11 +18,13 @@ from authproxy.auth.policy import AuthPolicy
 from authproxy.auth.roles import ORIGIN, PROXY
 from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import Verifier
+from authproxy.sip.actions import Send
 from authproxy.sip.challenge import NEVER_CHALLENGED, challenge_response, offers_for, parse_offers
 from authproxy.sip.fields import SipError
 from authproxy.sip.message import SipRequest
 from authproxy.sip.parse import parse_datagram, parse_stream
-from authproxy.sip.proxy import NextHop, Send, SipProxy
+from authproxy.sip.proxy import SipProxy
+from authproxy.sip.routing import NextHop
 from authproxy.sip.verify import authenticate
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore

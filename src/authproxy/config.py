@@ -18,7 +18,7 @@ from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.headers import is_token
 from authproxy.auth.verifier import AuthPolicy
 from authproxy.proxy.policy import DestinationPolicy
-from authproxy.sip.proxy import NextHop
+from authproxy.sip.routing import NextHop
 from authproxy.users import open_user_store, usual_realm
 from authproxy.users.location import parse_store_location
 

@@ -17,11 +17,13 @@ from authproxy.auth.policy import AuthPolicy
 from authproxy.auth.roles import PROXY
 from authproxy.auth.store import UserEntry
 from authproxy.auth.verifier import Verifier
+from authproxy.sip.actions import Send
 from authproxy.sip.client import SipAuthenticator, drive
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, SipRecord, format_sip_squid, parse_sip_line
 from authproxy.sip.message import SipRequest, SipResponse, response_to
 from authproxy.sip.parse import parse_datagram
-from authproxy.sip.proxy import BRANCH_PREFIX, NextHop, Send, SipProxy
+from authproxy.sip.proxy import SipProxy
+from authproxy.sip.routing import BRANCH_PREFIX, NextHop
 from authproxy.state import MemoryNonceCounterStore
 from authproxy.users.memory import MemoryUserStore
 

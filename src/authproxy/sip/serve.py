@@ -50,10 +50,12 @@ from authproxy.observe.accesslog import AccessLog
 from authproxy.observe.notices import RateLimitedNotices
 from authproxy.proxy.tls import start_handshake, tls_context
 from authproxy.proxy.workers import supervise
+from authproxy.sip.actions import Action, Send
 from authproxy.sip.fields import SipError
 from authproxy.sip.log import DROPPED, Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits, parse_stream
-from authproxy.sip.proxy import Action, NextHop, Send, SipProxy
+from authproxy.sip.proxy import SipProxy
+from authproxy.sip.routing import NextHop
 from authproxy.state.base import NonceCounterStore
 from authproxy.state.memory import MemoryNonceCounterStore
 from authproxy.users import open_serving_store

@@ -1,0 +1,148 @@
+"""The SIP proxy's own responses (RFC 3261 sections 8.2.6, 16.3 and 22.3): a 400 (or the parser's status hint)
+to what does not parse, with the fields a response copies taken as they came (section 8.2.6.2); 407 with fresh
+challenges; 482, 483, 420, 404, 416; 503 with Retry-After for the sign-in throttle and the per-address limit;
+each with a ``Warning`` saying why (section 20.43), a To tag derived from the request, sent where section 18.2.2
+and RFC 3581 say, and remembered so a retransmission gets it again. ``Answers`` is a base of
+:class:`authproxy.sip.proxy.SipProxy` (``Transactions`` <- ``Routing`` <- ``Answers`` <- ``Forwarding`` <-
+``SipProxy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from authproxy.auth.outcomes import Outcome
+from authproxy.auth.roles import PROXY
+from authproxy.auth.verifier import Reject, Verifier
+from authproxy.engine.throttle import retry_after
+from authproxy.sip.actions import Action, Send
+from authproxy.sip.challenge import challenge_response, offers_for
+from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name
+from authproxy.sip.log import ANSWERED, DROPPED, Address, SipRecord
+from authproxy.sip.message import SipRequest, replace_top_via, response_to
+from authproxy.sip.parse import Limits, parse_datagram
+from authproxy.sip.routing import Routing
+from authproxy.sip.transactions import TRANSACTION_LIFETIME, Transaction
+from authproxy.sip.via import Via
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large", 416: "Unsupported URI Scheme",
+            420: "Bad Extension", 482: "Loop Detected", 483: "Too Many Hops", 503: "Service Unavailable",
+            505: "Version Not Supported", 513: "Message Too Large"}
+_ANSWER_FIELDS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+class Answers(Routing):
+    """The responses the proxy makes itself, rather than forwards."""
+
+    # Set by SipProxy; declared here for the type checker.
+    verifier: Verifier
+    random: Callable[[int], bytes]
+    name: str
+    limits: Limits
+
+    def malformed(self, data: bytes, error: SipError, source: Address, transport: str,
+                  now: float) -> list[Action]:
+        """Bytes that do not parse: a 400 (or the parser's status hint) when the fields a response copies can
+        be found as they came, else dropped (section 16.3 step 1; never a response to a response or an ACK)."""
+        head = data.split(b"\r\n\r\n", 1)[0].lstrip(b"\r\n").split(b"\r\n")
+        start = head[0].split(b" ")
+        answer = self._bad_request_bytes(head, error) if start[0] not in (b"SIP/2.0", b"ACK") else None
+        if answer is None:
+            return [SipRecord(now, source, transport, DROPPED, None, None, None, None, Outcome.BAD_REQUEST,
+                              reason=f"malformed message: {error.message}")]
+        method = start[0].decode("ascii", "replace")
+        return [Send(answer, source, transport),
+                SipRecord(now, source, transport, ANSWERED, int(answer[8:11]), method, None, None,
+                          Outcome.BAD_REQUEST, reason=error.message)]
+
+    def _bad_request_bytes(self, head: list[bytes], error: SipError) -> bytes | None:
+        """The 400 to an unparsable request: the lines of Via, From, To, Call-ID and CSeq copied as they came
+        (section 8.2.6.2), when each is there and is clean text; else None."""
+        copied: list[bytes] = []
+        for line in head[1:]:
+            name = line.split(b":", 1)[0].strip(b" \t").decode("ascii", "replace")
+            try:
+                key = canonical_name(name).lower()
+            except SipError:
+                continue
+            if key in _ANSWER_FIELDS:
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+                if CONTROL_RE.search(text) is not None or b":" not in line:
+                    return None
+                copied.append(line)
+        found = {canonical_name(line.split(b":", 1)[0].strip(b" \t").decode()).lower() for line in copied}
+        if found != _ANSWER_FIELDS:
+            return None
+        status = error.status_hint if error.status_hint in _REASONS else 400
+        warning = f"Warning: {self._warning(error.message)}".encode()
+        answer = b"\r\n".join([f"SIP/2.0 {status} {_REASONS[status]}".encode(), *copied, warning,
+                               b"Content-Length: 0", b"", b""])
+        try:
+            parse_datagram(answer, self.limits)
+        except SipError:
+            return None  # a copied field is itself what is malformed (a Via we could not route back by)
+        return answer
+
+    def _challenge(self, request: SipRequest, result: Reject, source: Address, transport: str, now: float,
+                   record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
+        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
+        offers = offers_for(self.verifier, now=now, rand=self.random(16), transport=transport,
+                            stale=result.stale)
+        warning = ("Warning", self._warning(result.outcome.client_text(PROXY)))
+        response = challenge_response(stamped, PROXY, offers, to_tag=self._to_tag(request), transport=transport,
+                                      extra_headers=[warning])
+        return self._sent(request, response.to_bytes(), source, transport, now, result.outcome, result.user,
+                          record)
+
+    def _locked_out(self, request: SipRequest, source: Address, transport: str, now: float,
+                    record: tuple[tuple[str, ...], bytes] | None, user: str | None, wait: float,
+                    why: str) -> list[Action]:
+        """The sign-in throttle's refusal: HTTP's 429 has no SIP equivalent (SIP's 429 is Provide Referrer
+        Identity, RFC 3892), so 503 with Retry-After (section 21.5.4), as kamailio's ratelimit module answers: a
+        client does not send to this server again for that long, and may fail over to another."""
+        seconds = retry_after(wait)
+        return self._answer(request, source, transport, now, 503, Outcome.THROTTLED, record,
+                            f"{why}; try again in {seconds} s", [("Retry-After", seconds)], user=user)
+
+    def _answer(self, request: SipRequest, source: Address, transport: str, now: float, status: int,
+                outcome: Outcome, record: tuple[tuple[str, ...], bytes] | None, why: str,
+                extra: Sequence[tuple[str, str]] = (), *, remember: bool = True,
+                user: str | None = None) -> list[Action]:
+        if request.method == "ACK":  # section 17: an ACK is never answered
+            return [SipRecord(now, source, transport, DROPPED, None, request.method, request.uri, None, outcome,
+                              call_id=request.call_id, reason=why)]
+        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
+        headers = [*extra, ("Warning", self._warning(why))]
+        response = response_to(stamped, status, _REASONS[status], to_tag=self._to_tag(request), headers=headers)
+        return self._sent(request, response.to_bytes(), source, transport, now, outcome, user,
+                          record if remember else None)
+
+    def _sent(self, request: SipRequest, wire: bytes, source: Address, transport: str, now: float,
+              outcome: Outcome, user: str | None, record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
+        if record is not None:
+            self._remember(record, Transaction(record[1], source, transport, now + TRANSACTION_LIFETIME, wire,
+                                                None))
+        status = int(wire[8:11])
+        return [Send(wire, self._reply_to(request.vias[0], source, transport), transport),
+                SipRecord(now, source, transport, ANSWERED, status, request.method, request.uri, user, outcome,
+                          call_id=request.call_id)]
+
+    def _warning(self, text: str) -> str:
+        """A Warning value (section 20.43: 399, miscellaneous), the text kept a plain quoted-string."""
+        return f'399 {self.name} "{text.replace(chr(92), "/").replace(chr(34), chr(39))}"'
+
+    def _to_tag(self, request: SipRequest) -> str:
+        # Derived, not random: a stateless server answers every copy of a request with the same To tag.
+        return self._mac(f"{request.call_id}\0{request.from_.tag or ''}", 8)
+
+    @staticmethod
+    def _reply_to(top: Via, source: Address, transport: str) -> Address:
+        """Where this proxy's own response goes (section 18.2.2, RFC 3581 section 4): over a stream, back on
+        the connection; over UDP, to the source address, at the source port when rport was asked for, else
+        at the sent-by port (5060 by default)."""
+        if transport != "udp" or top.wants_rport:
+            return source
+        return (source[0], top.port or 5060)
