@@ -42,7 +42,7 @@ class Authentication(Relay):
     target: bytes
     headers: list[tuple[bytes, bytes]]
     content_length: int | None
-    body_buffer: list[bytes]
+    body_buffer: list[bytes | bytearray]
     buffered: int
 
     @property
