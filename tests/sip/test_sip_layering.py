@@ -1,6 +1,6 @@
 """The SIP proxy's logic is sans-IO: importing authproxy.sip.proxy (and what it needs: parse, challenge, verify,
-the log record) loads no asyncio, no socket, no ssl, and nothing of the HTTP proxy or the config; only
-authproxy.sip.serve, the driver, does IO."""
+the log record) loads no asyncio, no socket, no ssl, and nothing of the HTTP proxy or the config; only the driver
+(authproxy.sip.serve, server, listeners, streams) does IO."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from helpers import loaded_by
 
 IO = ("asyncio", "socket", "ssl", "selectors", "uvloop", "authproxy.proxy", "authproxy.config",
-      "authproxy.sip.serve", "authproxy.sip.udp")
+      "authproxy.sip.serve", "authproxy.sip.server", "authproxy.sip.listeners", "authproxy.sip.streams",
+      "authproxy.sip.udp")
 
 
 def io_modules(loaded: list[str]) -> list[str]:
