@@ -65,7 +65,11 @@ def test_max_connections_is_fitted_to_a_low_descriptor_limit(tmp_path: Path, use
     fitted = fd_plan(20_000, 600).max_connections
     socks: list[socket.socket] = []
     try:
-        assert any(f"serving at most {fitted} connections" in line for line in lines), lines
+        # The warning follows the "listening on" line, and the lines after that one are read by a thread.
+        deadline = time.monotonic() + 10
+        while not any(f"serving at most {fitted} connections" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
         for _ in range(700):
             sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
             socks.append(sock)
