@@ -121,3 +121,22 @@ def test_made_up_response_names_hop_and_reason() -> None:
     assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
     with pytest.raises(ValueError):
         made_up_response(500, "x", proxy_name="p", error="not-a-type")
+
+
+@pytest.mark.parametrize("value, loop", [
+    (b"1.1 authproxy", True),
+    (b"1.0 squid, 1.1 AuthProxy (looped)", True),
+    (b"1.1 authproxy:3128", True),
+    (b"1.1 authproxy(glued comment)", True),
+    (b"1.1 squid,1.1 authproxy", True),
+    (b"1.1 squid (via 1.1 authproxy)", False),  # our name inside another hop's comment is not a hop
+    (b"1.1 squid (a, 1.1 authproxy)", False),  # nor after a comma inside that comment
+    (b"1.1 squid (a, 1.1 authproxy b)", False),
+    (b"1.1 squid (nested (1.1 authproxy) \\) 1.1 authproxy)", False),
+    (b"1.1 squid (unterminated, 1.1 authproxy", False),
+    (b"1.1 authproxy2 (authproxy)", False),
+    (b"1.1 squid (x), 1.1 authproxy", True),
+])
+def test_via_lists_this_proxy_only_as_a_hop(value: bytes, loop: bool) -> None:
+    """RFC 9110 section 7.6.3: a received-by names a hop; a comment is not one (section 5.6.5)."""
+    assert forward.via_lists([(b"Via", value)], b"authproxy") is loop

@@ -242,13 +242,40 @@ def via_lists(headers: Headers, received_by: bytes) -> bool:
         if len(name) == 3 and name.lower() == b"via":
             lowered = value.lower()
             if received_by in lowered:
-                for entry in lowered.split(b","):
+                # Comments go first: one may hold a comma, or our name ("1.1 squid (via 1.1 authproxy)").
+                for entry in _without_comments(lowered).split(b","):
                     parts = entry.split()
-                    # received-by is a pseudonym or host[:port]; a comment may follow without its space (Squid
-                    # finds its name anywhere in the field): "authproxy:3128" and "authproxy(x)" name this proxy.
-                    if len(parts) >= 2 and parts[1].partition(b"(")[0].partition(b":")[0] == received_by:
+                    # received-by is a pseudonym or host[:port] ("authproxy:3128" names this proxy too).
+                    if len(parts) >= 2 and parts[1].partition(b":")[0] == received_by:
                         return True
     return False
+
+
+def _without_comments(value: bytes) -> bytes:
+    """``value`` with its comments (RFC 9110 section 5.6.5: parenthesised, nested, with quoted-pairs) replaced by
+    a space; an unterminated comment runs to the end."""
+    if b"(" not in value:
+        return value
+    out = bytearray()
+    depth = 0
+    escaped = False
+    for byte in value:
+        if depth:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash: a quoted-pair
+                escaped = True
+            elif byte == 0x28:
+                depth += 1
+            elif byte == 0x29:
+                depth -= 1
+                if not depth:
+                    out.append(0x20)
+        elif byte == 0x28:
+            depth = 1
+        else:
+            out.append(byte)
+    return bytes(out)
 
 
 def _add_via_and_framing(parts: list[bytes], via: bytes, content_length: int | None, chunked: bool) -> None:
