@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable
 
 
-def _stderr(line: str) -> None:
+def stderr(line: str) -> None:
+    """One line for the operator on standard error, flushed (the proxies' one way to say things there)."""
     print(line, file=sys.stderr, flush=True)
 
 
 class RateLimitedNotices:
     """Lines of one kind (``what``: "TLS handshake failures"), rate-bounded."""
 
-    def __init__(self, what: str, per_second: int = 10, write: Callable[[str], None] = _stderr,
+    def __init__(self, what: str, per_second: int = 10, write: Callable[[str], None] = stderr,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.per_second = per_second

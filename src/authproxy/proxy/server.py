@@ -8,10 +8,10 @@ import gc
 import resource
 import signal
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from authproxy.auth.digest import get_algorithm
 from authproxy.auth.errors import AuthProxyError
@@ -25,7 +25,7 @@ from authproxy.engine.origin import HeadLimits
 from authproxy.engine.responses import made_up_response
 from authproxy.engine.throttle import FailureThrottle, client_key
 from authproxy.observe.accesslog import AccessLog, AccessRecord
-from authproxy.observe.notices import RateLimitedNotices
+from authproxy.observe.notices import RateLimitedNotices, stderr
 from authproxy.proxy.connection import ClientConnection
 from authproxy.proxy.dns import DnsCache, NotCached
 from authproxy.proxy.policy import OwnSockets, resolve_and_check
@@ -238,7 +238,7 @@ class ProxyServer:
         """
         if config.listen_address != self.config.listen_address or (config.tls_cert, config.tls_key) != (
                 self.config.tls_cert, self.config.tls_key):
-            _stderr("authproxy: reload: listen and tls_* changes need a restart; keeping the current listener")
+            stderr("authproxy: reload: listen and tls_* changes need a restart; keeping the current listener")
         store = open_users(config)
         auth = Authenticator(config, store, self.auth.counters, nonce_key=self.auth.nonce_key)
         log = AccessLog.open(config.access_log, config.access_log_format)
@@ -255,7 +255,7 @@ class ProxyServer:
         self.max_connections, self.pool.max_idle = config.max_connections, config.max_connections // 2
         warning = self._fit_to_fd_limit()
         if warning:
-            _stderr(warning)
+            stderr(warning)
         old_log.flush()
         old_log.close()
 
@@ -352,14 +352,21 @@ class WorkerSetup:
     counters: NonceCounterStore
 
 
-async def serve(config: Config, *, announce: Callable[[str], None] | None = None,
-                reload: Callable[[], Config] | None = None, worker: WorkerSetup | None = None) -> None:
-    """Run the proxy until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config."""
-    if worker is None:
-        server = build_server(config)
-    else:
-        server = build_server(config, nonce_key=worker.nonce_key, counters=worker.counters)
-    # Signals first: a SIGTERM that arrives as soon as we announce the port must be a clean stop.
+C = TypeVar("C")
+
+
+class Reloadable(Protocol[C]):
+    """A server that SIGHUP can give a new config to (``ProxyServer``, ``authproxy.sip.server.SipServer``)."""
+
+    config: C
+
+    def reload(self, config: C) -> None: ...
+
+
+def handle_signals(server: Reloadable[C], reload: Callable[[], C] | None) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event (a graceful stop); SIGHUP hands ``server`` the config ``reload``
+    reads (the same config when there is nothing to read again: the users file is still read again), and says on
+    stderr whether it took. One way for both ``authproxy serve`` and ``authproxy sip serve``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -370,12 +377,24 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         try:
             server.reload(reload() if reload is not None else server.config)
         except AuthProxyError as exc:
-            _stderr(f"authproxy: reload refused, still running with the previous config: {exc.message}")
+            stderr(f"authproxy: reload refused, still running with the previous config: {exc.message}")
         else:
-            _stderr("authproxy: reloaded config and users")
+            stderr("authproxy: reloaded config and users")
 
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+    return stop
+
+
+async def serve(config: Config, *, announce: Callable[[str], None] | None = None,
+                reload: Callable[[], Config] | None = None, worker: WorkerSetup | None = None) -> None:
+    """Run the proxy until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config."""
+    if worker is None:
+        server = build_server(config)
+    else:
+        server = build_server(config, nonce_key=worker.nonce_key, counters=worker.counters)
+    # Signals first: a SIGTERM that arrives as soon as we announce the port must be a clean stop.
+    stop = handle_signals(server, reload)
     await server.start(reuse_port=worker is not None)
     # Everything built so far lives as long as the process: keep the collector from walking it again and
     # again, and let it run less often (a request allocates a few dozen short-lived objects), which shows
@@ -387,14 +406,14 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         host, port = server.sockets_addresses[0]
         shown = f"[{host}]" if ":" in host else host
         workers = "" if worker is None else f", {config.workers} workers"
-        (announce or _stderr)(f"authproxy: listening on {shown}:{port}{workers}, realm {config.realm!r}, "
+        (announce or stderr)(f"authproxy: listening on {shown}:{port}{workers}, realm {config.realm!r}, "
                               f"users from {server.auth.store.description}")
         for line in users_summary(server.auth.store, config):
-            (announce or _stderr)(f"authproxy: {line}")
+            (announce or stderr)(f"authproxy: {line}")
         if server.fd_warning:  # every worker has the same limit: said once
-            _stderr(server.fd_warning)
+            stderr(server.fd_warning)
     await stop.wait()
-    _stderr("authproxy: stopping: no new connections; in-flight requests have "
+    stderr("authproxy: stopping: no new connections; in-flight requests have "
             f"{server.config.drain_grace:g} s to finish")
     await server.stop(server.config.drain_grace)
 
@@ -422,6 +441,3 @@ def users_summary(store: UserStore, config: Config, limit: int = 20) -> list[str
         lines.append("  no user can sign in: add one with `authproxy users add NAME`")
     return lines
 
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

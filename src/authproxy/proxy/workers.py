@@ -18,11 +18,8 @@ from collections.abc import Callable
 
 from authproxy.auth.errors import ConfigError
 from authproxy.config import Config, replace
+from authproxy.observe.notices import stderr
 from authproxy.proxy.server import WorkerSetup, open_users, serve
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _run_loop(config: Config, reload: Callable[[], Config] | None, worker: WorkerSetup | None) -> None:
@@ -108,6 +105,6 @@ def supervise(count: int, work: Callable[[int], None]) -> None:
             continue
         index = children.pop(pid, -1)
         if index >= 0 and not stopping:
-            _stderr(f"authproxy: worker {index} exited ({os.waitstatus_to_exitcode(status)}); restarting it")
+            stderr(f"authproxy: worker {index} exited ({os.waitstatus_to_exitcode(status)}); restarting it")
             time.sleep(0.5)  # do not spin if a worker cannot start at all
             spawn(index)

@@ -26,18 +26,17 @@ branches and To tags too, so a CANCEL or the ACK of a 407 is treated alike which
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import secrets
-import signal
 from collections.abc import Callable
 
-from authproxy.auth.errors import AuthProxyError
 from authproxy.config import SipConfig
+from authproxy.observe.notices import stderr
+from authproxy.proxy.server import handle_signals
 from authproxy.proxy.workers import supervise
 from authproxy.sip.listeners import reuseport_group
-from authproxy.sip.server import SipServer, SipWorker, stderr
+from authproxy.sip.server import SipServer, SipWorker
 from authproxy.users import open_serving_store
 
 
@@ -46,22 +45,7 @@ async def serve(config: SipConfig, *, announce: Callable[[str], None] = stderr,
     """Run the SIP proxy (or one worker of it) until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config
     (as ``authproxy serve`` does)."""
     server = SipServer(config, worker=worker)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-
-    def on_hup() -> None:
-        try:
-            server.reload(reload() if reload is not None else server.config)
-        except AuthProxyError as exc:
-            stderr(f"authproxy: reload refused, still running with the previous config: {exc.message}")
-        else:
-            stderr("authproxy: reloaded config and users")
-
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    stop = handle_signals(server, reload)
     await server.start()
     if worker is None or worker.index == 0:
         announce(server.describe())

@@ -16,7 +16,6 @@ import hmac
 import os
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from authproxy.auth.verifier import Verifier
 from authproxy.config import SipConfig, parse_sip_alias
 from authproxy.engine.throttle import FailureThrottle
 from authproxy.observe.accesslog import AccessLog
-from authproxy.observe.notices import RateLimitedNotices
+from authproxy.observe.notices import RateLimitedNotices, stderr
 from authproxy.proxy.tls import tls_context
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.listeners import Datagrams, bind_listener, sock_address
@@ -272,10 +271,6 @@ class SipServer:
                 f"{self.config.realm!r}; Digest {', '.join(self.config.auth_policy.digest_algorithms)}; users from "
                 f"{self.store.description}")
 
-
-
-def stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 #: What SIGHUP takes from an edited config (the rest needs a restart).
