@@ -87,10 +87,17 @@ def without_own_credentials(request: SipRequest, role: Role, realm: str) -> SipR
 
 
 def is_own_field(value: str, realm: str, verifier: Verifier | None = None) -> bool:
-    """Whether the credentials field value ``value`` answers ``realm`` (Digest: its realm; Basic, which has
-    none: whoever asked for Basic). AuthHeaderError when it does not parse. With ``verifier``, Digest is read
-    through its memo."""
-    return _is_own(*_shape(value, verifier), realm)
+    """Whether a proxy removes the credentials field value ``value`` before forwarding: it answers ``realm``
+    (Digest: its realm; Basic, which has none: whoever asked for Basic), or it does not parse. With
+    ``verifier``, Digest is read through its memo.
+
+    A line that does not parse reaches forwarding only on a request that was not verified (ACK and CANCEL, a
+    trusted peer's): whose it is cannot be told, no hop would accept it (RFC 9110 section 11.4 grammar), and
+    it may hold a secret, so it stops here rather than travel on."""
+    try:
+        return _is_own(*_shape(value, verifier), realm)
+    except AuthHeaderError:
+        return True
 
 
 def verify_request(verifier: Verifier, request: SipRequest, now: float, *, transport: str,
