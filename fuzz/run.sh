@@ -6,6 +6,9 @@
 #   FUZZ_CORPUS=~/authproxy-corpus fuzz/run.sh   # keep the corpus between runs (default: a temporary one)
 #   FUZZ_TARGETS="credentials" fuzz/run.sh       # only some targets (request_parser, credentials, sip)
 #   PYTHON=.venv/bin/python fuzz/run.sh          # which interpreter (default: .venv/bin/python, else python3)
+#   FUZZ_SEED=0 fuzz/run.sh                      # a new random seed each run (default 1: the same inputs, in the
+#                                                # same order, every run: CI passes or fails on the code, not luck;
+#                                                # the long exploratory runs are the ones with FUZZ_SEED=0)
 #
 # Crash inputs are written to $FUZZ_ARTIFACTS (default fuzz/artifacts/); reproduce one with
 #   python fuzz/fuzz_request_parser.py fuzz/artifacts/crash-<hash>
@@ -14,6 +17,7 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 seconds="${FUZZ_SECONDS:-20}"
+seed="${FUZZ_SEED:-1}"
 targets="${FUZZ_TARGETS:-request_parser credentials sip}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$root/.venv/bin/python" ]]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
@@ -34,10 +38,10 @@ corpus="${FUZZ_CORPUS:-$scratch/corpus}"
 status=0
 for target in $targets; do
     log="$scratch/$target.log"
-    echo "== fuzz_$target: ${seconds}s"
+    echo "== fuzz_$target: ${seconds}s, seed $seed"
     dict="$here/http.dict"
     [[ -f "$here/$target.dict" ]] && dict="$here/$target.dict"  # sip.dict for fuzz_sip.py
-    (cd "$here" && "$PYTHON" "fuzz_$target.py" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    (cd "$here" && "$PYTHON" "fuzz_$target.py" -max_total_time="$seconds" -seed="$seed" -timeout=10 -rss_limit_mb=2048 \
         -dict="$dict" -artifact_prefix="$artifacts/${target}-" -print_final_stats=1 \
         "$corpus/$target") >"$log" 2>&1
     rc=$?
