@@ -9,7 +9,7 @@ import time
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from sip_strategies import messages, name_addrs, requests, vias
+from sip_strategies import messages, name_addrs, requests, tokens, vias
 
 from authproxy.sip import via as via_module
 from authproxy.sip.addresses import NameAddr
@@ -364,3 +364,51 @@ def test_a_remembered_via_parses_to_itself(via: Via, branch: str) -> None:
     # The proxy writes its own Via as its prefix and the branch: the text of the Via it remembers.
     own = Via(via.transport, via.host, via.port)
     assert str(own.with_branch(branch)) == f"{own};branch={branch}"
+
+
+@given(vias(), name_addrs(tag=True), tokens, tokens)
+def test_a_value_parsed_by_its_shape_is_what_a_full_parse_gives(via: Via, na: NameAddr, one: str, two: str) -> None:
+    """Via.parse and NameAddr.parse keep each value by its text without the branch (Via) or tag (From/To), and
+    give the next value of that shape by putting the new token in (params.split_varying): the result must be
+    what parsing the text from scratch gives, whatever came first."""
+    for first, second in ((via.with_branch("z9hG4bK" + one), via.with_branch("z9hG4bK" + two)),):
+        Via.parse(str(first))
+        assert Via.parse(str(second)) == Via._parse(str(second)) == second
+    tagged = [NameAddr(na.uri, na.display, tuple((n, tag if n == "tag" else v) for n, v in na.params))
+              for tag in (one, two)]
+    NameAddr.parse(str(tagged[0]))
+    assert NameAddr.parse(str(tagged[1])) == NameAddr._parse(str(tagged[1])) == tagged[1]
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    # a ';tag=' inside <...> is the URI's, not the field's
+    ("<sip:a@b;tag=u>;tag=x", "<sip:a@b;tag=v>;tag=x"),
+    ("<sip:a@b;tag=u>", "<sip:a@b;tag=v>"),
+    ("sip:a@b;tag=1;x=2", "sip:a@b;tag=3;x=2"),  # addr-spec: the first ';' starts the field's parameters
+    ('"A;tag=1" <sip:a@b>;tag=1', '"A;tag=2" <sip:a@b>;tag=1'),  # a quoted-string: never by shape
+    ("<sip:a@b>;TAG=1", "<sip:a@b>;TAG=2"),
+    ("<sip:a@b>;tag=1;x", "<sip:a@b>;tag=2;x"),
+])
+def test_from_to_shapes_do_not_mix_up_parameters(first: str, second: str) -> None:
+    NameAddr.parse(first)
+    assert NameAddr.parse(second) == NameAddr._parse(second)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ('SIP/2.0/UDP h;x=";branch=a;";branch=a', 'SIP/2.0/UDP h;x=";branch=b;";branch=a'),
+    ("SIP/2.0/UDP h;branch=a;rport", "SIP/2.0/UDP h;branch=b;rport"),
+    ("SIP/2.0/UDP h;branch=a;received=192.0.2.1", "SIP/2.0/UDP h;branch=b;received=192.0.2.1"),
+    ("SIP/2.0/UDP h;BRANCH=a", "SIP/2.0/UDP h;BRANCH=b"),
+])
+def test_via_shapes_do_not_mix_up_parameters(first: str, second: str) -> None:
+    Via.parse(first)
+    assert Via.parse(second) == Via._parse(second)
+
+
+@pytest.mark.parametrize("bad", ['SIP/2.0/UDP h;branch=a"b', "SIP/2.0/UDP h;branch=a b", "SIP/2.0/UDP h;branch=;x",
+                                 "SIP/2.0/UDP h;branch=a;branch=b"])
+def test_a_malformed_via_of_a_known_shape_is_still_refused(bad: str) -> None:
+    Via.parse("SIP/2.0/UDP h;branch=zz")
+    Via.parse("SIP/2.0/UDP h;branch=zz;x")
+    with pytest.raises(SipError):
+        Via.parse(bad)

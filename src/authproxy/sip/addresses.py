@@ -9,11 +9,23 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from authproxy.sip.fields import CONTROL_RE, TOKEN, WS, SipError, memo
-from authproxy.sip.params import QUOTED_PAIR_RE, Params, check_params, format_params, param, parse_params
+from authproxy.sip.params import (
+    QUOTED_PAIR_RE,
+    Params,
+    check_params,
+    format_params,
+    param,
+    param_index,
+    parse_params,
+    split_varying,
+    with_param,
+)
 
 _N = TypeVar("_N", bound="NameAddr")
 #: From/To values by their text (see :func:`authproxy.sip.fields.memo`).
 _NAME_ADDRS: dict[str, NameAddr] = {}
+#: From/To values by their text without the tag value (params.split_varying), with the tag's index.
+_NAME_ADDR_SHAPES: dict[str, tuple[NameAddr, int]] = {}
 # Instances from values the grammar already held to every rule ``__post_init__`` checks, each slot set by name,
 # as authproxy.sip.via builds its Vias: this runs for every From and To of every message.
 _set = object.__setattr__
@@ -70,12 +82,24 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
-        known = _NAME_ADDRS.get(value) if cls is NameAddr else None
+        if cls is not NameAddr:
+            return cls._parse(value)
+        known = _NAME_ADDRS.get(value)
         if known is not None:
             return known
+        # The field's parameters follow the URI: after its '>' in the name-addr form (a ';tag=' inside <...> is
+        # the URI's), after the first ';' in the addr-spec form, whose URI holds none (section 20.10).
+        split = split_varying(value, ";tag=", value.rfind(">") + 1)
+        if split is not None:
+            shape, tag = split
+            template = _NAME_ADDR_SHAPES.get(shape)
+            if template is not None:  # the same value but its tag, which is a token: nothing else to check
+                na, at = template
+                return _new_name_addr(NameAddr, na.uri, na.display, with_param(na.params, at, "tag", tag))
         na = cls._parse(value)
-        if cls is NameAddr:
-            memo(_NAME_ADDRS, value, na)
+        memo(_NAME_ADDRS, value, na)
+        if split is not None and (at := param_index(na.params, "tag", split[1])) >= 0:
+            memo(_NAME_ADDR_SHAPES, split[0], (na, at))
         return na
 
     @classmethod

@@ -183,9 +183,17 @@ class CSeq:
         m = _CSEQ_RE.fullmatch(value)
         if m is None:
             raise SipError("malformed CSeq")
-        cseq = cls(int(m.group(1)), m.group(2))
-        if cls is CSeq:
-            memo(_CSEQS, value, cseq)
+        digits, method = m.groups()
+        if cls is not CSeq:
+            return cls(int(digits), method)
+        number = int(digits)
+        if number >= 2**31:
+            raise SipError("CSeq number out of range (section 8.1.1.5)")
+        # The grammar matched a token method and digits: nothing else for __post_init__ to check.
+        cseq = object.__new__(CSeq)
+        object.__setattr__(cseq, "number", number)
+        object.__setattr__(cseq, "method", method)
+        memo(_CSEQS, value, cseq)
         return cseq
 
 

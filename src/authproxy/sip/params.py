@@ -81,6 +81,43 @@ def format_params(params: Params) -> str:
     return "".join(parts)
 
 
+def split_varying(value: str, marker: str, start: int) -> tuple[str, str] | None:
+    """``(shape, varying)`` when ``value[start:]`` holds no quoted-string and ``marker`` (``;branch=``, ``;tag=``)
+    there is followed by a token up to the next ``;`` or the end: ``varying`` is that token, ``shape`` the value
+    without it. None otherwise.
+
+    What differs between the Vias a user agent sends is the branch, and between its From and To values the tag:
+    a value parsed once per shape, then rebuilt with the new token, is what parsing it again would give. Without
+    quoted-strings, ``;`` only starts a parameter, so the token is that one parameter's whole value, found at the
+    same place in every value of the same shape."""
+    if '"' in value:
+        return None
+    at = value.find(marker, start)
+    if at < 0:
+        return None
+    at += len(marker)
+    end = value.find(";", at)
+    if end < 0:
+        end = len(value)
+    varying = value[at:end]
+    if not is_token(varying):
+        return None
+    return value[:at] + value[end:], varying
+
+
+def with_param(params: Params, at: int, name: str, value: str) -> Params:
+    """``params`` with the parameter at index ``at`` replaced by ``name=value``."""
+    return (*params[:at], (name, value), *params[at + 1 :])
+
+
+def param_index(params: Params, name: str, value: str) -> int:
+    """The index of parameter ``name`` when its value is ``value``, else -1."""
+    for i, (pname, pvalue) in enumerate(params):
+        if pname == name:
+            return i if pvalue == value else -1
+    return -1
+
+
 def param(params: Params, name: str) -> str | None:
     for pname, value in params:
         if pname == name:
