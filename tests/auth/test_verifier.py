@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,17 @@ def recorded(flow: Flow, needs: list[Any]) -> Flow:
         return result
 
 
+def _attempt(call: Callable[[], Allow | Reject]) -> Allow | Reject | Exception:
+    try:
+        return call()
+    except Exception as exc:  # compared between the two paths, then raised again
+        return exc
+
+
+def _outcome(result: Allow | Reject | Exception) -> object:
+    return (type(result), result.args) if isinstance(result, Exception) else result
+
+
 class Driver:
     """Answers the flow's needs with the one driver (authproxy.auth.driver) from USERS in a MemoryUserStore and
     a MemoryNonceCounterStore, recording what was asked."""
@@ -123,8 +136,16 @@ class Driver:
         body: bytes = b"",
     ) -> Allow | Reject:
         self.needs = []
+        # driver.decide (Digest without the generator) from a copy of the same counts must decide the same, or
+        # raise the same: every test here checks the inline path against the flow.
+        twin = copy.deepcopy(self.counters)
+        inline = _attempt(lambda: driver.decide(verifier, method, target, auth, now, self.store, twin, body))
         flow = recorded(verifier.verify(method, target, auth, now), self.needs)
-        return driver.run(flow, self.store, self.counters, now, body)
+        result = _attempt(lambda: driver.run(flow, self.store, self.counters, now, body))
+        assert _outcome(inline) == _outcome(result)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def asked(self, kind: type) -> bool:
         return any(isinstance(n, kind) for n in self.needs)
@@ -812,7 +833,7 @@ def test_a_digest_refusal_computes_the_response_whether_the_name_exists_or_not(
         auth, _ = answer(ch, user, password)
         result = Driver().run(v, "GET", TARGET, auth)
         assert isinstance(result, Reject) and result.outcome.failed
-        assert computed == ["GET"], user
+        assert computed == ["GET", "GET"], user  # once each by driver.decide and by the flow (Driver runs both)
         outcomes.append(result.outcome)
     assert outcomes == [Outcome.UNKNOWN_USER, Outcome.NO_DIGEST_SECRET, Outcome.BAD_PASSWORD]
     assert len({o.client_text(v.role) for o in outcomes}) == 1

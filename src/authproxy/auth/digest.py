@@ -126,18 +126,37 @@ def request_digest(
     if qop == "auth-int":
         if body_hash is None:
             raise ValueError("qop=auth-int needs the hash of the body")
-        a2 = f"{method}:{uri}:{body_hash}"
+        ha2 = alg.h(f"{method}:{uri}:{body_hash}")
     elif qop is None or qop == "auth":
-        a2 = f"{method}:{uri}"
+        ha2 = _ha2(alg, method, uri)
     else:
         raise ValueError("qop must be auth or auth-int")
-    ha2 = alg.h(a2)
     if qop is None:
         # RFC 2069 compatibility (RFC 2617 section 3.2.2.1): no nc, no cnonce.
         return alg.h(f"{ha1}:{nonce}:{ha2}")
     if nc is None or cnonce is None:
         raise ValueError("a qop digest needs nc and cnonce")
-    return alg.h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return alg.hexdigest(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
+
+
+# H(method ":" uri) by (hash, method, uri): a client sends the same method and uri again and again (a SIP UA its
+# OPTIONS and REGISTERs, a browser its page's resources). A memo of a pure function, bounded in entries and in
+# the length of what it keeps; a flood of new uris only costs the hashes the memo would have saved.
+_HA2: dict[tuple[str, str, str], str] = {}
+_HA2_MAX_ENTRIES, _HA2_MAX_LENGTH = 4096, 512
+
+
+def _ha2(alg: DigestAlgorithm, method: str, uri: str) -> str:
+    """H(A2) for qop=auth and the RFC 2069 form, RFC 7616 section 3.4.3."""
+    key = (alg.base, method, uri)
+    ha2 = _HA2.get(key)
+    if ha2 is None:
+        ha2 = alg.h(f"{method}:{uri}")
+        if len(method) + len(uri) <= _HA2_MAX_LENGTH:
+            if len(_HA2) >= _HA2_MAX_ENTRIES:
+                _HA2.clear()
+            _HA2[key] = ha2
+    return ha2
 
 
 def response_auth(

@@ -47,7 +47,9 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import Role
 
 if TYPE_CHECKING:
+    from authproxy.auth.driver import NonceCounts
     from authproxy.auth.policy import AuthPolicy
+    from authproxy.auth.store import UserEntry, UserStore
 
 # Enum members read once: through their class each read costs a call of the metaclass's __getattr__ (Python
 # 3.11), and these are read on every Digest request.
@@ -111,19 +113,25 @@ _RESPONSE_VALUE = re.compile(r'[0-9A-Fa-f]{32,128}(?=")')
 _CNONCE_VALUE = re.compile(r'[A-Za-z0-9+/=._~-]{1,128}(?=")')
 
 
-def _quick_spans(authorization: str) -> list[tuple[int, int]] | None:
-    """Where nc, response and cnonce are, found the quick way, or None (then the searches decide). Any span found
-    here only forms a memo key: a template is kept under a key only when its spans are exactly the parsed values
-    (see DigestScheme._credentials_by_shape), so a span found in the wrong place costs a miss, never a wrong
-    answer."""
-    spans = []
-    for literal, value in (("nc=", _NC_VALUE), ('response="', _RESPONSE_VALUE), ('cnonce="', _CNONCE_VALUE)):
-        at = authorization.find(literal)
-        m = value.match(authorization, at + len(literal)) if at >= 0 else None
-        if m is None:
-            return None
-        spans.append(m.span())
-    return spans
+def _quick_spans(authorization: str) -> tuple[int, int, int, int, int, int] | None:
+    """Where nc, response and cnonce are (start and end of each, in that order), found the quick way, or None
+    (then the searches decide). Any span found here only forms a memo key: a template is kept under a key only
+    when its spans are exactly the parsed values (see DigestScheme._credentials_by_shape), so a span found in
+    the wrong place costs a miss, never a wrong answer."""
+    # Written out rather than looped over the three: this runs on every Digest request.
+    at = authorization.find("nc=")
+    nc = _NC_VALUE.match(authorization, at + 3) if at >= 0 else None
+    if nc is None:
+        return None
+    at = authorization.find('response="')
+    response = _RESPONSE_VALUE.match(authorization, at + 10) if at >= 0 else None
+    if response is None:
+        return None
+    at = authorization.find('cnonce="')
+    cnonce = _CNONCE_VALUE.match(authorization, at + 8) if at >= 0 else None
+    if cnonce is None:
+        return None
+    return (*nc.span(), *response.span(), *cnonce.span())
 
 
 class DigestScheme:
@@ -142,6 +150,8 @@ class DigestScheme:
         # The last field value read and its credentials: a caller may read one field more than once per request
         # (the SIP proxy: to pick its realm's line, to verify it, to remove it before forwarding).
         self._last: tuple[str, DigestCredentials] | None = None
+        # The Allow of each user when it carries no info field (see _counted): a memo, bounded.
+        self._allowed: dict[str, Allow] = {}
         #: Whether an Allow carries the info field's value (rspauth, nextnonce); see Verifier.
         self.auth_info = True
 
@@ -201,13 +211,13 @@ class DigestScheme:
                                  _CNONCE_SPAN.search(authorization)) if m is not None]
             if len(spans) != 3:
                 return DigestCredentials.from_credentials(parse_credentials(authorization))
-            found = [m.span(1) for m in spans]
-        nc, response, cnonce = (authorization[start:end] for start, end in found)
-        cuts = sorted(found)
-        if cuts[0][1] > cuts[1][0] or cuts[1][1] > cuts[2][0]:
+            found = (*spans[0].span(1), *spans[1].span(1), *spans[2].span(1))
+        n0, n1, r0, r1, c0, c1 = found
+        nc, response, cnonce = authorization[n0:n1], authorization[r0:r1], authorization[c0:c1]
+        (a0, a1), (b0, b1), (z0, z1) = sorted(((n0, n1), (r0, r1), (c0, c1)))
+        if a1 > b0 or b1 > z0:
             return DigestCredentials.from_credentials(parse_credentials(authorization))
-        key = "\0".join((authorization[: cuts[0][0]], authorization[cuts[0][1]: cuts[1][0]],
-                          authorization[cuts[1][1]: cuts[2][0]], authorization[cuts[2][1]:]))
+        key = f"{authorization[:a0]}\0{authorization[a1:b0]}\0{authorization[b1:z0]}\0{authorization[z1:]}"
         template = self._shapes.get(key)
         # A response of another length than the algorithm's is the full parse's to refuse (400).
         if template is not None and len(response) == template.algorithm.hex_length:
@@ -226,8 +236,54 @@ class DigestScheme:
 
     def verify(self, method: str, target: str, authorization: str, now: float,
                connection: ConnectionAuth | None) -> Flow:
-        """The checks of one request, in the order of the module docstring."""
+        """The checks of one request, in the order of the module docstring, each need yielded to the driver."""
         dc = self._credentials(authorization)
+        status = self._before_lookup(method, target, dc, now)
+        if isinstance(status, Reject):
+            return status
+        alg = dc.algorithm
+        if dc.userhash:
+            entry = self._hashed_user(dc, (yield NeedUserByHash(alg.base, self.policy.realm, dc.username)))
+        else:
+            entry = yield NeedUser(dc.username)
+        # Asked for whether or not the user exists: an unknown name answered before its body is read would tell
+        # a guesser which names exist (the 407 would come before the body is sent; issue 9 item 9).
+        body_hash = (yield NeedBodyHash(alg.base)) if dc.qop == "auth-int" else None
+        ha1 = self._check_response(method, dc, entry, body_hash, status)
+        if isinstance(ha1, Reject):
+            return ha1
+        assert entry is not None  # _check_response refuses a missing user
+        assert dc.nc is not None  # from_credentials guarantees nc with qop
+        use = yield NeedNonceUse(dc.nonce, int(dc.nc, 16), self.issuer.expires_at(dc.nonce), entry.name)
+        return self._counted(dc, entry.name, ha1, use, now)
+
+    def verify_inline(self, method: str, target: str, authorization: str, now: float, store: UserStore,
+                      counters: NonceCounts, body: bytes) -> Allow | Reject:
+        """What :meth:`verify` decides when its needs are answered at once by ``store`` and ``counters``, and
+        the body hash from ``body``, as :func:`authproxy.auth.driver.run` answers them: the same checks (the
+        same methods) in the same order, without a generator and the need records between them."""
+        dc = self._credentials(authorization)
+        status = self._before_lookup(method, target, dc, now)
+        if isinstance(status, Reject):
+            return status
+        alg = dc.algorithm
+        if dc.userhash:
+            entry = self._hashed_user(dc, store.lookup_userhash(alg.base, self.policy.realm, dc.username))
+        else:
+            entry = store.lookup(dc.username)
+        body_hash = alg.hexdigest(body) if dc.qop == "auth-int" else None  # the base's hash (-sess shares it)
+        ha1 = self._check_response(method, dc, entry, body_hash, status)
+        if isinstance(ha1, Reject):
+            return ha1
+        assert entry is not None  # _check_response refuses a missing user
+        assert dc.nc is not None  # from_credentials guarantees nc with qop
+        use = counters.use(dc.nonce, int(dc.nc, 16), self.issuer.expires_at(dc.nonce), now, entry.name)
+        return self._counted(dc, entry.name, ha1, use, now)
+
+    # -- the steps of verify and verify_inline, in order -------------------------------------------------------
+
+    def _before_lookup(self, method: str, target: str, dc: DigestCredentials, now: float) -> NonceStatus | Reject:
+        """Steps 1-3: realm, uri, what was offered, opaque and the nonce's authenticity; the nonce's status."""
         policy = self.policy
         shown = None if dc.userhash else dc.username
         if dc.realm != policy.realm:
@@ -249,54 +305,58 @@ class DigestScheme:
         status = self.issuer.check(dc.nonce, now)
         if status is _INVALID:
             return self._reject(Outcome.BAD_NONCE, shown, False, "nonce not issued here")
+        return status
 
-        if dc.userhash:
-            entry = yield NeedUserByHash(alg.base, policy.realm, dc.username)
-            # Trust, but check: a store answering for the wrong user must not log someone in.
-            if entry is not None and not _equal(compute_userhash(alg, entry.name, policy.realm), dc.username):
-                entry = None
-        else:
-            entry = yield NeedUser(dc.username)
-        body_hash: str | None = None
-        if dc.qop == "auth-int":
-            # Asked for whether or not the user exists: an unknown name answered before its body is read would
-            # tell a guesser which names exist (the 407 would come before the body is sent; issue 9 item 9).
-            body_hash = yield NeedBodyHash(alg.base)
-        if entry is None or alg.base not in entry.digest_algorithms(policy.realm):
+    def _hashed_user(self, dc: DigestCredentials, entry: UserEntry | None) -> UserEntry | None:
+        # Trust, but check: a store answering for the wrong user must not log someone in.
+        if entry is not None and not _equal(compute_userhash(dc.algorithm, entry.name, self.policy.realm),
+                                            dc.username):
+            return None
+        return entry
+
+    def _check_response(self, method: str, dc: DigestCredentials, entry: UserEntry | None, body_hash: str | None,
+                        status: NonceStatus) -> str | Reject:
+        """Steps 4-5 and expiry: the user's HA1 when the response is right and the nonce not expired."""
+        alg = dc.algorithm
+        if entry is None or alg.base not in entry.digest_algorithms(self.policy.realm):
             # The response is computed all the same (with an HA1 nobody has), so that this refusal costs what
             # a wrong password costs and its timing does not tell a guesser which names exist (issue 9 item 9).
             request_digest(alg, ha1="0" * alg.hex_length, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop,
                            method=method, uri=dc.uri, body_hash=body_hash)
             if entry is None:
-                return self._reject(Outcome.UNKNOWN_USER, shown, False, "no such user")
+                return self._reject(Outcome.UNKNOWN_USER, None if dc.userhash else dc.username, False,
+                                    "no such user")
             return self._reject(Outcome.NO_DIGEST_SECRET, entry.name, False, f"no {alg.base} HA1 for this realm")
         ha1 = entry.ha1[alg.base].lower()
-        expected = request_digest(
-            alg,
-            ha1=ha1,
-            nonce=dc.nonce,
-            nc=dc.nc,
-            cnonce=dc.cnonce,
-            qop=dc.qop,
-            method=method,
-            uri=dc.uri,
-            body_hash=body_hash,
-        )
-        if not _equal(expected, dc.response):
+        expected = request_digest(alg, ha1=ha1, nonce=dc.nonce, nc=dc.nc, cnonce=dc.cnonce, qop=dc.qop,
+                                  method=method, uri=dc.uri, body_hash=body_hash)
+        # Both are ASCII hex (the response was checked to be): compared as they are, in constant time.
+        if not hmac.compare_digest(expected, dc.response):
             return self._reject(Outcome.BAD_PASSWORD, entry.name, False, "wrong digest response")
         if status is _EXPIRED:
             return self._reject(Outcome.STALE_NONCE, entry.name, True, "nonce expired; the digest was right")
-        nc = dc.nc_value
-        assert nc is not None  # from_credentials guarantees nc with qop
-        use = yield NeedNonceUse(dc.nonce, nc, self.issuer.expires_at(dc.nonce), entry.name)
+        return ha1
+
+    def _counted(self, dc: DigestCredentials, user: str, ha1: str, use: NonceUse | bool,
+                 now: float) -> Allow | Reject:
+        """Step 6, the nonce count store's answer: Allow only for a count never used before."""
         if use is _UNKNOWN:
             # The store forgot this nonce's counts (a bounded table under pressure): fail safe with a new
             # challenge, which the client answers silently, rather than call it a replay and count a failure.
-            return self._reject(Outcome.STALE_NONCE, entry.name, True,
+            return self._reject(Outcome.STALE_NONCE, user, True,
                                 "nonce counts no longer known; the digest was right")
         if use is not _FRESH and use is not True:  # NonceUse.REPLAY, or False from a store that answers a bool
-            return self._reject(Outcome.REPLAY, entry.name, False, f"nonce count {dc.nc} already used")
-        return Allow(entry.name, "digest", self._auth_info(alg, dc, ha1, now) if self.auth_info else None, self.role)
+            return self._reject(Outcome.REPLAY, user, False, f"nonce count {dc.nc} already used")
+        if self.auth_info:
+            return Allow(user, "digest", self._auth_info(dc.algorithm, dc, ha1, now), self.role)
+        # Without an info field the decision is the same value for every request of ``user``: one frozen record
+        # each (a memo, bounded; only users who proved their password get in).
+        allowed = self._allowed.get(user)
+        if allowed is None:
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            allowed = self._allowed[user] = Allow(user, "digest", None, self.role)
+        return allowed
 
     def _auth_info(self, alg: DigestAlgorithm, dc: DigestCredentials, ha1: str, now: float) -> str:
         """The info field's value (RFC 7616 section 3.5; RFC 9110 sections 11.6.3 and 11.7.3)."""

@@ -8,7 +8,8 @@ user lookup, a nonce count. Two may not be answered inline by a caller that runs
 
 :func:`advance` answers everything it can and stops at those two with :class:`Suspended`; the caller does the
 slow part its own way (a thread, an await) and calls :func:`advance` again with the answer. :func:`run` does
-it all inline, for callers that may block (tests, tools).
+it all inline, for callers that may block (tests, tools); :func:`decide` is :func:`run` over a verifier's flow,
+with Digest checked without the flow's generator (the SIP proxy's every request).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authproxy.auth.digest import get_algorithm
+from authproxy.auth.digest_scheme import DigestScheme
 from authproxy.auth.nonces import NonceUse
 from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import (
@@ -28,6 +30,7 @@ from authproxy.auth.verifier import (
     NeedUser,
     NeedUserByHash,
     Reject,
+    Verifier,
 )
 
 
@@ -95,3 +98,18 @@ def run(flow: Flow, store: UserStore, counters: NonceCounts, now: float, body: b
         answer = check_password(store, need) if isinstance(need, NeedPasswordCheck) else body_hash(need, body)
         step = advance(step.flow, answer, store, counters, now)
     return step
+
+
+def decide(verifier: Verifier, method: str, target: str, authorization: str | None, now: float, store: UserStore,
+           counters: NonceCounts, body: bytes = b"") -> Allow | Reject:
+    """``run(verifier.verify(method, target, authorization, now), store, counters, now, body)``, the same answer
+    (or the same exception), for a caller that keeps no connection state. Digest, whose needs are all answered
+    at once here, goes through :meth:`DigestScheme.verify_inline`: the same checks without a generator, its
+    needs and this module's dispatch between them; every other case runs the flow."""
+    if authorization is not None:
+        space = authorization.find(" ")
+        # The verifier's own dispatch (Verifier.verify): the scheme named before the first space, when offered.
+        scheme = verifier.schemes.get(authorization[:space].lower()) if space > 0 else None
+        if isinstance(scheme, DigestScheme):
+            return scheme.verify_inline(method, target, authorization, now, store, counters, body)
+    return run(verifier.verify(method, target, authorization, now), store, counters, now, body)

@@ -134,4 +134,4 @@ def authenticate(verifier: Verifier, request: SipRequest, store: UserStore, coun
     value = _credentials(verifier, request, transport, allow_basic)
     if isinstance(value, Reject):
         return value
-    return driver.run(verifier.verify(request.method, request.uri, value, now), store, counters, now, request.body)
+    return driver.decide(verifier, request.method, request.uri, value, now, store, counters, request.body)

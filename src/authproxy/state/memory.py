@@ -78,7 +78,9 @@ class MemoryNonceCounterStore:
 
     # == the answer ====================================================================================================
     def use(self, nonce: str, nc: int, expires_at: float, now: float, owner: str = "") -> NonceUse:
-        self._purge(now)
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:  # _purge's own first test, without the call when nothing expired
+            self._purge(now)
         if nc < 1:
             return NonceUse.REPLAY  # counts start at 1 (RFC 7616 section 3.4): never valid
         if expires_at <= now:
