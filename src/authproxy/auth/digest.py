@@ -15,7 +15,7 @@ import hashlib
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authproxy.auth.errors import AuthHeaderError
 from authproxy.auth.headers import Challenge, Credentials, is_token
@@ -44,11 +44,11 @@ class DigestAlgorithm:
     hexdigest: Callable[[bytes], str]
     sess: bool
     strength: int  # higher is stronger; clients pick the strongest offered
+    #: Characters in one hex digest: 32 for MD5, 64 for the SHA-2 family (read on every Digest request).
+    hex_length: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def hex_length(self) -> int:
-        """Characters in one hex digest: 32 for MD5, 64 for the SHA-2 family."""
-        return 32 if self.base == "MD5" else 64
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hex_length", 32 if self.base == "MD5" else 64)
 
     def h(self, text: str) -> str:
         """H(data) of RFC 7616 section 3.4.1, over the UTF-8 encoding of ``text``."""

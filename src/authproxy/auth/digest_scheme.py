@@ -113,27 +113,6 @@ _RESPONSE_VALUE = re.compile(r'[0-9A-Fa-f]{32,128}(?=")')
 _CNONCE_VALUE = re.compile(r'[A-Za-z0-9+/=._~-]{1,128}(?=")')
 
 
-def _quick_spans(authorization: str) -> tuple[int, int, int, int, int, int] | None:
-    """Where nc, response and cnonce are (start and end of each, in that order), found the quick way, or None
-    (then the searches decide). Any span found here only forms a memo key: a template is kept under a key only
-    when its spans are exactly the parsed values (see DigestScheme._credentials_by_shape), so a span found in
-    the wrong place costs a miss, never a wrong answer."""
-    # Written out rather than looped over the three: this runs on every Digest request.
-    at = authorization.find("nc=")
-    nc = _NC_VALUE.match(authorization, at + 3) if at >= 0 else None
-    if nc is None:
-        return None
-    at = authorization.find('response="')
-    response = _RESPONSE_VALUE.match(authorization, at + 10) if at >= 0 else None
-    if response is None:
-        return None
-    at = authorization.find('cnonce="')
-    cnonce = _CNONCE_VALUE.match(authorization, at + 8) if at >= 0 else None
-    if cnonce is None:
-        return None
-    return (*nc.span(), *response.span(), *cnonce.span())
-
-
 class DigestScheme:
     """Digest, checked on every request (never connection-bound): nonces from ``issuer``, the answer in
     ``role``'s info field."""
@@ -183,17 +162,17 @@ class DigestScheme:
         return Reject(outcome, user, stale, detail, self.role)
 
     def credentials(self, authorization: str) -> DigestCredentials:
-        """The Digest credentials of ``authorization`` through the memo of :meth:`_credentials` (for a caller
-        that reads them before :meth:`verify` does: the SIP proxy picks its own realm's field line)."""
-        return self._credentials(authorization)
-
-    def _credentials(self, authorization: str) -> DigestCredentials:
+        """The Digest credentials of ``authorization``, parsed by shape (:meth:`_credentials_by_shape`), the last
+        one remembered: for :meth:`verify` and for a caller that reads them before it does (the SIP proxy picks
+        its own realm's field line)."""
         last = self._last
         if last is not None and last[0] == authorization:
             return last[1]
         dc = self._credentials_by_shape(authorization)
         self._last = (authorization, dc)
         return dc
+
+    _credentials = credentials
 
     def _credentials_by_shape(self, authorization: str) -> DigestCredentials:
         """The Digest credentials of ``authorization``, parsed once per shape.
@@ -205,14 +184,24 @@ class DigestScheme:
         for those three values, which are taken from the spans. A template is kept only when its spans are
         exactly the parsed nc, response and cnonce values. Every check after parsing still runs per request.
         """
-        found = _quick_spans(authorization)
-        if found is None:
-            spans = [m for m in (_NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
-                                 _CNONCE_SPAN.search(authorization)) if m is not None]
-            if len(spans) != 3:
+        # Where nc, response and cnonce are: first where clients write them (found with str.find, matched where
+        # found), else by the searches. A span found in the wrong place only forms a key no template is kept
+        # under (a template is kept only when its spans are exactly the parsed values): a miss, never a wrong
+        # answer. Written out, not looped: this runs on every Digest request.
+        at = authorization.find("nc=")
+        m_nc = _NC_VALUE.match(authorization, at + 3) if at >= 0 else None
+        at = authorization.find('response="')
+        m_response = _RESPONSE_VALUE.match(authorization, at + 10) if at >= 0 else None
+        at = authorization.find('cnonce="')
+        m_cnonce = _CNONCE_VALUE.match(authorization, at + 8) if at >= 0 else None
+        if m_nc is None or m_response is None or m_cnonce is None:
+            m_nc, m_response, m_cnonce = (_NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
+                                          _CNONCE_SPAN.search(authorization))
+            if m_nc is None or m_response is None or m_cnonce is None:
                 return DigestCredentials.from_credentials(parse_credentials(authorization))
-            found = (*spans[0].span(1), *spans[1].span(1), *spans[2].span(1))
-        n0, n1, r0, r1, c0, c1 = found
+            (n0, n1), (r0, r1), (c0, c1) = m_nc.span(1), m_response.span(1), m_cnonce.span(1)
+        else:
+            (n0, n1), (r0, r1), (c0, c1) = m_nc.span(), m_response.span(), m_cnonce.span()
         nc, response, cnonce = authorization[n0:n1], authorization[r0:r1], authorization[c0:c1]
         (a0, a1), (b0, b1), (z0, z1) = sorted(((n0, n1), (r0, r1), (c0, c1)))
         if a1 > b0 or b1 > z0:
@@ -288,7 +277,7 @@ class DigestScheme:
         shown = None if dc.userhash else dc.username
         if dc.realm != policy.realm:
             return self._reject(Outcome.WRONG_REALM, shown, False, "credentials for another realm")
-        if not uri_matches(method, target, dc.uri):
+        if dc.uri != target and not uri_matches(method, target, dc.uri):  # the first test of uri_matches, inline
             raise AuthHeaderError("Digest uri does not match the request-target")
         alg = dc.algorithm
         if alg.name not in policy.digest_algorithms:

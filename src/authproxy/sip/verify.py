@@ -61,7 +61,7 @@ def _is_own(scheme: str, field_realm: str | None, realm: str) -> bool:
 def _own(request: SipRequest, role: Role, realm: str, verifier: Verifier | None) -> tuple[str, str] | None:
     for value in request.get_all(role.credentials_field):
         scheme, field_realm = _shape(value, verifier)
-        if _is_own(scheme, field_realm, realm):
+        if field_realm == realm if scheme == "digest" else scheme == "basic":  # _is_own, inline (every request)
             return value, scheme
     return None
 
@@ -130,7 +130,7 @@ def authenticate(verifier: Verifier, request: SipRequest, store: UserStore, coun
                  now: float, *, transport: str, allow_basic: bool = False) -> Allow | Reject:
     """:func:`verify_request` run to the end with the one driver, every need answered inline (a memory store and
     counter table: a SIP server's usual case); the body is the request's, for qop=auth-int."""
-    # verify_request's flow without its own generator layer (each need passes one frame fewer).
+    # verify_request's answer without its generator layer, and Digest without the verifier's (driver.decide).
     value = _credentials(verifier, request, transport, allow_basic)
     if isinstance(value, Reject):
         return value
