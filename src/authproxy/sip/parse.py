@@ -248,22 +248,18 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     return _message(head, rest, limits)
 
 
-def parse_stream(buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Message, int] | None:
-    """The next message of a stream and how many bytes of ``buffer`` it took (leading CRLFs included), or
-    None when more bytes are needed. Content-Length is required (section 18.3: it frames stream messages)."""
-    if not isinstance(buffer, bytes | bytearray | memoryview):
-        raise SipError("a stream buffer is bytes")
-    buffer = bytes(buffer)
+def _frame(buffer: bytes, limits: Limits) -> tuple[int, int, int] | None:
+    """Where the next message of a stream is: (start after leading CRLFs, end of its head, end of its body), or
+    None while its head is not complete. Content-Length is required (section 18.3: it frames stream messages)."""
     start = _skip_leading_crlf(buffer)
     end = buffer.find(b"\r\n\r\n", start)
     if end < 0:
         if len(buffer) - start > limits.max_message_size:
             raise _too_large("message head")
         return None
-    head = buffer[start:end]
     if end - start > limits.max_message_size:
         raise _too_large("message head")
-    length = _content_length(head)
+    length = _content_length(buffer[start:end])
     if length is None:
         raise SipError("Content-Length is required over a stream transport (section 18.3)")
     if length > limits.max_body_size:
@@ -271,6 +267,27 @@ def parse_stream(buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Messag
     total = end + 4 + length
     if total - start > limits.max_message_size:
         raise _too_large("message")
+    return start, end, total
+
+
+def stream_frame_length(buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> int | None:
+    """How many bytes of ``buffer`` the next message of a stream takes (leading CRLFs included) once its head
+    is complete, None before; SipError as :func:`parse_stream` raises it for the framing. A connection that
+    knows it then waits for that many bytes instead of parsing again at every read."""
+    frame = _frame(bytes(buffer), limits)
+    return None if frame is None else frame[2]
+
+
+def parse_stream(buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Message, int] | None:
+    """The next message of a stream and how many bytes of ``buffer`` it took (leading CRLFs included), or
+    None when more bytes are needed. Content-Length is required (section 18.3: it frames stream messages)."""
+    if not isinstance(buffer, bytes | bytearray | memoryview):
+        raise SipError("a stream buffer is bytes")
+    buffer = bytes(buffer)
+    frame = _frame(buffer, limits)
+    if frame is None:
+        return None
+    start, end, total = frame
     if len(buffer) < total:
         return None
-    return _message(head, buffer[end + 4 : total], limits), total
+    return _message(buffer[start:end], buffer[end + 4 : total], limits), total

@@ -14,7 +14,7 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.proxy.tls import start_handshake
 from authproxy.sip.fields import SipError
 from authproxy.sip.log import DROPPED, Address, SipRecord
-from authproxy.sip.parse import parse_stream
+from authproxy.sip.parse import parse_stream, stream_frame_length
 
 if TYPE_CHECKING:
     from authproxy.sip.server import SipServer
@@ -41,6 +41,11 @@ class Stream(asyncio.Protocol):
         self.ready = transport_name != "tls"  # a TLS connection, once its handshake is done
         self.active = 0.0  # loop time of the last byte received or message sent
         self.begun: float | None = None  # loop time a message still incomplete began
+        # What is known of the buffer, so a message arriving in many small reads is not scanned from its start
+        # at each one: the head's end is not before ``_scan_from``; once the head is in, the message takes
+        # ``_need`` bytes (0: not known yet).
+        self._scan_from = 0
+        self._need = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,25 +75,41 @@ class Stream(asyncio.Protocol):
             # RFC 5626 section 3.5.1: a double CRLF between messages is a keep-alive ping; the pong is one CRLF.
             self.write(b"\r\n")
             return
-        self.buffer += data
-        while self.buffer and self.transport is not None and not self.transport.is_closing():
+        buffer = self.buffer
+        buffer += data
+        limits = self.server.limits
+        while buffer and self.transport is not None and not self.transport.is_closing():
+            need = self._need
             try:
-                framed = parse_stream(bytes(self.buffer), self.server.limits)
+                if not need:
+                    if buffer.find(b"\r\n\r\n", self._scan_from) < 0 and len(buffer) <= limits.max_message_size:
+                        need = 0  # no head's end yet, and not too long: nothing to parse
+                    else:
+                        need = stream_frame_length(bytes(buffer), limits) or 0
+                    if not need:
+                        self._scan_from = max(len(buffer) - 3, 0)  # the end may straddle this read and the next
+                        if buffer.strip(b"\r\n"):
+                            self._begin(loop_time)
+                        else:  # CRLFs between messages (section 7.5): nothing has begun
+                            # A CR last may be the first half of a CRLF whose LF comes in the next read.
+                            buffer[:] = b"\r" if buffer.endswith(b"\r") else b""
+                            self._scan_from = 0
+                        return
+                if len(buffer) < need:
+                    self._need = need
+                    self._begin(loop_time)
+                    return
+                framed = parse_stream(bytes(buffer[:need]), limits)
             except SipError as exc:
                 proxy = self.server.proxy
                 assert proxy is not None
-                self.server.act(proxy.malformed(bytes(self.buffer), exc, self.peer, self.name, time.time()))
+                self.server.act(proxy.malformed(bytes(buffer), exc, self.peer, self.name, time.time()))
                 self.transport.close()  # the framing is lost: nothing after this can be read
                 return
-            if framed is None:
-                if self.buffer.strip(b"\r\n"):
-                    self._begin(loop_time)
-                else:
-                    self.buffer.clear()  # CRLFs between messages (section 7.5): nothing has begun
-                return
-            _message, used = framed
-            raw = bytes(self.buffer[:used])
-            del self.buffer[:used]
+            assert framed is not None and framed[1] == need  # the frame told how long it is
+            raw = bytes(buffer[:need])
+            del buffer[:need]
+            self._need = self._scan_from = 0
             self.begun = None
             self.server.received(raw, self.peer, self.name)
 
