@@ -1,7 +1,8 @@
 """The SIP proxy's TCP and TLS connections (RFC 3261 sections 18.3 and 7.5; RFC 5626 section 3.5.1 for the
-CRLF keep-alive), either direction: messages framed by Content-Length (:func:`authproxy.sip.parse.parse_stream`),
-a stream that breaks the framing answered (when it can be) and closed, one timer per connection for the idle and
-message timeouts, TLS upgraded after the connection is counted, at most 1 MiB unsent.
+CRLF keep-alive), either direction: messages framed by Content-Length
+(:func:`authproxy.sip.parse.stream_frame_length`) and parsed once, by the proxy; a stream that breaks the framing
+answered (when it can be) and closed; one timer per connection for the idle and message timeouts; TLS upgraded
+after the connection is counted; at most 1 MiB unsent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.proxy.tls import start_handshake
 from authproxy.sip.fields import SipError
 from authproxy.sip.log import DROPPED, Address, SipRecord
-from authproxy.sip.parse import parse_stream, stream_frame_length
+from authproxy.sip.parse import stream_frame_length
 
 if TYPE_CHECKING:
     from authproxy.sip.server import SipServer
@@ -99,14 +100,14 @@ class Stream(asyncio.Protocol):
                     self._need = need
                     self._begin(loop_time)
                     return
-                framed = parse_stream(bytes(buffer[:need]), limits)
             except SipError as exc:
                 proxy = self.server.proxy
                 assert proxy is not None
                 self.server.act(proxy.malformed(bytes(buffer), exc, self.peer, self.name, time.time()))
                 self.transport.close()  # the framing is lost: nothing after this can be read
                 return
-            assert framed is not None and framed[1] == need  # the frame told how long it is
+            # Framed: the proxy parses it (once), and a message malformed inside its frame gets its 400 there,
+            # the connection kept (its framing holds: the next message starts where the length said).
             raw = bytes(buffer[:need])
             del buffer[:need]
             self._need = self._scan_from = 0
