@@ -13,7 +13,6 @@ from typing import Any
 
 from authproxy import __version__
 from authproxy.auth.errors import AuthProxyError
-from authproxy.client.diagnose import add_diagnose_parser, run_diagnose
 from authproxy.config import Config, load_config, load_sip_config, parse_connect_ports, replace
 from authproxy.users.commands import add_users_parser, run_users_command
 
@@ -42,6 +41,30 @@ def _serve_parser(subparsers: Any) -> None:
                        help="processes sharing the port (default 1; 0: one per CPU)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+
+
+#: What ``authproxy diagnose`` reaches through the proxy unless told.
+DEFAULT_TARGET = "https://example.com/"
+
+
+def _diagnose_parser(subparsers: Any) -> None:
+    """``authproxy diagnose`` (authproxy.client.diagnose, imported when it runs: the proxy does not load the
+    client and its HTTP libraries)."""
+    p = subparsers.add_parser(
+        "diagnose", help="probe a proxy and explain in words why a request through it fails",
+        description="Probe an HTTP proxy (any proxy, not only authproxy): whether it answers, what it challenges "
+                    "with, which challenges the credentials satisfy, whether plain HTTP and CONNECT work, and "
+                    "which hop fails and why. Exit 0 when the target was reached.")
+    p.add_argument("--proxy", required=True, metavar="URL", help="http[s]://[user[:password]@]host:port")
+    p.add_argument("--user", metavar="NAME", help="proxy user (else the URL's userinfo)")
+    p.add_argument("--password-stdin", action="store_true", help="read the proxy password from standard input")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--cacert", metavar="FILE", help="CA file for the target's TLS certificate")
+    p.add_argument("--proxy-cacert", metavar="FILE", help="CA file for an https:// proxy's certificate")
+    p.add_argument("--insecure", action="store_true", help="do not verify the target's certificate")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per step (default 10)")
+    p.add_argument("target", nargs="?", default=DEFAULT_TARGET, metavar="TARGET_URL",
+                   help=f"what to reach through the proxy (default {DEFAULT_TARGET})")
 
 
 def _sip_parser(subparsers: Any) -> None:
@@ -161,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(subparsers)
     _sip_parser(subparsers)
     add_users_parser(subparsers)
-    add_diagnose_parser(subparsers)
+    _diagnose_parser(subparsers)
     return parser
 
 
@@ -174,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sip":
             return _run_sip(args)
         if args.command == "diagnose":
+            from authproxy.client.diagnose import run_diagnose
+
             return run_diagnose(args)
         return run_users_command(args)
     except AuthProxyError as exc:

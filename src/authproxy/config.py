@@ -18,7 +18,6 @@ from authproxy.auth.errors import ConfigError, UserStoreError
 from authproxy.auth.headers import is_token
 from authproxy.auth.verifier import AuthPolicy
 from authproxy.proxy.policy import DestinationPolicy
-from authproxy.sip.routing import NextHop
 from authproxy.users import open_user_store, usual_realm
 from authproxy.users.location import parse_store_location
 
@@ -318,6 +317,8 @@ class SipConfig:
         object.__setattr__(self, "listeners", listeners)
         if not self.next_hop:
             raise ConfigError("next_hop: required (--next-hop sip:HOST:PORT;transport=udp|tcp)")
+        from authproxy.sip.routing import NextHop  # here: `authproxy serve` does not load the SIP package
+
         hop = NextHop.parse(self.next_hop)
         if hop.transport not in {transport for transport, _, _ in listeners}:
             raise ConfigError(f"next_hop: transport={hop.transport} needs a {hop.transport}: listener, which "

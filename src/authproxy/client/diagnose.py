@@ -32,28 +32,6 @@ from authproxy.auth.responder import Responder
 from authproxy.client.errors import ProxyAuthError, ProxyError, ProxyURLError
 from authproxy.client.settings import ProxyEndpoint, make_ssl_context, parse_proxy_url
 
-DEFAULT_TARGET = "https://example.com/"
-
-
-def add_diagnose_parser(subparsers: Any) -> None:
-    """Register ``authproxy diagnose`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "diagnose", help="probe a proxy and explain in words why a request through it fails",
-        description="Probe an HTTP proxy (any proxy, not only authproxy): whether it answers, what it challenges "
-                    "with, which challenges the credentials satisfy, whether plain HTTP and CONNECT work, and "
-                    "which hop fails and why. Exit 0 when the target was reached.")
-    p.add_argument("--proxy", required=True, metavar="URL", help="http[s]://[user[:password]@]host:port")
-    p.add_argument("--user", metavar="NAME", help="proxy user (else the URL's userinfo)")
-    p.add_argument("--password-stdin", action="store_true", help="read the proxy password from standard input")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    p.add_argument("--cacert", metavar="FILE", help="CA file for the target's TLS certificate")
-    p.add_argument("--proxy-cacert", metavar="FILE", help="CA file for an https:// proxy's certificate")
-    p.add_argument("--insecure", action="store_true", help="do not verify the target's certificate")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per step (default 10)")
-    p.add_argument("target", nargs="?", default=DEFAULT_TARGET, metavar="TARGET_URL",
-                   help=f"what to reach through the proxy (default {DEFAULT_TARGET})")
-
-
 # --- findings -----------------------------------------------------------------------------------------------
 
 
