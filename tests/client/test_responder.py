@@ -372,6 +372,9 @@ class _VerifyingOrigin(OriginHandler):
 
     def _handle(self) -> None:
         body = self._body()
+        if body is None:  # the client went away mid-body
+            self.close_connection = True
+            return
         self.server.seen.append({"method": self.command, "path": self.path, "headers": list(self.headers.items()),
                                  "body": body})
         decide = self.server.peer(ProxyRequest(self.command, self.path, body))
