@@ -369,7 +369,7 @@ def test_a_remembered_via_parses_to_itself(via: Via, branch: str) -> None:
 @given(vias(), name_addrs(tag=True), tokens, tokens)
 def test_a_value_parsed_by_its_shape_is_what_a_full_parse_gives(via: Via, na: NameAddr, one: str, two: str) -> None:
     """Via.parse and NameAddr.parse keep each value by its text without the branch (Via) or tag (From/To), and
-    give the next value of that shape by putting the new token in (params.split_varying): the result must be
+    give the next value of that shape by putting the new token in (params.parse_by_shape): the result must be
     what parsing the text from scratch gives, whatever came first."""
     for first, second in ((via.with_branch("z9hG4bK" + one), via.with_branch("z9hG4bK" + two)),):
         Via.parse(str(first))

@@ -15,16 +15,14 @@ from authproxy.sip.params import (
     check_params,
     format_params,
     param,
-    param_index,
+    parse_by_shape,
     parse_params,
-    split_varying,
-    with_param,
 )
 
 _N = TypeVar("_N", bound="NameAddr")
 #: From/To values by their text (see :func:`authproxy.sip.fields.memo`).
 _NAME_ADDRS: dict[str, NameAddr] = {}
-#: From/To values by their text without the tag value (params.split_varying), with the tag's index.
+#: From/To values by their text without the tag value, with the tag's index (params.parse_by_shape).
 _NAME_ADDR_SHAPES: dict[str, tuple[NameAddr, int]] = {}
 # Instances from values the grammar already held to every rule ``__post_init__`` checks, each slot set by name,
 # as authproxy.sip.via builds its Vias: this runs for every From and To of every message.
@@ -89,18 +87,7 @@ class NameAddr:
             return known
         # The field's parameters follow the URI: after its '>' in the name-addr form (a ';tag=' inside <...> is
         # the URI's), after the first ';' in the addr-spec form, whose URI holds none (section 20.10).
-        split = split_varying(value, ";tag=", value.rfind(">") + 1)
-        if split is not None:
-            shape, tag = split
-            template = _NAME_ADDR_SHAPES.get(shape)
-            if template is not None:  # the same value but its tag, which is a token: nothing else to check
-                na, at = template
-                return _new_name_addr(NameAddr, na.uri, na.display, with_param(na.params, at, "tag", tag))
-        na = cls._parse(value)
-        memo(_NAME_ADDRS, value, na)
-        if split is not None and (at := param_index(na.params, "tag", split[1])) >= 0:
-            memo(_NAME_ADDR_SHAPES, split[0], (na, at))
-        return na
+        return parse_by_shape(value, "tag", value.rfind(">") + 1, _NAME_ADDR_SHAPES, _parse_kept, _with_params)
 
     @classmethod
     def _parse(cls, value: str) -> NameAddr:
@@ -123,3 +110,14 @@ class NameAddr:
         if CONTROL_RE.search(value) is not None:
             return cls(uri, display, params)
         return _new_name_addr(cls, uri, display, params)
+
+
+def _parse_kept(value: str) -> NameAddr:
+    """A From/To value parsed, and kept by its text."""
+    na = NameAddr._parse(value)
+    memo(_NAME_ADDRS, value, na)
+    return na
+
+
+def _with_params(na: NameAddr, params: Params) -> NameAddr:
+    return _new_name_addr(NameAddr, na.uri, na.display, params)

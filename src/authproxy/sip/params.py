@@ -5,8 +5,10 @@ Contact carry them: sections 20.10, 20.20, 20.39 and 20.42): parsed in two C cal
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-from authproxy.sip.fields import CONTROL_RE, HOST, TOKEN, SipError, is_token
+from authproxy.sip.fields import CONTROL_RE, HOST, TOKEN, SipError, is_token, memo
 
 # gen-value = token / host / quoted-string; an unbracketed IPv6 address (via-received) first, since its
 # leading hex digits are a token too.
@@ -81,15 +83,44 @@ def format_params(params: Params) -> str:
     return "".join(parts)
 
 
-def split_varying(value: str, marker: str, start: int) -> tuple[str, str] | None:
-    """``(shape, varying)`` when ``value[start:]`` holds no quoted-string and ``marker`` (``;branch=``, ``;tag=``)
-    there is followed by a token up to the next ``;`` or the end: ``varying`` is that token, ``shape`` the value
-    without it. None otherwise.
+class _Parameterised(Protocol):
+    @property
+    def params(self) -> Params: ...
+
+
+_P = TypeVar("_P", bound=_Parameterised)
+
+
+def parse_by_shape(value: str, name: str, start: int, shapes: dict[str, tuple[_P, int]],
+                   parse: Callable[[str], _P], rebuild: Callable[[_P, Params], _P]) -> _P:
+    """``parse(value)``, or the same value made from one of the same shape parsed before: ``shapes`` keeps parsed
+    values by their text without parameter ``name``'s token (with that parameter's index), and ``rebuild``
+    makes a value like a kept one with other parameters.
 
     What differs between the Vias a user agent sends is the branch, and between its From and To values the tag:
-    a value parsed once per shape, then rebuilt with the new token, is what parsing it again would give. Without
-    quoted-strings, ``;`` only starts a parameter, so the token is that one parameter's whole value, found at the
-    same place in every value of the same shape."""
+    a value parsed once per shape, then rebuilt with the new token, is what parsing it again would give. Only
+    when the value holds no quoted-string and ``;name=`` after ``start`` is followed by a token up to the next
+    ``;`` or the end: without quoted-strings, ``;`` only starts a parameter, so the token is that parameter's whole
+    value, at the same place in every value of the same shape. A token needs no other check."""
+    split = _split_varying(value, f";{name}=", start)
+    if split is None:
+        return parse(value)
+    shape, token = split
+    template = shapes.get(shape)
+    if template is not None:
+        kept, at = template
+        params = kept.params
+        return rebuild(kept, (*params[:at], (name, token), *params[at + 1 :]))
+    parsed = parse(value)
+    at = _param_index(parsed.params, name, token)
+    if at >= 0:  # the parse found that very token as that parameter: a template for its shape
+        memo(shapes, shape, (parsed, at))
+    return parsed
+
+
+def _split_varying(value: str, marker: str, start: int) -> tuple[str, str] | None:
+    """``(shape, token)``: ``value`` without the token after ``marker`` (found from ``start``), or None (see
+    :func:`parse_by_shape`)."""
     if '"' in value:
         return None
     at = value.find(marker, start)
@@ -99,18 +130,13 @@ def split_varying(value: str, marker: str, start: int) -> tuple[str, str] | None
     end = value.find(";", at)
     if end < 0:
         end = len(value)
-    varying = value[at:end]
-    if not is_token(varying):
+    token = value[at:end]
+    if not is_token(token):
         return None
-    return value[:at] + value[end:], varying
+    return value[:at] + value[end:], token
 
 
-def with_param(params: Params, at: int, name: str, value: str) -> Params:
-    """``params`` with the parameter at index ``at`` replaced by ``name=value``."""
-    return (*params[:at], (name, value), *params[at + 1 :])
-
-
-def param_index(params: Params, name: str, value: str) -> int:
+def _param_index(params: Params, name: str, value: str) -> int:
     """The index of parameter ``name`` when its value is ``value``, else -1."""
     for i, (pname, pvalue) in enumerate(params):
         if pname == name:

@@ -10,16 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from authproxy.sip.fields import CONTROL_RE, HOST, HOST_RE, TOKEN, SipError, is_token, memo
-from authproxy.sip.params import (
-    Params,
-    check_params,
-    format_params,
-    param,
-    param_index,
-    parse_params,
-    split_varying,
-    with_param,
-)
+from authproxy.sip.params import Params, check_params, format_params, param, parse_by_shape, parse_params
 
 _V = TypeVar("_V", bound="Via")
 
@@ -51,7 +42,7 @@ _ADDRESSES: set[str] = set()
 # Vias a proxy sent (its own, and the one it stamped with received/rport), by their text: they come back in the
 # response to what it forwarded. Filled by remember_via only, so a client's Via text is parsed as sent.
 _SENT_VIAS: dict[str, Via] = {}
-# Vias parsed before, by their text without the branch value (params.split_varying), with the branch's index.
+# Vias parsed before, by their text without the branch value, with the branch's index (params.parse_by_shape).
 _VIA_SHAPES: dict[str, tuple[Via, int]] = {}
 
 
@@ -161,20 +152,7 @@ class Via:
         known = _SENT_VIAS.get(value)
         if known is not None:
             return known
-        split = split_varying(value, ";branch=", 0)
-        if split is None:
-            return cls._parse(value)
-        shape, branch = split
-        template = _VIA_SHAPES.get(shape)
-        if template is not None:  # the same Via but its branch, which is a token: nothing else to check
-            via, at = template
-            return _new_via(Via, via.transport, via.host, via.port, with_param(via.params, at, "branch", branch),
-                            via.protocol, via.version)
-        via = cls._parse(value)
-        at = param_index(via.params, "branch", branch)
-        if at >= 0:
-            memo(_VIA_SHAPES, shape, (via, at))
-        return via
+        return parse_by_shape(value, "branch", 0, _VIA_SHAPES, Via._parse, _with_params)
 
     @classmethod
     def _parse(cls, value: str) -> Via:
@@ -189,6 +167,10 @@ class Via:
         via = _new_via(cls, transport.upper(), host, port, params, protocol, version)
         via._check_values()
         return via
+
+
+def _with_params(via: Via, params: Params) -> Via:
+    return _new_via(Via, via.transport, via.host, via.port, params, via.protocol, via.version)
 
 
 def remember_via(text: str, via: Via) -> None:
