@@ -386,6 +386,15 @@ def handle_signals(server: Reloadable[C], reload: Callable[[], C] | None) -> asy
     return stop
 
 
+def settle_heap() -> None:
+    """Once a server is up: everything built so far lives as long as the process, so the collector is kept from
+    walking it again and again (``gc.freeze``), and runs less often (a request or a SIP transaction allocates a
+    few dozen short-lived objects), which shows in throughput and in the p99 latency."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None,
                 reload: Callable[[], Config] | None = None, worker: WorkerSetup | None = None) -> None:
     """Run the proxy until SIGTERM or SIGINT; SIGHUP calls ``reload`` for a new config."""
@@ -396,12 +405,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     # Signals first: a SIGTERM that arrives as soon as we announce the port must be a clean stop.
     stop = handle_signals(server, reload)
     await server.start(reuse_port=worker is not None)
-    # Everything built so far lives as long as the process: keep the collector from walking it again and
-    # again, and let it run less often (a request allocates a few dozen short-lived objects), which shows
-    # in the p99 latency.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    settle_heap()
     if worker is None or worker.index == 0:
         host, port = server.sockets_addresses[0]
         shown = f"[{host}]" if ":" in host else host

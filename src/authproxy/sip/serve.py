@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from authproxy.config import SipConfig
 from authproxy.observe.notices import stderr
-from authproxy.proxy.server import handle_signals
+from authproxy.proxy.server import handle_signals, settle_heap
 from authproxy.proxy.workers import supervise
 from authproxy.sip.listeners import reuseport_group
 from authproxy.sip.server import SipServer, SipWorker
@@ -47,6 +47,7 @@ async def serve(config: SipConfig, *, announce: Callable[[str], None] = stderr,
     server = SipServer(config, worker=worker)
     stop = handle_signals(server, reload)
     await server.start()
+    settle_heap()
     if worker is None or worker.index == 0:
         announce(server.describe())
     try:
