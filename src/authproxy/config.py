@@ -285,6 +285,10 @@ class SipConfig:
     via_host: str = ""  # the host in this proxy's Via; default: the host it listens on
     max_transactions: int = 20_000  # remembered transactions (retransmissions), 32 s each
     max_transactions_per_source: int = 2_000  # of those, per source address; past it: 503
+    # The proxy's own answers (407, 503, 400...) over UDP to one address, a second and in a burst; past them,
+    # dropped: a forged source address must not turn the proxy into an amplifier. 0: no bound.
+    udp_answer_rate: float = 200.0
+    udp_answer_burst: int = 400
     max_message_size: int = 65535
     max_connections: int = 1000  # TCP and TLS connections, both directions (per worker)
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT); 0: one per CPU
@@ -339,9 +343,11 @@ class SipConfig:
                               "address the next hop can answer)")
         if self.via_host and _HOSTNAME_RE.fullmatch(self.via_host) is None:
             raise ConfigError(f"via_host: not a host name or address: {self.via_host!r}")
-        for key in ("max_transactions", "max_transactions_per_source", "max_connections"):
+        for key in ("max_transactions", "max_transactions_per_source", "max_connections", "udp_answer_burst"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
+        if not 0 <= self.udp_answer_rate < float("inf"):
+            raise ConfigError("udp_answer_rate: must be a number of answers a second, 0 for no bound")
         if self.workers < 0:
             raise ConfigError("workers: must not be negative")
         for key in ("idle_timeout", "message_timeout", "tls_handshake_timeout"):

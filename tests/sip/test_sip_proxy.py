@@ -323,6 +323,52 @@ def test_transaction_table_is_bounded_and_expires() -> None:
     assert len(proxy) == 1
 
 
+def test_answers_over_udp_to_one_address_are_bounded() -> None:
+    """RFC 3261 sections 26.1.5 and 26.3.2.4: a UDP source can be forged, and a 407 is several times the request
+    asking for it. Past the burst, one DROPPED line for the flood, then silence; nothing remembered; other
+    addresses, streams and forwarded requests untouched; answered again once the rate allows."""
+    proxy = make_proxy(answer_rate=8, answer_burst=20)
+    flood = [options(f"z9hG4bKf{i}").to_bytes() for i in range(100)]
+    answered, logged = [], []
+    for data in flood:
+        actions = proxy.datagram(data, CLIENT, "udp", NOW)
+        answered += sends(actions)
+        logged += records(actions)
+    assert len(answered) == 20 and all(send.data.startswith(b"SIP/2.0 407 ") for send in answered)
+    (dropped,) = [record for record in logged if record.action == DROPPED]
+    assert (dropped.status, dropped.outcome) == (407, Outcome.OVER_LIMIT)
+    assert dropped.reason == "over 8 answers a second (burst 20) to this address: answers dropped until it slows"
+    assert len(proxy) == 20  # the dropped were not remembered
+    # Another address, the same address over TCP (its peer has shown its address), and a signed-in request
+    # from it (forwarded, not answered): all as before.
+    assert sends(proxy.datagram(options("z9hG4bKo1").to_bytes(), ("127.0.0.2", 5070), "udp", NOW))
+    assert sends(proxy.datagram(options("z9hG4bKt1").to_bytes(), CLIENT, "tcp", NOW))
+    one = make_proxy(answer_rate=8, answer_burst=1)
+    client, _ = authenticated(one)  # its 407 took the one token; the signed-in request went on all the same
+    assert [record.action for record in client.log] == [ANSWERED, FORWARDED]
+    assert records(one.datagram(options("z9hG4bKx").to_bytes(), CLIENT, "udp", NOW))[0].action == DROPPED
+    # A retransmission of a dropped request, once a token is back: a new transaction, answered; one token only.
+    later = NOW + 0.125
+    _send, response = only_send(proxy.datagram(flood[50], CLIENT, "udp", later))
+    assert isinstance(response, SipResponse) and response.status == 407
+    assert proxy.datagram(flood[51], CLIENT, "udp", later) == []  # the same flood: said once only
+
+
+def test_a_remembered_answer_sent_again_counts_too() -> None:
+    proxy = make_proxy(answer_rate=8, answer_burst=5)
+    data = options().to_bytes()
+    answers = [sends(proxy.datagram(data, CLIENT, "udp", NOW)) for _ in range(30)]  # one request, resent
+    assert sum(len(sent) for sent in answers) == 5
+    assert len({sent[0].data for sent in answers if sent}) == 1  # the same 407 each time
+
+
+def test_malformed_requests_answers_count_too_and_zero_means_no_bound() -> None:
+    bad = options().to_bytes().replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    bounded, unbounded = make_proxy(answer_rate=8, answer_burst=3), make_proxy(answer_rate=0)
+    assert sum(len(sends(bounded.datagram(bad, CLIENT, "udp", NOW))) for _ in range(10)) == 3
+    assert sum(len(sends(unbounded.datagram(bad, CLIENT, "udp", NOW))) for _ in range(1000)) == 1000
+
+
 def test_log_line_reads_back_and_holds_no_secret() -> None:
     proxy = make_proxy()
     client, answered = authenticated(proxy)

@@ -101,6 +101,14 @@ def test_sighup_to_one_process(tmp_path: Path, users: Path, uas: Uas) -> None:
         os.kill(proc.proc.pid, signal.SIGHUP)  # before: the default action, the proxy gone
         told(proc, "reloaded config and users", 1)
         assert algorithms_offered(client) == ["SHA-512-256", "MD5"] and proc.proc.poll() is None
+        # The bound on answers to one address, reloaded too: one answer, then none.
+        config.write_text('[sip]\nudp_answer_rate = 0.01\nudp_answer_burst = 1\n')
+        os.kill(proc.proc.pid, signal.SIGHUP)
+        told(proc, "reloaded config and users", 2)
+        assert client.send(client.request()).status == 407
+        client.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.send(client.request())
     finally:
         client.close()
         proc.stop()

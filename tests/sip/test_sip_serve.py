@@ -313,7 +313,8 @@ def test_a_flood_of_transactions_stays_bounded(tmp_path: Path, users: Path, uas:
     """30,000 new transactions from 30 addresses (127.0.0.x): the table holds at most max_transactions, each
     source at most its share (the rest get 503), and the proxy's resident memory grows by little."""
     proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", listen=("udp:127.0.0.1:0",),
-                           config_text="[sip]\nmax_transactions = 5000\nmax_transactions_per_source = 500\n")
+                           config_text="[sip]\nmax_transactions = 5000\nmax_transactions_per_source = 500\n"
+                                       "udp_answer_rate = 0\n")  # every 407 and 503 answered: the table's bound
     try:
         port = proc.ports["udp"]
         warm = UdpClient(port)
@@ -338,6 +339,43 @@ def test_a_flood_of_transactions_stays_bounded(tmp_path: Path, users: Path, uas:
         assert statuses == {407: 15_000, 503: 15_000}  # 500 remembered per source, the rest refused
         # Measured: 8.5 MiB for the 5,000 remembered (each holds its 407); 15,000 would be three times that.
         assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+    finally:
+        proc.stop()
+
+
+def test_answers_to_one_address_are_bounded_over_udp(tmp_path: Path, users: Path, uas: Uas) -> None:
+    """1,000 unsigned requests from one address, as a forger sends them in a victim's name (RFC 3261 section
+    26.3.2.4): at most the burst and the rate are answered (each 407 is 3.5 times such a request), one log line
+    says so; another address is answered meanwhile, and the flooded one again once a token is back."""
+    rate, burst = 20, 50
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", listen=("udp:127.0.0.1:0",),
+                           config_text=f"[sip]\nudp_answer_rate = {rate}\nudp_answer_burst = {burst}\n")
+    try:
+        port = proc.ports["udp"]
+        flood, other = UdpClient(port, "127.0.0.2"), UdpClient(port, "127.0.0.3")
+        started = time.monotonic()
+        for n in range(1000):
+            flood.sock.sendto(flood.request().to_bytes(), flood.server)
+            if n % 50 == 49:
+                time.sleep(0.01)  # 5,000 a second, within the proxy's socket buffer (else the kernel drops them)
+        assert other.send(other.request()).status == 407
+        flood.sock.settimeout(1.0)
+        answers, last = [], started
+        with contextlib.suppress(TimeoutError):
+            while True:
+                answers.append(flood.sock.recv(65535))
+                last = time.monotonic()
+        assert all(answer.startswith(b"SIP/2.0 407 ") for answer in answers)
+        assert burst <= len(answers) <= burst + rate * (last - started) + 1, (len(answers), last - started)
+        lines = proc.log_lines(lambda lines: any(" DROPPED/" in line for line in lines))
+        dropped = [parse_sip_line(line) for line in lines if " DROPPED/" in line]
+        assert [(d.client.split(":")[0], d.status, d.outcome) for d in dropped] == [("127.0.0.2", 407, "over-limit")]
+        assert dropped[0].call_id_or_reason == (f"over {rate} answers a second (burst {burst}) to this address: "
+                                                "answers dropped until it slows")
+        time.sleep(2 / rate)
+        assert flood.send(flood.request()).status == 407
+        flood.close()
+        other.close()
     finally:
         proc.stop()
 

@@ -37,7 +37,9 @@ class Outcome(StrEnum):
     # What the proxy records around the verifier.
     BAD_REQUEST = "bad-request"  # malformed request or credentials (400, 413, 431 ...)
     THROTTLED = "throttled"  # refused with 429 before the credentials were looked at
-    OVER_LIMIT = "over-limit"  # a connection refused at a connection limit (503, or closed on the TLS listener)
+    # a connection refused at a connection limit (503, or closed on the TLS listener); SIP: a source over its share
+    # of the transaction table (503), or over the rate of answers to it (dropped)
+    OVER_LIMIT = "over-limit"
     NONE = "none"  # no decision was reached (the connection ended first)
 
     @property

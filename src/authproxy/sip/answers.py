@@ -2,7 +2,10 @@
 to what does not parse, with the fields a response copies taken as they came (section 8.2.6.2); 407 with fresh
 challenges; 482, 483, 420, 404, 416; 503 with Retry-After for the sign-in throttle and the per-address limit;
 each with a ``Warning`` saying why (section 20.43), a To tag derived from the request, sent where section 18.2.2
-and RFC 3581 say, and remembered so a retransmission gets it again. ``Answers`` is a base of
+and RFC 3581 say, and remembered so a retransmission gets it again. Over UDP, where a source address can be
+forged, at most ``answer_rate`` of them go to one address (RFC 3261 sections 26.1.5 and 26.3.2.4: a 407 is
+several times the request that asks for it); the rest are dropped, not remembered, and the first drop of a flood
+logged. ``Answers`` is a base of
 :class:`authproxy.sip.proxy.SipProxy` (``Transactions`` <- ``Routing`` <- ``Answers`` <- ``Forwarding`` <-
 ``SipProxy``).
 """
@@ -14,7 +17,8 @@ from collections.abc import Callable, Sequence
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.auth.verifier import Reject, Verifier
-from authproxy.engine.throttle import retry_after
+from authproxy.engine.buckets import Spend, TokenBuckets
+from authproxy.engine.throttle import client_key, retry_after
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.challenge import challenge_response, offers_for
 from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name
@@ -31,6 +35,12 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large
 _ANSWER_FIELDS = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
+def answer_buckets(rate: float, burst: int) -> TokenBuckets | None:
+    """The bound on the proxy's own answers over UDP to one address: ``rate`` a second, in bursts of up to
+    ``burst``; none when ``rate`` is 0."""
+    return TokenBuckets(rate, burst) if rate else None
+
+
 class Answers(Routing):
     """The responses the proxy makes itself, rather than forwards."""
 
@@ -39,6 +49,8 @@ class Answers(Routing):
     random: Callable[[int], bytes]
     name: str
     limits: Limits
+    #: The proxy's own answers over UDP, per source address (its IPv6 /64); None: not bounded.
+    answer_rate: TokenBuckets | None
 
     def malformed(self, data: bytes, error: SipError, source: Address, transport: str,
                   now: float) -> list[Action]:
@@ -51,9 +63,13 @@ class Answers(Routing):
             return [SipRecord(now, source, transport, DROPPED, None, None, None, None, Outcome.BAD_REQUEST,
                               reason=f"malformed message: {error.message}")]
         method = start[0].decode("ascii", "replace")
+        status = int(answer[8:11])
+        over = self._over_answer_rate(source, transport, now, status, method, None, None)
+        if over is not None:
+            return over
         return [Send(answer, source, transport),
-                SipRecord(now, source, transport, ANSWERED, int(answer[8:11]), method, None, None,
-                          Outcome.BAD_REQUEST, reason=error.message)]
+                SipRecord(now, source, transport, ANSWERED, status, method, None, None, Outcome.BAD_REQUEST,
+                          reason=error.message)]
 
     def _bad_request_bytes(self, head: list[bytes], error: SipError) -> bytes | None:
         """The 400 to an unparsable request: the lines of Via, From, To, Call-ID and CSeq copied as they came
@@ -122,13 +138,32 @@ class Answers(Routing):
 
     def _sent(self, request: SipRequest, wire: bytes, source: Address, transport: str, now: float,
               outcome: Outcome, user: str | None, record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
+        status = int(wire[8:11])
+        over = self._over_answer_rate(source, transport, now, status, request.method, request.uri, request.call_id)
+        if over is not None:
+            return over  # not remembered either: a retransmission, once the rate allows, is answered afresh
         if record is not None:
             self._remember(record, Transaction(record[1], source, transport, now + TRANSACTION_LIFETIME, wire,
                                                 None))
-        status = int(wire[8:11])
         return [Send(wire, self._reply_to(request.vias[0], source, transport), transport),
                 SipRecord(now, source, transport, ANSWERED, status, request.method, request.uri, user, outcome,
                           call_id=request.call_id)]
+
+    def _over_answer_rate(self, source: Address, transport: str, now: float, status: int, method: str | None,
+                          uri: str | None, call_id: str | None) -> list[Action] | None:
+        """None when an answer of this proxy's may go to ``source`` now; else what to do instead: nothing, or, the
+        first drop of a flood, one log line. Over UDP only: a stream's peer has shown its address."""
+        buckets = self.answer_rate
+        if buckets is None or transport != "udp":
+            return None
+        spend = buckets.take(client_key(source[0]), now)
+        if spend is Spend.OK:
+            return None
+        if spend is Spend.STILL_OVER:
+            return []
+        return [SipRecord(now, source, transport, DROPPED, status, method, uri, None, Outcome.OVER_LIMIT,
+                          call_id=call_id, reason=f"over {buckets.rate:g} answers a second (burst {buckets.burst}) "
+                          "to this address: answers dropped until it slows")]
 
     def _warning(self, text: str) -> str:
         """A Warning value (section 20.43: 399, miscellaneous), the text kept a plain quoted-string."""

@@ -56,6 +56,7 @@ from authproxy.auth.store import UserStore
 from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.throttle import FailureThrottle
 from authproxy.sip.actions import Action, Send
+from authproxy.sip.answers import answer_buckets
 from authproxy.sip.challenge import NEVER_CHALLENGED
 from authproxy.sip.fields import SipError
 from authproxy.sip.forward import Forwarding
@@ -79,7 +80,8 @@ class SipProxy(Forwarding):
     ``record_route`` adds this proxy's Record-Route to dialog-creating requests (section 16.6 step 4);
     ``trusted`` (IP addresses or networks) and the next hop's own address are peers whose requests are not
     challenged and go where their Route or Request-URI says (section 16.5); every other source is challenged
-    and its requests go to the next hop."""
+    and its requests go to the next hop. ``answer_rate`` and ``answer_burst`` bound the proxy's own answers over
+    UDP to one address (0: no bound; see :mod:`authproxy.sip.answers`)."""
 
 
     def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
@@ -87,7 +89,8 @@ class SipProxy(Forwarding):
                  name: str = "authproxy", limits: Limits = DEFAULT_LIMITS, max_transactions: int = 20_000,
                  max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None,
                  public: dict[str, Address] | None = None, aliases: Iterable[tuple[str, int | None]] = (),
-                 record_route: bool = True, trusted: Sequence[str] = (), path: bool = True) -> None:
+                 record_route: bool = True, trusted: Sequence[str] = (), path: bool = True,
+                 answer_rate: float = 200.0, answer_burst: int = 400) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
         if next_hop.transport not in local:
@@ -96,6 +99,7 @@ class SipProxy(Forwarding):
         self.next_hop, self.local, self.random, self.name, self.limits = next_hop, local, random, name, limits
         self.max_transactions = max_transactions
         self.max_per_source = max_transactions_per_source
+        self.answer_rate = answer_buckets(answer_rate, answer_burst)
         #: The HTTP proxy's credential-guessing throttle (per address and per user name); ``now`` is its clock.
         self.throttle = throttle
         self._key = key if key is not None else random(32)
@@ -148,6 +152,10 @@ class SipProxy(Forwarding):
             entry = self._transactions.get(key)
             if entry is not None and entry.fingerprint == fingerprint:
                 if entry.response is not None:  # a retransmission: the same answer, no second verification
+                    over = self._over_answer_rate(source, transport, now, int(entry.response[8:11]),
+                                                  request.method, request.uri, request.call_id)
+                    if over is not None:
+                        return over
                     return [Send(entry.response, self._reply_to(top, source, transport), transport)]
                 route = self._route(request, trusted)  # forwarded before, so routed the same way again
                 return [self._forward_send(request, source, transport, route, trusted)[0]]

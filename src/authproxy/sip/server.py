@@ -30,6 +30,7 @@ from authproxy.observe.accesslog import AccessLog
 from authproxy.observe.notices import RateLimitedNotices, stderr
 from authproxy.proxy.tls import tls_context
 from authproxy.sip.actions import Action, Send
+from authproxy.sip.answers import answer_buckets
 from authproxy.sip.listeners import Datagrams, bind_listener, sock_address
 from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits
@@ -127,7 +128,8 @@ class SipServer:
                               max_transactions=config.max_transactions,
                               max_transactions_per_source=config.max_transactions_per_source,
                               public=public, aliases=aliases, record_route=config.record_route, path=config.path,
-                              trusted=config.trusted, throttle=throttle)
+                              trusted=config.trusted, throttle=throttle, answer_rate=config.udp_answer_rate,
+                              answer_burst=config.udp_answer_burst)
         if hop_sock is not None:
             await loop.create_datagram_endpoint(lambda: Datagrams(self, None), sock=hop_sock)
         for (transport, _host, _port), sock, (_, address) in zip(config.listeners, sockets, self.bound,
@@ -210,6 +212,8 @@ class SipServer:
             self.proxy.expire(now)
             if self.proxy.throttle is not None:
                 self.proxy.throttle.purge(now)
+            if self.proxy.answer_rate is not None:
+                self.proxy.answer_rate.purge(now)
         self.log.flush()
         self.tls_failures.flush()
         try:
@@ -242,6 +246,8 @@ class SipServer:
             proxy.verifier, proxy.store, proxy.limits = verifier, store, self.limits
             proxy.max_transactions = config.max_transactions
             proxy.max_per_source = config.max_transactions_per_source
+            if (config.udp_answer_rate, config.udp_answer_burst) != (old.udp_answer_rate, old.udp_answer_burst):
+                proxy.answer_rate = answer_buckets(config.udp_answer_rate, config.udp_answer_burst)
             if _throttle_settings(config) != _throttle_settings(old):
                 proxy.throttle = _throttle(config)  # counts start again, as the HTTP proxy's do
         old_log.flush()
@@ -278,7 +284,7 @@ RELOADABLE = frozenset({
     "users", "realm", "digest_algorithms", "qop", "nonce_lifetime", "access_log", "access_log_format",
     "max_transactions", "max_transactions_per_source", "max_message_size", "max_connections", "idle_timeout",
     "message_timeout", "tls_handshake_timeout", "throttle_max_failures", "throttle_window", "throttle_lockout",
-    "throttle_max_user_lockout", "throttle_max_entries"})
+    "throttle_max_user_lockout", "throttle_max_entries", "udp_answer_rate", "udp_answer_burst"})
 
 
 def _throttle_settings(config: SipConfig) -> tuple[float, ...]:
