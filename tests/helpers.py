@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -370,6 +371,27 @@ def start_sip_proxy(tmp: Path, users: Path, next_hop: str, *args: str,
     proc, match, lines = _started(cmd, r"sip listening on (.*?);")
     ports = {t: int(p) for t, p in re.findall(r"(udp|tcp|tls):[^ ]*:(\d+)", match.group(1))}
     return SipProxyProcess(proc, ports, log_path, lines)
+
+
+@contextlib.contextmanager
+def chained_sip_proxies(tmp: Path, next_hop: str, inner_algorithms: str = "MD5",
+                        outer_algorithms: str = "MD5") -> Iterator[tuple[SipProxyProcess, SipProxyProcess]]:
+    """Two ``authproxy sip serve`` in a chain over UDP, each with users of a realm of its own ("outer-realm",
+    "inner-realm"): a UA talks to the outer one, whose next hop is the inner one, whose next hop is ``next_hop``.
+    Yields ``(outer, inner)``; both stopped after."""
+    inner_users = make_users_file(tmp / "inner.users", "inner-realm")
+    outer_users = make_users_file(tmp / "outer.users", "outer-realm")
+    inner = start_sip_proxy(tmp, inner_users, next_hop, "--digest-algorithms", inner_algorithms,
+                            listen=("udp:127.0.0.1:0",))
+    try:
+        outer = start_sip_proxy(tmp, outer_users, f"sip:127.0.0.1:{inner.ports['udp']}",
+                                "--digest-algorithms", outer_algorithms, listen=("udp:127.0.0.1:0",))
+        try:
+            yield outer, inner
+        finally:
+            outer.stop()
+    finally:
+        inner.stop()
 
 
 def _drain(proc: subprocess.Popen[bytes], lines: list[str]) -> None:

@@ -18,7 +18,7 @@ from authproxy.sip.client import SipAuthenticator, drive
 from authproxy.sip.message import SipRequest, SipResponse, response_to
 from authproxy.sip.parse import parse_datagram, parse_stream
 
-from helpers import USERS, SipProxyProcess, make_users_file, start_sip_proxy
+from helpers import USERS, SipProxyProcess, chained_sip_proxies, make_users_file, start_sip_proxy
 
 REALM = "sip-test"
 PASSWORD = USERS["alice"]
@@ -85,26 +85,40 @@ def far_side_bye(uas: Uas, ok: SipResponse, reached: SipRequest) -> SipRequest:
         ("Content-Length", "0")))
 
 
+def call_through(client: UdpClient | TcpClient, uas: Uas, request: SipRequest) -> tuple[SipResponse, SipRequest]:
+    """alice's ``request`` signed in through the proxy ``client`` talks to: the final response she gets, and the
+    request as the UAS received it."""
+    auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
+    answer = drive(auth.exchange(request), client.send)
+    (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == request.call_id]
+    return answer, reached
+
+
+def callee_hangs_up(client: UdpClient, uas: Uas, ok: SipResponse, reached: SipRequest, port: int) -> SipRequest:
+    """The callee's BYE sent from the UAS to the proxy at ``port``: the BYE as alice's own socket gets it
+    (checked to be one, its Route used up), her 200 to it sent back, and seen at the UAS."""
+    uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", port))
+    bye = parse_datagram(client.sock.recv(65535))
+    assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
+    client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", client.server[1]))
+    uas.wait(lambda: any(r.call_id == ok.call_id and r.cseq.method == "BYE" for r in uas.responses))
+    return bye
+
+
 def test_udp_call_record_routed_and_hung_up_by_the_callee(proxy: SipProxyProcess, uas: Uas) -> None:
     port = proxy.ports["udp"]
     client = UdpClient(port)
     try:
         call_id = f"rr-udp-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
+        ok, reached = call_through(client, uas, invite("udp", client.local, port, call_id))
         assert ok.status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
         assert reached.get_all("Route") == []  # its Route named the proxy: it stopped there (section 16.4)
         (record_route,) = reached.values("Record-Route")
         assert record_route.startswith("<sip:") and record_route.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
         assert ok.values("Record-Route") == [record_route]  # the UAS's 200 copies it back to alice
         # The callee hangs up: from the next hop, through the proxy (Route: its Record-Route), not challenged.
-        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", port))
-        bye = parse_datagram(client.sock.recv(65535))
-        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
+        bye = callee_hangs_up(client, uas, ok, reached, port)
         assert (bye.vias[0].host, bye.vias[0].port) == ("127.0.0.1", port) and len(bye.vias) == 2
-        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
-        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
         (done,) = [r for r in uas.responses if r.call_id == call_id]
         assert done.status == 200 and len(done.vias) == 1  # the proxy's Via popped on the way back
     finally:
@@ -120,11 +134,9 @@ def test_tcp_caller_gets_the_callees_bye_on_its_connection(proxy: SipProxyProces
     client = TcpClient(port)
     try:
         call_id = f"rr-tcp-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        request = invite("tcp", client.local + 1, port, call_id)  # a Contact port nobody listens on
-        ok = drive(auth.exchange(request), client.send)
+        # A Contact port nobody listens on.
+        ok, reached = call_through(client, uas, invite("tcp", client.local + 1, port, call_id))
         assert ok.status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
         assert reached.get_all("Route") == []
         top, second = reached.values("Record-Route")
         assert top.endswith(f"@127.0.0.1:{proxy.ports['udp']};transport=udp;lr>")
@@ -146,9 +158,7 @@ def test_a_stranger_cannot_use_the_record_route(proxy: SipProxyProcess, uas: Uas
     stranger = UdpClient(port)
     try:
         call_id = f"rr-stranger-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        ok, reached = call_through(client, uas, invite("udp", client.local, port, call_id))
         bye = far_side_bye(uas, ok, reached)
         forged = SipRequest(method="BYE", uri=bye.uri, headers=tuple(
             (n, f"SIP/2.0/UDP 127.0.0.1:{stranger.local};branch=z9hG4bKstranger" if n == "Via" else v)
@@ -169,9 +179,8 @@ def test_no_record_route_when_turned_off(tmp_path: Path, uas: Uas) -> None:
     client = UdpClient(proc.ports["udp"])
     try:
         call_id = f"no-rr-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        assert drive(auth.exchange(invite("udp", client.local, proc.ports["udp"], call_id)), client.send).status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        ok, reached = call_through(client, uas, invite("udp", client.local, proc.ports["udp"], call_id))
+        assert ok.status == 200
         assert reached.get_all("Record-Route") == [] and reached.get_all("Route") == []
     finally:
         client.close()
@@ -189,17 +198,11 @@ def test_with_workers_the_record_route_names_the_listener(tmp_path: Path, uas: U
     client = UdpClient(port)
     try:
         call_id = f"rr-workers-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
+        ok, reached = call_through(client, uas, invite("udp", client.local, port, call_id))
         assert reached.vias[0].port != port  # the worker's own next-hop port
         (record_route,) = reached.values("Record-Route")
         assert record_route.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
-        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", port))
-        bye = parse_datagram(client.sock.recv(65535))
-        assert isinstance(bye, SipRequest) and bye.method == "BYE"
-        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
-        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
+        callee_hangs_up(client, uas, ok, reached, port)
     finally:
         client.close()
         proc.stop()
@@ -210,38 +213,27 @@ def test_two_chained_proxies_both_record_route_and_the_bye_comes_back_through_bo
     """alice -> outer (its realm) -> inner (another realm) -> UAS: each proxy record-routes with its own flow
     token; the callee's BYE, its Route both proxies' values, goes inner (from its next hop) -> outer (from its
     next hop, the inner proxy) -> alice, each removing its own value, neither challenging."""
-    inner_users = make_users_file(tmp_path / "inner.users", "inner-realm")
-    outer_users = make_users_file(tmp_path / "outer.users", "outer-realm")
-    inner = start_sip_proxy(tmp_path, inner_users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
-                            listen=("udp:127.0.0.1:0",))
-    outer = start_sip_proxy(tmp_path, outer_users, f"sip:127.0.0.1:{inner.ports['udp']}",
-                            "--digest-algorithms", "MD5", listen=("udp:127.0.0.1:0",))
-    port = outer.ports["udp"]
-    client = UdpClient(port)
-    try:
-        call_id = f"rr-chain-{os.urandom(4).hex()}@127.0.0.1"
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        ok = drive(auth.exchange(invite("udp", client.local, port, call_id)), client.send)
-        assert ok.status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
-        first, second = reached.values("Record-Route")  # the inner proxy's on top
-        assert first.endswith(f"@127.0.0.1:{inner.ports['udp']};transport=udp;lr>")
-        assert second.endswith(f"@127.0.0.1:{port};transport=udp;lr>") and reached.get_all("Route") == []
-        uas.send(far_side_bye(uas, ok, reached).to_bytes(), ("127.0.0.1", inner.ports["udp"]))
-        bye = parse_datagram(client.sock.recv(65535))
-        assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.get_all("Route") == []
-        assert len(bye.vias) == 3  # the UAS's, the inner proxy's, the outer proxy's
-        client.sock.sendto(response_to(bye, 200, "OK", to_tag="alice1").to_bytes(), ("127.0.0.1", port))
-        uas.wait(lambda: any(r.call_id == call_id and r.cseq.method == "BYE" for r in uas.responses))
-        assert outcomes(inner, call_id, 3) == [("ANSWERED", 407, None, "missing"),
-                                               ("FORWARDED", None, "alice", "ok"), ("FORWARDED", None, None, "none")]
-        assert outcomes(outer, call_id, 4) == [("ANSWERED", 407, None, "missing"),
-                                               ("FORWARDED", None, "alice", "ok"), ("FORWARDED", None, "alice", "ok"),
-                                               ("FORWARDED", None, None, "none")]
-    finally:
-        client.close()
-        outer.stop()
-        inner.stop()
+    with chained_sip_proxies(tmp_path, f"sip:127.0.0.1:{uas.port}") as (outer, inner):
+        port = outer.ports["udp"]
+        client = UdpClient(port)
+        try:
+            call_id = f"rr-chain-{os.urandom(4).hex()}@127.0.0.1"
+            ok, reached = call_through(client, uas, invite("udp", client.local, port, call_id))
+            assert ok.status == 200
+            first, second = reached.values("Record-Route")  # the inner proxy's on top
+            assert first.endswith(f"@127.0.0.1:{inner.ports['udp']};transport=udp;lr>")
+            assert second.endswith(f"@127.0.0.1:{port};transport=udp;lr>") and reached.get_all("Route") == []
+            bye = callee_hangs_up(client, uas, ok, reached, inner.ports["udp"])
+            assert len(bye.vias) == 3  # the UAS's, the inner proxy's, the outer proxy's
+            assert outcomes(inner, call_id, 3) == [("ANSWERED", 407, None, "missing"),
+                                                   ("FORWARDED", None, "alice", "ok"),
+                                                   ("FORWARDED", None, None, "none")]
+            assert outcomes(outer, call_id, 4) == [("ANSWERED", 407, None, "missing"),
+                                                   ("FORWARDED", None, "alice", "ok"),
+                                                   ("FORWARDED", None, "alice", "ok"),
+                                                   ("FORWARDED", None, None, "none")]
+        finally:
+            client.close()
 
 
 def test_an_alias_names_the_proxy_in_a_route(tmp_path: Path, uas: Uas) -> None:
@@ -255,10 +247,8 @@ def test_an_alias_names_the_proxy_in_a_route(tmp_path: Path, uas: Uas) -> None:
         request = client.request("OPTIONS")
         request = request.replace_headers([*request.headers[:-1], ("Route", "<sip:outbound.example.test;lr>"),
                                            request.headers[-1]])
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        assert drive(auth.exchange(request), client.send).status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == request.call_id]
-        assert reached.get_all("Route") == []
+        ok, reached = call_through(client, uas, request)
+        assert ok.status == 200 and reached.get_all("Route") == []
     finally:
         client.close()
         proc.stop()
@@ -275,9 +265,8 @@ def test_path_brings_an_incoming_call_to_the_registered_client(proxy: SipProxyPr
         register = register.replace_headers([*register.headers[:-1],
                                              ("Contact", f"<sip:alice@192.0.2.1:{client.local}>"),
                                              register.headers[-1]])
-        auth = SipAuthenticator("alice", PASSWORD, random=os.urandom, userhash=False)
-        assert drive(auth.exchange(register), client.send).status == 200
-        (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == register.call_id]
+        ok, reached = call_through(client, uas, register)
+        assert ok.status == 200
         (path,) = reached.values("Path")
         assert path.endswith(f"@127.0.0.1:{port};transport=udp;lr>")
         call_id = f"incoming-{os.urandom(4).hex()}@example.org"

@@ -26,7 +26,15 @@ from authproxy.sip.message import SipRequest, SipResponse
 from authproxy.sip.parse import parse_datagram, parse_stream
 from authproxy.sip.udp import register
 
-from helpers import USERS, SipProxyProcess, make_users_file, rss_bytes, start_sip_proxy, write_tls_files
+from helpers import (
+    USERS,
+    SipProxyProcess,
+    chained_sip_proxies,
+    make_users_file,
+    rss_bytes,
+    start_sip_proxy,
+    write_tls_files,
+)
 
 REALM = "sip-test"
 PASSWORD = USERS["alice"]
@@ -209,13 +217,7 @@ def test_malformed_input_gets_400_or_is_dropped(proxy: SipProxyProcess) -> None:
 
 
 def test_two_chained_proxies_with_different_realms(tmp_path: Path, uas: Uas) -> None:
-    inner_users = make_users_file(tmp_path / "inner.users", "inner-realm")
-    outer_users = make_users_file(tmp_path / "outer.users", "outer-realm")
-    inner = start_sip_proxy(tmp_path, inner_users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "SHA-256",
-                            listen=("udp:127.0.0.1:0",))
-    outer = start_sip_proxy(tmp_path, outer_users, f"sip:127.0.0.1:{inner.ports['udp']}",
-                            "--digest-algorithms", "MD5", listen=("udp:127.0.0.1:0",))
-    try:
+    with chained_sip_proxies(tmp_path, f"sip:127.0.0.1:{uas.port}", inner_algorithms="SHA-256") as (outer, inner):
         response = asyncio.run(register(("127.0.0.1", outer.ports["udp"]), "sip:alice@example.org", "alice",
                                         PASSWORD))
         assert response.status == 200 and len(response.vias) == 1
@@ -228,9 +230,6 @@ def test_two_chained_proxies_with_different_realms(tmp_path: Path, uas: Uas) -> 
         (reached,) = [seen.request for seen in uas.seen if seen.request.call_id == call_id]
         assert len(reached.vias) == 3 and reached.get_all("Proxy-Authorization") == []
         assert reached.max_forwards == 68
-    finally:
-        outer.stop()
-        inner.stop()
 
 
 def test_config_file_sip_table(tmp_path: Path, users: Path, uas: Uas) -> None:
