@@ -4,6 +4,7 @@ the far side (the next hop) sends its in-dialog requests back, and each send is 
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from authproxy.sip.log import ANSWERED, FORWARDED
 from authproxy.sip.message import SipRequest, SipResponse, response_to
 from authproxy.sip.parse import parse_datagram
 from authproxy.sip.proxy import SipProxy
-from authproxy.sip.route import Addresses, FlowTokens, SipUri
+from authproxy.sip.route import Addresses, Flow, FlowTokens, SipUri
 
 OWN = "sip:127.0.0.1:5060;transport=udp;lr"  # what this proxy's Record-Route names (make_proxy's address)
 
@@ -143,7 +144,7 @@ def test_dialog_creating_requests_are_record_routed_with_the_clients_flow() -> N
     (value,) = reached.get_all("Record-Route")
     uri = SipUri.parse(value.strip("<>"))
     assert uri is not None and uri.address == ("127.0.0.1", 5060) and uri.lr and uri.transport == "udp"
-    assert FlowTokens(proxy._key).read(uri.user) == ("udp", CLIENT)  # where the callee's requests go back
+    assert FlowTokens(proxy._key).read(uri.user) == ("udp", CLIENT, None)  # where the callee's requests go back
     # Existing Record-Route values stay below this proxy's (section 16.6 step 4: it goes on top).
     reached = signed_in(proxy, with_fields(invite("z9hG4bKinv2"), ("Record-Route", "<sip:10.0.0.7;lr>")))
     assert reached.values("Record-Route")[1:] == ["<sip:10.0.0.7;lr>"]
@@ -176,7 +177,7 @@ def _over_tcp(proxy: SipProxy, request: SipRequest) -> SipResponse:
     assert (top.transport, top.address, second.transport, second.address) == (
         "udp", ("127.0.0.1", 5060), "tcp", ("127.0.0.1", 5061))
     flow = FlowTokens(proxy._key).read(top.user)
-    assert flow == ("tcp", ("127.0.0.1", 40000)) and FlowTokens(proxy._key).read(second.user) == flow
+    assert flow == ("tcp", ("127.0.0.1", 40000), None) and FlowTokens(proxy._key).read(second.user) == flow
     # The callee's BYE, both values in its Route: both go, and it goes to alice's TCP connection.
     bye = from_far_side("BYE", "sip:alice@10.0.0.1:5070", forwarded.values("Record-Route"))
     send, onward = only_send(proxy.datagram(bye.to_bytes(), HOP.address, "udp", NOW))
@@ -264,13 +265,21 @@ def test_addresses_and_flow_tokens() -> None:
                         ("sips:127.0.0.1", False), ("sip:PROXY.example.org:5070;lr", True),
                         ("sip:proxy.example.org", False), ("tel:+1555", False)):
         assert own.names(SipUri.parse(text)) is names, text
-    tokens = FlowTokens(b"k" * 32)
-    for flow in (("udp", ("192.0.2.7", 5070)), ("tls", ("2001:db8::7", 40001))):
-        token = tokens.make(*flow)
-        assert tokens.read(token) == flow and SipUri.parse(f"sip:{token}@h;lr") is not None
+    tokens, worker_tokens = FlowTokens(b"k" * 32), FlowTokens(b"k" * 32, owner=7)
+    for transport, address in (("udp", ("192.0.2.7", 5070)), ("tls", ("2001:db8::7", 40001))):
+        token = tokens.make(transport, address)
+        assert tokens.read(token) == Flow(transport, address) and SipUri.parse(f"sip:{token}@h;lr") is not None
         assert FlowTokens(b"x" * 32).read(token) is None
         assert tokens.read(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+        # With --workers: the worker holding the flow is in the token, under the MAC; every worker reads it.
+        owned = worker_tokens.make(transport, address)
+        assert tokens.read(owned) == worker_tokens.read(owned) == Flow(transport, address, 7)
+        raw = bytearray(base64.urlsafe_b64decode(owned + "=" * (-len(owned) % 4)))
+        raw[-11] ^= 1  # the owner byte, just before the MAC: another worker cannot be named
+        assert tokens.read(base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")) is None
     assert tokens.read("not-a-token-at-all") is None and tokens.read(None) is None
+    with pytest.raises(ValueError):
+        FlowTokens(b"k" * 32, owner=256)
 
 
 def test_record_route_and_trusted_options(tmp_path: Path) -> None:
@@ -301,7 +310,8 @@ def test_path_on_a_clients_register_brings_the_registrars_calls_to_its_flow() ->
     (path,) = reached.values("Path")
     uri = SipUri.parse(path.strip("<>"))
     assert uri is not None and uri.lr and uri.address == ("127.0.0.1", 5060)
-    assert FlowTokens(proxy._key).read(uri.user) == ("udp", CLIENT) and reached.get_all("Record-Route") == []
+    assert FlowTokens(proxy._key).read(uri.user) == ("udp", CLIENT, None)
+    assert reached.get_all("Record-Route") == []
     incoming = SipRequest(method="INVITE", uri="sip:alice@10.0.0.1:5070", headers=(
         ("Via", f"SIP/2.0/UDP {HOP.host}:{HOP.port};branch=z9hG4bKcall"), ("Max-Forwards", "69"),
         ("Route", path), ("From", "<sip:carol@example.org>;tag=c1"), ("To", "<sip:alice@example.org>"),

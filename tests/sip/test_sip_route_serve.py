@@ -208,6 +208,49 @@ def test_with_workers_the_record_route_names_the_listener(tmp_path: Path, uas: U
         proc.stop()
 
 
+def test_with_workers_the_callees_requests_reach_a_tcp_caller_whichever_worker_gets_them(tmp_path: Path,
+                                                                                       uas: Uas) -> None:
+    """--workers 2, alice over TCP: her connection is one worker's. The far side's requests in her dialog come
+    to the proxy's UDP listener from eight sockets (127.0.0.9, trusted), which the kernel spreads over both
+    workers by their 4-tuples: every one reaches her connection (the worker that does not hold it hands it to
+    the one that does, which the flow token names), and her 200 to each goes back to where it came from."""
+    users = make_users_file(tmp_path / "sip.users", REALM)
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                           "--workers", "2", config_text='[sip]\ntrusted = ["127.0.0.9"]\n')
+    port = proc.ports["tcp"]
+    client = TcpClient(port)
+    senders: list[socket.socket] = []
+    try:
+        call_id = f"rr-workers-tcp-{os.urandom(4).hex()}@127.0.0.1"
+        ok, reached = call_through(client, uas, invite("tcp", client.local + 1, port, call_id))
+        assert ok.status == 200
+        bye = far_side_bye(uas, ok, reached)
+        for n in range(8):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.bind(("127.0.0.9", 0))
+            sender.settimeout(5)
+            senders.append(sender)
+            via = f"SIP/2.0/UDP 127.0.0.9:{sender.getsockname()[1]};branch=z9hG4bKw{n}{os.urandom(4).hex()}"
+            request = SipRequest(method="BYE", uri=bye.uri, headers=tuple(
+                (name, via if name == "Via" else f"{n + 1} BYE" if name == "CSeq" else value)
+                for name, value in bye.headers))
+            sender.sendto(request.to_bytes(), ("127.0.0.1", proc.ports["udp"]))
+        got = [client.receive() for _ in senders]
+        assert all(isinstance(m, SipRequest) and m.method == "BYE" for m in got)
+        assert sorted(m.cseq.number for m in got) == list(range(1, 9))
+        for message in got:
+            assert isinstance(message, SipRequest)
+            client.sock.sendall(response_to(message, 200, "OK", to_tag="alice1").to_bytes())
+        for n, sender in enumerate(senders):
+            answer = parse_datagram(sender.recv(65535))
+            assert isinstance(answer, SipResponse) and (answer.status, answer.cseq.number) == (200, n + 1)
+    finally:
+        client.sock.close()
+        for sender in senders:
+            sender.close()
+        proc.stop()
+
+
 def test_two_chained_proxies_both_record_route_and_the_bye_comes_back_through_both(tmp_path: Path,
                                                                                    uas: Uas) -> None:
     """alice -> outer (its realm) -> inner (another realm) -> UAS: each proxy record-routes with its own flow

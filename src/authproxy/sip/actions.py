@@ -11,11 +11,13 @@ from authproxy.sip.log import Address, SipRecord
 
 class Send(NamedTuple):
     """Send ``data`` to ``to`` over ``transport`` (for a stream: the connection with that peer, else a new one).
-    A named tuple: one or two are made per message."""
+    ``owner``: with ``--workers``, the worker holding that connection (a flow token named it), which another
+    worker hands the bytes to. A named tuple: one or two are made per message."""
 
     data: bytes
     to: Address
     transport: str
+    owner: int | None = None
 
 
 Action = Send | SipRecord

@@ -86,7 +86,8 @@ class Forwarding(Answers):
         if max_forwards is None:  # section 16.6 step 3; before Content-Length, which stays last
             lines.insert(length_at if length_at >= 0 else len(lines), "Max-Forwards: 70")
         lines.append("\r\n")
-        return Send("\r\n".join(lines).encode("utf-8") + request.body, route.to, route.transport), branch
+        return Send("\r\n".join(lines).encode("utf-8") + request.body, route.to, route.transport,
+                    route.owner), branch
 
     def _response(self, response: SipResponse, source: Address, transport: str, now: float) -> list[Action]:
         vias = response.vias

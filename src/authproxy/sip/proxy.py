@@ -81,7 +81,9 @@ class SipProxy(Forwarding):
     ``trusted`` (IP addresses or networks) and the next hop's own address are peers whose requests are not
     challenged and go where their Route or Request-URI says (section 16.5); every other source is challenged
     and its requests go to the next hop. ``answer_rate`` and ``answer_burst`` bound the proxy's own answers over
-    UDP to one address (0: no bound; see :mod:`authproxy.sip.answers`)."""
+    UDP to one address (0: no bound; see :mod:`authproxy.sip.answers`). ``worker``: this process's index among
+    ``--workers``, written in its flow tokens, so that a request for a client's TCP or TLS connection reaching
+    another worker says which one holds it (:class:`authproxy.sip.actions.Send`'s ``owner``)."""
 
 
     def __init__(self, verifier: Verifier, store: UserStore, counters: NonceCounts, *, next_hop: NextHop,
@@ -90,7 +92,7 @@ class SipProxy(Forwarding):
                  max_transactions_per_source: int = 2_000, throttle: FailureThrottle | None = None,
                  public: dict[str, Address] | None = None, aliases: Iterable[tuple[str, int | None]] = (),
                  record_route: bool = True, trusted: Sequence[str] = (), path: bool = True,
-                 answer_rate: float = 200.0, answer_burst: int = 400) -> None:
+                 answer_rate: float = 200.0, answer_burst: int = 400, worker: int | None = None) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
         if next_hop.transport not in local:
@@ -122,7 +124,7 @@ class SipProxy(Forwarding):
             self.trusted = tuple(ipaddress.ip_network(net, strict=False) for net in trusted)
         except ValueError as exc:
             raise ConfigError(f"trusted: {exc}") from None
-        self._flows = FlowTokens(self._key)
+        self._flows = FlowTokens(self._key, worker)
         self._keyed: dict[int, hashlib.blake2b] = {}  # keyed BLAKE2b states by digest size (_mac)
         self._transactions: OrderedDict[tuple[str, ...], Transaction] = OrderedDict()
         self._by_branch: dict[str, tuple[str, ...]] = {}

@@ -18,6 +18,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from authproxy.sip.addresses import NameAddr
 from authproxy.sip.log import Address
@@ -124,25 +125,38 @@ class Addresses:
         return uri is not None and (uri.address in self._set or uri.host in self._any_port)
 
 
+class Flow(NamedTuple):
+    """A client's flow: the transport and address its request came from, and with ``--workers`` the worker
+    holding it (a TCP or TLS connection is one process's), None when any may send on it."""
+
+    transport: str
+    address: Address
+    owner: int | None = None
+
+
 class FlowTokens:
     """The flow token (RFC 5626 section 5.3.1's idea): the transport, address and port a client's request came
-    from, MAC'd under this proxy's key, in the user part of its Record-Route. A request that comes back from
-    the far side with this Route goes to that flow (the client's NAT binding, its TCP or TLS connection), and
-    only a token this proxy made names one: no one can make it relay elsewhere. URL-safe base64 (unreserved
-    characters only, section 25.1), 16 bytes of MAC."""
+    from (and the worker whose connection that is, when ``owner`` is given), MAC'd under this proxy's key, in
+    the user part of its Record-Route. A request that comes back from the far side with this Route goes to that
+    flow (the client's NAT binding, its TCP or TLS connection), and only a token this proxy made names one: no
+    one can make it relay elsewhere. URL-safe base64 (unreserved characters only, section 25.1), 10 bytes of
+    MAC."""
 
     _MAC = 10
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, owner: int | None = None) -> None:
+        if owner is not None and not 0 <= owner < 256:
+            raise ValueError("a flow's owner is a worker index, 0-255")
         self._key = hashlib.blake2b(b"authproxy sip flow token", key=key[:64], digest_size=32).digest()
+        self._owner = b"" if owner is None else bytes([owner])
 
     def make(self, transport: str, address: Address) -> str:
         packed = _TRANSPORT_CODES[transport].encode() + ipaddress.ip_address(address[0]).packed
-        packed += address[1].to_bytes(2, "big")
+        packed += address[1].to_bytes(2, "big") + self._owner
         return base64.urlsafe_b64encode(packed + self._mac(packed)).decode().rstrip("=")
 
-    def read(self, token: str | None) -> tuple[str, Address] | None:
-        """The flow a token names, or None: not a token, or not one this proxy made."""
+    def read(self, token: str | None) -> Flow | None:
+        """The flow a token names, or None: not a token, or not one this proxy made (any of its workers)."""
         if token is None or not 16 <= len(token) <= 48:
             return None
         try:
@@ -150,12 +164,16 @@ class FlowTokens:
         except (ValueError, TypeError):
             return None
         packed, mac = raw[:-self._MAC], raw[-self._MAC:]
-        if len(packed) not in (7, 19) or not hmac.compare_digest(mac, self._mac(packed)):
+        if len(packed) not in (7, 8, 19, 20) or not hmac.compare_digest(mac, self._mac(packed)):
             return None
         transport = _TRANSPORT_NAMES.get(chr(packed[0]))
         if transport is None:
             return None
-        return transport, (str(ipaddress.ip_address(packed[1:-2])), int.from_bytes(packed[-2:], "big"))
+        owner = None
+        if len(packed) in (8, 20):  # one byte more: the worker holding the flow
+            owner, packed = packed[-1], packed[:-1]
+        return Flow(transport, (str(ipaddress.ip_address(packed[1:-2])), int.from_bytes(packed[-2:], "big")),
+                    owner)
 
     def _mac(self, packed: bytes) -> bytes:
         return hashlib.blake2b(packed, key=self._key, digest_size=self._MAC).digest()

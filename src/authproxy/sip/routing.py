@@ -74,6 +74,7 @@ class Route(NamedTuple):
     transport: str
     loop: str
     refused: tuple[int, str] | None = None
+    owner: int | None = None  # the worker holding the client flow it goes to (its TCP or TLS connection)
 
 
 class Routing(Transactions):
@@ -138,9 +139,9 @@ class Routing(Transactions):
                 routes, changed = routes[1:], True
         hop = self.next_hop
         to, transport = hop.address, hop.transport
-        refused = None
+        refused = owner = None
         if trusted and flow is not None:
-            transport, to = flow
+            transport, to, owner = flow
         elif trusted:
             if routes:
                 target = route_uri(routes[0])
@@ -161,7 +162,7 @@ class Routing(Transactions):
         # Section 16.6 step 8: the part of the branch a loop would repeat and a spiral would not.
         loop = self._mac("\0".join((uri, *routes, request.call_id, str(request.cseq.number),
                                     request.from_.tag or "", request.to.tag or "")), 4)
-        return Route(uri, tuple(routes) if changed else None, to, transport, loop, refused)
+        return Route(uri, tuple(routes) if changed else None, to, transport, loop, refused, owner)
 
     def _looped(self, request: SipRequest, loop: str) -> bool:
         """Section 16.3 step 4: a Via this proxy put there whose branch has the loop part this request would

@@ -20,7 +20,9 @@ predecessor's. The kernel picks a socket of the group by a hash of the 4-tuple, 
 means a peer address keeps going to the same worker. The workers share the nonce key and a shared-memory
 nonce-count table (:class:`authproxy.state.shared.SharedNonceCounterStore`): a nonce one worker issued is
 accepted by every worker, a ``(nonce, nc)`` used at one is a replay at every other. They share the key behind
-branches and To tags too, so a CANCEL or the ACK of a 407 is treated alike whichever worker it reaches.
+branches and To tags too, so a CANCEL or the ACK of a 407 is treated alike whichever worker it reaches. A
+client's TCP or TLS connection is one worker's: a request for its flow that reaches another is handed to the
+one holding it (:mod:`authproxy.sip.handover`, a Unix datagram socket pair per worker made before forking).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from authproxy.config import SipConfig
 from authproxy.observe.notices import stderr
 from authproxy.proxy.server import handle_signals, settle_heap
 from authproxy.proxy.workers import supervise
+from authproxy.sip.handover import handover_pairs
 from authproxy.sip.listeners import reuseport_group
 from authproxy.sip.server import SipServer, SipWorker
 from authproxy.users import open_serving_store
@@ -82,6 +85,7 @@ def run(config: SipConfig, reload: Callable[[], SipConfig] | None = None) -> Non
     # same treatment as the first copy although the transaction table is each worker's own. A TCP or TLS
     # connection is one worker's for its life anyway.
     groups = [reuseport_group(transport, host, port, count) for transport, host, port in config.listeners]
+    pairs = handover_pairs(count)  # a message for a client connection another worker holds goes to that one
     key = secrets.token_bytes(32)
     from authproxy.state.shared import SharedNonceCounterStore  # multiprocessing: only with workers
 
@@ -98,9 +102,16 @@ def run(config: SipConfig, reload: Callable[[], SipConfig] | None = None) -> Non
             for sock in group:
                 if sock not in mine:
                     sock.close()
-        _run_loop(config, SipWorker(index, key, counters, mine), counted if reload is not None else None)
+        for other, (inbox, _outbox) in enumerate(pairs):
+            if other != index:
+                inbox.close()
+        worker = SipWorker(index, key, counters, mine, pairs[index][0], tuple(outbox for _, outbox in pairs))
+        _run_loop(config, worker, counted if reload is not None else None)
 
     supervise(count, work)
     for group in groups:
         for sock in group:
+            sock.close()
+    for pair in pairs:
+        for sock in pair:
             sock.close()

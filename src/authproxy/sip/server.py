@@ -31,6 +31,7 @@ from authproxy.observe.notices import RateLimitedNotices, stderr
 from authproxy.proxy.tls import tls_context
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.answers import answer_buckets
+from authproxy.sip.handover import Handover
 from authproxy.sip.listeners import Datagrams, bind_listener, sock_address
 from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits
@@ -45,13 +46,16 @@ from authproxy.users import open_serving_store
 @dataclass(frozen=True)
 class SipWorker:
     """What one worker of ``--workers N`` gets from the supervisor: its index, the key every worker shares
-    (nonces, branches, To tags), the shared nonce counts, and its own socket for each listener, in
-    ``config.listeners`` order."""
+    (nonces, branches, To tags), the shared nonce counts, its own socket for each listener, in
+    ``config.listeners`` order, and its ends of the handover sockets."""
 
     index: int
     key: bytes
     counters: NonceCounterStore
     sockets: tuple[socket.socket, ...]
+    #: This worker's handover inbox and every worker's outbox (:mod:`authproxy.sip.handover`).
+    inbox: socket.socket | None = None
+    outboxes: tuple[socket.socket, ...] = ()
 
 
 
@@ -82,6 +86,9 @@ class SipServer:
         self._servers: list[asyncio.Server] = []
         self._connecting: dict[Address, list[bytes]] = {}
         self._tick: asyncio.TimerHandle | None = None
+        self.handover: Handover | None = None
+        if worker is not None and worker.inbox is not None:
+            self.handover = Handover(worker.index, worker.inbox, worker.outboxes)
 
     def _verifier(self, config: SipConfig) -> Verifier:
         issuer = NonceIssuer(self._nonce_key, config.realm, config.nonce_lifetime)
@@ -129,7 +136,10 @@ class SipServer:
                               max_transactions_per_source=config.max_transactions_per_source,
                               public=public, aliases=aliases, record_route=config.record_route, path=config.path,
                               trusted=config.trusted, throttle=throttle, answer_rate=config.udp_answer_rate,
-                              answer_burst=config.udp_answer_burst)
+                              answer_burst=config.udp_answer_burst,
+                              worker=worker.index if self.handover is not None and worker is not None else None)
+        if self.handover is not None:
+            self.handover.start(self._send)
         if hop_sock is not None:
             await loop.create_datagram_endpoint(lambda: Datagrams(self, None), sock=hop_sock)
         for (transport, _host, _port), sock, (_, address) in zip(config.listeners, sockets, self.bound,
@@ -178,6 +188,8 @@ class SipServer:
         stream = self.streams.get(send.to)
         if stream is not None:
             stream.write(send.data)
+        elif send.owner is not None and self.handover is not None and send.owner != self.handover.index:
+            self.handover.send(send)  # that client's connection is another worker's: it writes there
         elif send.transport == "tcp" and len(self.streams) < self.config.max_connections:
             # Section 18.2.2: the connection is gone (or never was): open one to the address the Via names.
             waiting = self._connecting.get(send.to)
@@ -256,6 +268,8 @@ class SipServer:
     async def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
+        if self.handover is not None:
+            self.handover.close()
         for _address, endpoint in self._udp:
             endpoint.close()
         if self._hop_udp is not None:
