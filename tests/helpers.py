@@ -347,6 +347,13 @@ class SipProxyProcess:
                 return lines
             time.sleep(0.1)
 
+    def stderr_until(self, until: Callable[[list[str]], bool], timeout: float = 10.0) -> list[str]:
+        """Its stderr lines (drained as they come) once ``until`` holds for them, or after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not until(lines := [line.rstrip("\n") for line in self.stderr_lines]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return lines
+
     def stop(self) -> int:
         self.proc.terminate()
         try:

@@ -21,3 +21,16 @@ def test_at_most_per_second_lines_a_second_and_the_rest_summed_up() -> None:
     now[0] += 0.6
     notices.notice("line 11")  # a new window
     assert written[4:] == ["line 11"]
+
+
+def test_the_summary_can_go_elsewhere_than_the_lines() -> None:
+    now = [100.0]
+    lines: list[str] = []
+    summaries: list[str] = []
+    notices = RateLimitedNotices("log lines", per_second=2, write=lines.append, clock=lambda: now[0],
+                                 summarise=summaries.append)
+    for i in range(5):
+        notices.notice(f"line {i}")
+    notices.flush()
+    assert lines == ["line 0", "line 1"]
+    assert summaries == ["authproxy: 3 more log lines not shown (at most 2 lines a second)"]

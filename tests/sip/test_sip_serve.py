@@ -379,6 +379,39 @@ def test_answers_to_one_address_are_bounded_over_udp(tmp_path: Path, users: Path
         proc.stop()
 
 
+def test_a_junk_flood_is_not_one_log_line_per_datagram(tmp_path: Path, users: Path, uas: Uas) -> None:
+    """2,000 datagrams of junk (nothing to answer, each a DROPPED line): the access log takes at most 50 a
+    second, stderr says how many more there were, and the proxy goes on answering."""
+    proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", listen=("udp:127.0.0.1:0",))
+    try:
+        port = proc.ports["udp"]
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        started = time.monotonic()
+        for n in range(2000):
+            junk.sendto(b"\x00\xff not SIP %d" % n, ("127.0.0.1", port))
+            if n % 50 == 49:
+                time.sleep(0.005)  # within the proxy's socket buffer: every datagram is read
+        junk.close()
+        client = UdpClient(port)
+        assert client.send(client.request()).status == 407  # read after the whole flood
+        elapsed = time.monotonic() - started
+        client.close()
+        lines = proc.log_lines(lambda lines: any(" ANSWERED/407 " in line for line in lines))
+        dropped = [line for line in lines if " DROPPED/" in line]
+        assert 50 <= len(dropped) <= 50 * (elapsed + 2), (len(dropped), elapsed)
+
+        def not_shown(said: list[str]) -> int:
+            return sum(int(line.split()[1]) for line in said if "more DROPPED lines" in line)
+
+        said = proc.stderr_until(lambda said: not_shown(said) >= 2000 - len(dropped))
+        assert len(dropped) + not_shown(said) == 2000  # every one counted
+        summary = next(line for line in said if "more DROPPED lines" in line)
+        assert summary == (f"authproxy: {summary.split()[1]} more DROPPED lines in the SIP access log not shown (at "
+                           "most 50 lines a second)")
+    finally:
+        proc.stop()
+
+
 # --- kamailio as the next hop ----------------------------------------------------------------------------
 
 KAMAILIO_CFG = """#!KAMAILIO

@@ -15,13 +15,17 @@ def stderr(line: str) -> None:
 
 
 class RateLimitedNotices:
-    """Lines of one kind (``what``: "TLS handshake failures"), rate-bounded."""
+    """Lines of one kind (``what``: "TLS handshake failures"), rate-bounded. The summary goes where the lines
+    go, or to ``summarise`` when given (lines in a log of fixed form, such as the SIP access log's DROPPED
+    lines, whose count is the operator's to know)."""
 
     def __init__(self, what: str, per_second: int = 10, write: Callable[[str], None] = stderr,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 summarise: Callable[[str], None] | None = None) -> None:
         self.what = what
         self.per_second = per_second
         self.write = write
+        self.summarise = summarise or write
         self.clock = clock
         self.window = 0.0  # the start of the current one-second window
         self.shown = 0
@@ -42,4 +46,5 @@ class RateLimitedNotices:
         """Say how many lines were left out (called by the next line's new window, and by the housekeeping tick)."""
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
-            self.write(f"authproxy: {dropped} more {self.what} not shown (at most {self.per_second} lines a second)")
+            self.summarise(f"authproxy: {dropped} more {self.what} not shown (at most {self.per_second} lines a "
+                           "second)")

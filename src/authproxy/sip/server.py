@@ -33,7 +33,7 @@ from authproxy.sip.actions import Action, Send
 from authproxy.sip.answers import answer_buckets
 from authproxy.sip.handover import Handover
 from authproxy.sip.listeners import Datagrams, bind_listener, sock_address
-from authproxy.sip.log import Address, SipRecord, format_address, format_sip_json, format_sip_squid
+from authproxy.sip.log import DROPPED, Address, SipRecord, format_address, format_sip_json, format_sip_squid
 from authproxy.sip.parse import Limits
 from authproxy.sip.proxy import SipProxy
 from authproxy.sip.routing import NextHop
@@ -81,6 +81,10 @@ class SipServer:
         self.streams: dict[Address, Stream] = {}
         self.tls: ssl.SSLContext | None = None
         self.tls_failures = RateLimitedNotices("TLS handshake failures")  # as the HTTP proxy tells them
+        # DROPPED lines come at the pace of what is sent, junk included (UDP, from forged addresses too): the
+        # access log takes at most 50 a second, and stderr says how many more there were.
+        self.dropped_lines = RateLimitedNotices("DROPPED lines in the SIP access log", per_second=50,
+                                                write=lambda line: self.log.write_line(line), summarise=stderr)
         self._udp: list[tuple[Address, asyncio.DatagramTransport]] = []
         self._hop_udp: asyncio.DatagramTransport | None = None  # a worker's own socket towards a UDP next hop
         self._servers: list[asyncio.Server] = []
@@ -172,7 +176,11 @@ class SipServer:
     def act(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SipRecord):
-                if self.log.enabled:  # formatted only when written (``--access-log ""`` writes none)
+                if not self.log.enabled:  # formatted only when written (``--access-log ""`` writes none)
+                    continue
+                if action.action == DROPPED:
+                    self.dropped_lines.notice(self._format(action))
+                else:
                     self.log.write_line(self._format(action))
             else:
                 self._send(action)
@@ -228,6 +236,7 @@ class SipServer:
                 self.proxy.answer_rate.purge(now)
         self.log.flush()
         self.tls_failures.flush()
+        self.dropped_lines.flush()
         try:
             self.store.refresh()
         except UserStoreError as exc:  # keep serving the last good users
