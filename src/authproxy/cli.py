@@ -77,8 +77,10 @@ def _sip_parser(subparsers: Any) -> None:
     serve.add_argument("--config", metavar="FILE", help="TOML file: its [sip] table and shared options (flags win)")
     serve.add_argument("--listen", metavar="udp|tcp|tls:HOST:PORT", action="append",
                        help="where to listen, repeatable (default udp:127.0.0.1:5060)")
-    serve.add_argument("--next-hop", metavar="sip:HOST:PORT;transport=udp|tcp",
+    serve.add_argument("--next-hop", metavar="sip:HOST:PORT;transport=udp|tcp|tls",
                        help="where authenticated requests go")
+    serve.add_argument("--next-hop-ca", metavar="PEM",
+                       help="CA certificates verifying a TLS next hop (default: the system's)")
     serve.add_argument("--users", metavar="FILE", help="authproxy users file or htdigest file")
     serve.add_argument("--realm", metavar="REALM", help="default: the realm of the users file's users")
     serve.add_argument("--digest-algorithms", metavar="LIST",
@@ -112,6 +114,7 @@ def _run_sip(args: argparse.Namespace) -> int:
         "access_log_format": args.access_log_format,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
+        "next_hop_ca": args.next_hop_ca,
         "via_host": args.via_host,
         "workers": args.workers,
         "record_route": args.record_route,

@@ -282,6 +282,9 @@ class SipConfig:
     access_log_format: str = "squid"
     tls_cert: str = ""
     tls_key: str = ""
+    # CA certificates (PEM) that verify a TLS next hop's certificate, against its host name; default: the
+    # system's. The proxy presents its own tls_cert to it (mutual TLS, as SIP trunks ask).
+    next_hop_ca: str = ""
     via_host: str = ""  # the host in this proxy's Via; default: the host it listens on
     max_transactions: int = 20_000  # remembered transactions (retransmissions), 32 s each
     max_transactions_per_source: int = 2_000  # of those, per source address; past it: 503
@@ -295,6 +298,9 @@ class SipConfig:
     idle_timeout: float = 120.0  # a TCP/TLS connection with nothing received or sent for this long is closed
     message_timeout: float = 20.0  # a message begun on a TCP/TLS connection must end within this
     tls_handshake_timeout: float = 10.0  # from accept, for a TLS client to finish its handshake
+    # For a TCP or TLS connection this proxy opens (to its next hop, or back to a client) to be up, TLS
+    # handshake done; past it, what was to go on it is answered 503 (RFC 3261 section 16.9).
+    connect_timeout: float = 10.0
     throttle_max_failures: int = 10  # the HTTP proxy's sign-in throttle, the same keys (shared from the top)
     throttle_window: float = 60.0
     throttle_lockout: float = 300.0
@@ -320,7 +326,7 @@ class SipConfig:
         listeners = tuple(parse_sip_listen(value) for value in self.listen)
         object.__setattr__(self, "listeners", listeners)
         if not self.next_hop:
-            raise ConfigError("next_hop: required (--next-hop sip:HOST:PORT;transport=udp|tcp)")
+            raise ConfigError("next_hop: required (--next-hop sip:HOST:PORT;transport=udp|tcp|tls)")
         from authproxy.sip.routing import NextHop  # here: `authproxy serve` does not load the SIP package
 
         hop = NextHop.parse(self.next_hop)
@@ -350,7 +356,7 @@ class SipConfig:
             raise ConfigError("udp_answer_rate: must be a number of answers a second, 0 for no bound")
         if self.workers < 0:
             raise ConfigError("workers: must not be negative")
-        for key in ("idle_timeout", "message_timeout", "tls_handshake_timeout"):
+        for key in ("idle_timeout", "message_timeout", "tls_handshake_timeout", "connect_timeout"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be positive")
         _check_throttle(self)

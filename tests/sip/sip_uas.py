@@ -5,7 +5,8 @@ Each verifier is one hop asking for credentials: a proxy (407, its realm) and/or
 checked in that order, so one server plays "proxy in front of registrar". A retransmission (same Call-ID, CSeq
 and top Via branch: RFC 3261 section 17.2.3) gets the response the first copy got, never a second verification
 (which would call its nc a replay). ``drop_first`` drops that many datagrams unanswered, to make the client
-retransmit. ``tcp`` serves TCP instead of UDP (each message answered on its connection).
+retransmit. ``tcp`` serves TCP instead of UDP (each message answered on its connection); ``tls`` (a server
+context) TLS over it.
 
 As the far side of a dialog (RFC 3261 section 12.1.1): its 200 to an INVITE copies the Record-Route and names
 its Contact; ACKs and the responses it gets (to requests a test sends from its socket with ``send``) are kept,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -61,7 +63,7 @@ class Seen:
 class Uas:
     def __init__(self, users: dict[str, str], *, roles: tuple[Role, ...] = (ORIGIN,),
                  algorithms: tuple[str, ...] = ("MD5",), qop: tuple[str, ...] = ("auth",),
-                 drop_first: int = 0, tcp: bool = False) -> None:
+                 drop_first: int = 0, tcp: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.hops: list[Hop] = []
         for role in roles:
             realm = REALMS[role]
@@ -77,8 +79,10 @@ class Uas:
         self.changed = threading.Condition()
         self.datagrams = 0
         self._answered: dict[tuple[str, str, str | None], bytes] = {}
-        self.tcp = tcp
+        self.tcp = tcp = tcp or tls is not None
+        self.tls = tls
         self.connections = 0
+        self.handshake_failures: list[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -119,9 +123,25 @@ class Uas:
             self.connections += 1
             threading.Thread(target=self._serve_stream, args=(conn,), daemon=True).start()
 
+    def _handshake(self, conn: socket.socket) -> socket.socket | None:
+        """``conn`` over TLS when this UAS serves TLS (None when the handshake fails: the reason kept)."""
+        if self.tls is None:
+            return conn
+        conn.settimeout(5)
+        try:
+            return self.tls.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            self.handshake_failures.append(str(exc))
+            conn.close()
+            return None
+
     def _serve_stream(self, conn: socket.socket) -> None:
         """One TCP connection: messages framed by Content-Length (RFC 3261 section 18.3), each answered on it."""
         buffer = b""
+        wrapped = self._handshake(conn)
+        if wrapped is None:
+            return
+        conn = wrapped
         conn.settimeout(0.2)
         with conn:
             while not self._stop.is_set():

@@ -369,6 +369,24 @@ def test_malformed_requests_answers_count_too_and_zero_means_no_bound() -> None:
     assert sum(len(sends(unbounded.datagram(bad, CLIENT, "udp", NOW))) for _ in range(1000)) == 1000
 
 
+def test_what_cannot_reach_the_next_hop_is_a_503_for_a_request_and_dropped_otherwise() -> None:
+    """Section 16.9: a transport error forwarding a request is a 503 from that hop, relayed as one would be."""
+    proxy = make_proxy()
+    _send, forwarded = only_send(proxy.datagram(options(method="CANCEL").to_bytes(), CLIENT, "udp", NOW))
+    assert isinstance(forwarded, SipRequest)
+    actions = proxy.unreachable(forwarded.to_bytes(), HOP.address, "udp", "cannot connect (refused)", NOW)
+    send, answer = only_send(actions)
+    assert isinstance(answer, SipResponse) and answer.status == 503 and send.to == ("127.0.0.1", 5070)
+    assert answer.get("Warning") == ('399 authproxy "the next hop 127.0.0.9:5080 is unreachable: cannot connect '
+                                     '(refused)"')
+    assert [(r.action, r.status, r.peer) for r in records(actions)] == [(ANSWERED, 503, HOP.address)]
+    ack = options(method="ACK").to_bytes()
+    for data in (ack, next_hop_answers(forwarded), b"junk"):
+        (record,) = proxy.unreachable(data, HOP.address, "udp", "why", NOW)
+        assert isinstance(record, SipRecord) and record.action == DROPPED
+        assert record.reason == "could not be sent to 127.0.0.9:5080: why"
+
+
 def test_log_line_reads_back_and_holds_no_secret() -> None:
     proxy = make_proxy()
     client, answered = authenticated(proxy)

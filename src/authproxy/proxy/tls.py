@@ -55,6 +55,23 @@ def tls_context(config: Config | SipConfig) -> ssl.SSLContext | None:
     return context
 
 
+def next_hop_tls_context(config: SipConfig) -> ssl.SSLContext:
+    """The SIP proxy's TLS context towards a ``transport=tls`` next hop: its certificate verified against
+    ``next_hop_ca`` (default: the system's CAs) and its host name, TLS 1.2 at least; the proxy's own
+    ``tls_cert`` presented when it asks for one (mutual TLS, as SIP trunks do)."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.next_hop_ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"next_hop_ca: cannot load {config.next_hop_ca}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.tls_cert:
+        try:
+            context.load_cert_chain(config.tls_cert, config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls_cert: cannot load {config.tls_cert} / {config.tls_key}: {exc}") from None
+    return context
+
+
 def start_handshake(conn: Upgradable, context: ssl.SSLContext, timeout: float,
                     failures: RateLimitedNotices | None = None) -> None:
     """Start the server side of the TLS handshake on ``conn``'s just-accepted transport; called from

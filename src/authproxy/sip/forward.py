@@ -12,9 +12,10 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.answers import Answers
-from authproxy.sip.fields import canonical_name, split_list
-from authproxy.sip.log import DROPPED, Address, SipRecord
-from authproxy.sip.message import SipRequest, SipResponse
+from authproxy.sip.fields import SipError, canonical_name, split_list
+from authproxy.sip.log import ANSWERED, DROPPED, Address, SipRecord, format_address
+from authproxy.sip.message import SipRequest, SipResponse, response_to
+from authproxy.sip.parse import parse_datagram
 from authproxy.sip.route import normal_host
 from authproxy.sip.routing import BRANCH_PREFIX, Route
 from authproxy.sip.verify import is_own_field
@@ -122,6 +123,26 @@ class Forwarding(Answers):
         via = vias[1]  # section 18.2.2: received (or sent-by), at rport (or the sent-by port)
         to = ((via.received or via.host).strip("[]"), via.rport or via.port or 5060)
         return [Send(onward, to, via.transport.lower())]
+
+    def unreachable(self, data: bytes, to: Address, transport: str, why: str, now: float) -> list[Action]:
+        """What this proxy sent to ``to`` could not go (no connection: refused, timed out, a certificate not
+        trusted). Section 16.9: a request it forwarded is answered as if ``to`` had answered 503, with a Warning
+        naming ``to`` and why (which hop failed shows at the client, never as a 407); anything else (a
+        response, an ACK) is dropped, and logged."""
+        hop = format_address(to)
+        try:
+            request = parse_datagram(data, self.limits)
+        except SipError:
+            request = None
+        if not isinstance(request, SipRequest) or request.method == "ACK":
+            return [SipRecord(now, to, transport, DROPPED, None, None, None, None, Outcome.NONE,
+                              reason=f"could not be sent to {hop}: {why}")]
+        answer = response_to(request, 503, "Service Unavailable", to_tag=self._to_tag(request),
+                             headers=[("Warning", self._warning(f"the next hop {hop} is unreachable: {why}"))])
+        actions = self._response(answer, to, transport, now)
+        return [*actions, *[SipRecord(now, send.to, send.transport, ANSWERED, 503, request.method, request.uri,
+                                      None, Outcome.NONE, to, request.call_id)
+                            for send in actions if isinstance(send, Send)]]
 
     @staticmethod
     def _drop(response: SipResponse, source: Address, transport: str, now: float, why: str) -> list[Action]:

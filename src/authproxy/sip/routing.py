@@ -31,7 +31,8 @@ _TXN, _LOOP, _DEST = len(BRANCH_PREFIX) + 24, len(BRANCH_PREFIX) + 32, len(BRANC
 
 @dataclass(frozen=True, slots=True)
 class NextHop:
-    """Where authenticated requests go: ``sip:HOST:PORT;transport=udp|tcp`` (RFC 3261 section 19.1.1)."""
+    """Where authenticated requests go: ``sip:HOST:PORT;transport=udp|tcp|tls`` (RFC 3261 section 19.1.1;
+    over TLS, its certificate verified against HOST)."""
 
     host: str
     port: int
@@ -40,7 +41,7 @@ class NextHop:
     @classmethod
     def parse(cls, value: str, *, key: str = "next_hop") -> NextHop:
         def bad(why: str) -> ConfigError:
-            return ConfigError(f"{key}: {why}; expected sip:HOST:PORT;transport=udp|tcp, got {value!r}")
+            return ConfigError(f"{key}: {why}; expected sip:HOST:PORT;transport=udp|tcp|tls, got {value!r}")
 
         if not value.lower().startswith("sip:"):
             raise bad("not a sip: URI")
@@ -48,8 +49,8 @@ class NextHop:
         transport = "udp"
         for param in params:
             name, _, val = param.partition("=")
-            if name.lower() != "transport" or val.lower() not in ("udp", "tcp"):
-                raise bad("the only parameter is transport=udp or transport=tcp")
+            if name.lower() != "transport" or val.lower() not in ("udp", "tcp", "tls"):
+                raise bad("the only parameter is transport=udp, tcp or tls")
             transport = val.lower()
         host, sep, port = hostport.rpartition(":")
         if host.startswith("[") and host.endswith("]"):

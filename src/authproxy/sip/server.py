@@ -28,7 +28,7 @@ from authproxy.config import SipConfig, parse_sip_alias
 from authproxy.engine.throttle import FailureThrottle
 from authproxy.observe.accesslog import AccessLog
 from authproxy.observe.notices import RateLimitedNotices, stderr
-from authproxy.proxy.tls import tls_context
+from authproxy.proxy.tls import next_hop_tls_context, tls_context
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.answers import answer_buckets
 from authproxy.sip.handover import Handover
@@ -89,6 +89,8 @@ class SipServer:
         self._hop_udp: asyncio.DatagramTransport | None = None  # a worker's own socket towards a UDP next hop
         self._servers: list[asyncio.Server] = []
         self._connecting: dict[Address, list[bytes]] = {}
+        self._hop_tls: ssl.SSLContext | None = None  # towards a transport=tls next hop
+        self._hop_name = ""  # the next hop's host as configured: its certificate is checked against it
         self._tick: asyncio.TimerHandle | None = None
         self.handover: Handover | None = None
         if worker is not None and worker.inbox is not None:
@@ -133,6 +135,8 @@ class SipServer:
         except OSError as exc:
             raise ConfigError(f"next_hop: cannot resolve {hop.host}: {exc.strerror}") from None
         resolved = NextHop(str(infos[0][4][0]), hop.port, hop.transport)
+        if hop.transport == "tls":
+            self._hop_tls, self._hop_name = next_hop_tls_context(config), hop.host
         throttle = _throttle(config)
         self.proxy = SipProxy(self.verifier, self.store, self.counters, next_hop=resolved, local=local,
                               random=self.random, key=self._proxy_key, limits=self.limits,
@@ -198,24 +202,46 @@ class SipServer:
             stream.write(send.data)
         elif send.owner is not None and self.handover is not None and send.owner != self.handover.index:
             self.handover.send(send)  # that client's connection is another worker's: it writes there
-        elif send.transport == "tcp" and len(self.streams) < self.config.max_connections:
-            # Section 18.2.2: the connection is gone (or never was): open one to the address the Via names.
+        elif (send.transport == "tcp" or (self._hop_tls is not None and self._is_hop(send.to))) \
+                and len(self.streams) < self.config.max_connections:
+            # Section 18.2.2: the connection is gone (or never was): open one to the address the Via names (over
+            # TLS: only to the next hop, whose name its certificate is checked against).
             waiting = self._connecting.get(send.to)
             if waiting is None:
                 self._connecting[send.to] = [send.data]
-                asyncio.get_running_loop().create_task(self._connect(send.to))
+                asyncio.get_running_loop().create_task(self._connect(send.to, send.transport))
             elif len(waiting) < 64:
                 waiting.append(send.data)
 
-    async def _connect(self, to: Address) -> None:
+    def _is_hop(self, to: Address) -> bool:
+        return self.proxy is not None and to == self.proxy.next_hop.address
+
+    async def _connect(self, to: Address, transport: str) -> None:
+        """A connection to ``to`` for what waits to go there; when it cannot be had, each request of it is
+        answered 503 as if ``to`` had (RFC 3261 section 16.9), with a Warning saying why."""
         loop = asyncio.get_running_loop()
+        timeout = self.config.connect_timeout
+        tls = self._hop_tls if transport == "tls" else None
         try:
-            _transport, stream = await loop.create_connection(lambda: Stream(self, "tcp"), to[0], to[1])
-        except OSError:
-            self._connecting.pop(to, None)
+            _transport, stream = await asyncio.wait_for(loop.create_connection(
+                lambda: Stream(self, transport, handshaken=True), to[0], to[1], ssl=tls,
+                server_hostname=self._hop_name if tls is not None else None), timeout)
+        except ssl.SSLCertVerificationError as exc:
+            why = f"its TLS certificate is not trusted ({exc.verify_message})"
+        except (OSError, ssl.SSLError) as exc:
+            why = f"cannot connect ({exc.strerror or exc})"
+        except TimeoutError:
+            why = f"no connection within connect_timeout ({timeout:g} s)"
+        else:
+            for data in self._connecting.pop(to, []):
+                stream.write(data)
             return
-        for data in self._connecting.pop(to, []):
-            stream.write(data)
+        waiting = self._connecting.pop(to, [])
+        proxy = self.proxy
+        if proxy is not None:
+            now = time.time()
+            for data in waiting:
+                self.act(proxy.unreachable(data, to, transport, why, now))
 
     def _udp_for(self, to: Address) -> asyncio.DatagramTransport:
         """The UDP listener to send from: the one this proxy's Via names (the first) unless the address family
@@ -307,7 +333,8 @@ RELOADABLE = frozenset({
     "users", "realm", "digest_algorithms", "qop", "nonce_lifetime", "access_log", "access_log_format",
     "max_transactions", "max_transactions_per_source", "max_message_size", "max_connections", "idle_timeout",
     "message_timeout", "tls_handshake_timeout", "throttle_max_failures", "throttle_window", "throttle_lockout",
-    "throttle_max_user_lockout", "throttle_max_entries", "udp_answer_rate", "udp_answer_burst"})
+    "throttle_max_user_lockout", "throttle_max_entries", "udp_answer_rate", "udp_answer_burst",
+    "connect_timeout"})
 
 
 def _throttle_settings(config: SipConfig) -> tuple[float, ...]:

@@ -31,7 +31,7 @@ class Stream(asyncio.Protocol):
     activity enough). A TLS connection is counted from accept and then upgraded by the HTTP proxy's
     :func:`authproxy.proxy.tls.start_handshake` under ``tls_handshake_timeout``."""
 
-    def __init__(self, server: SipServer, transport_name: str) -> None:
+    def __init__(self, server: SipServer, transport_name: str, *, handshaken: bool = False) -> None:
         self.server = server
         self.name = transport_name
         self.buffer = bytearray()
@@ -39,7 +39,9 @@ class Stream(asyncio.Protocol):
         self.client = "-"
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.ready = transport_name != "tls"  # a TLS connection, once its handshake is done
+        # A TLS connection once its handshake is done (an accepted one: after start_handshake; one this proxy
+        # opened to its next hop: handshaken by create_connection already).
+        self.ready = handshaken or transport_name != "tls"
         self.active = 0.0  # loop time of the last byte received or message sent
         self.begun: float | None = None  # loop time a message still incomplete began
         # What is known of the buffer, so a message arriving in many small reads is not scanned from its start
