@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sip_strategies import messages, name_addrs, requests, tokens, vias
 
+from authproxy.sip import addresses as addresses_module
 from authproxy.sip import via as via_module
 from authproxy.sip.addresses import NameAddr
 from authproxy.sip.fields import COMPACT_FORMS, CSeq, SipError, split_list
@@ -385,13 +386,28 @@ def test_a_value_parsed_by_its_shape_is_what_a_full_parse_gives(via: Via, na: Na
     ("<sip:a@b;tag=u>;tag=x", "<sip:a@b;tag=v>;tag=x"),
     ("<sip:a@b;tag=u>", "<sip:a@b;tag=v>"),
     ("sip:a@b;tag=1;x=2", "sip:a@b;tag=3;x=2"),  # addr-spec: the first ';' starts the field's parameters
-    ('"A;tag=1" <sip:a@b>;tag=1', '"A;tag=2" <sip:a@b>;tag=1'),  # a quoted-string: never by shape
+    ('"A;tag=1" <sip:a@b>;tag=1', '"A;tag=2" <sip:a@b>;tag=1'),  # another display name: another shape
+    ('"Alice" <sip:a@b>;tag=1', '"Alice" <sip:a@b>;tag=2'),  # a display name: by shape
+    ('"A\\"> ;tag=9" <sip:a@b>;tag=1', '"A\\"> ;tag=9" <sip:a@b>;tag=2'),  # quotes, '>' and ';tag=' in it
+    ('<sip:a@b>;x="y>z";tag=1', '<sip:a@b>;x="y>z";tag=2'),  # a quoted parameter: never by shape
+    ('<sip:a@b>;tag=1;x="a;tag=2"', '<sip:a@b>;tag=3;x="a;tag=2"'),
+    ('<sip:a@b>;x=";tag=1;";tag=1', '<sip:a@b>;x=";tag=2;";tag=1'),  # ';tag=' inside a quoted parameter
     ("<sip:a@b>;TAG=1", "<sip:a@b>;TAG=2"),
     ("<sip:a@b>;tag=1;x", "<sip:a@b>;tag=2;x"),
 ])
 def test_from_to_shapes_do_not_mix_up_parameters(first: str, second: str) -> None:
     NameAddr.parse(first)
     assert NameAddr.parse(second) == NameAddr._parse(second)
+
+
+def test_a_quoted_display_name_does_not_keep_a_from_off_the_shape_path() -> None:
+    """Most user agents' From has one ("Alice" <sip:...>;tag=...): the quoted-string rule looks only at what
+    follows the URI, so such a value is kept by its shape too."""
+    NameAddr.parse('"Alice Liddell" <sip:alice@example.org>;tag=first')
+    assert '"Alice Liddell" <sip:alice@example.org>;tag=' in addresses_module._NAME_ADDR_SHAPES
+    second = NameAddr.parse('"Alice Liddell" <sip:alice@example.org>;tag=second')
+    assert second == NameAddr._parse('"Alice Liddell" <sip:alice@example.org>;tag=second')
+    assert (second.display, second.tag) == ("Alice Liddell", "second")
 
 
 @pytest.mark.parametrize(("first", "second"), [

@@ -99,9 +99,10 @@ def parse_by_shape(value: str, name: str, start: int, shapes: dict[str, tuple[_P
 
     What differs between the Vias a user agent sends is the branch, and between its From and To values the tag:
     a value parsed once per shape, then rebuilt with the new token, is what parsing it again would give. Only
-    when the value holds no quoted-string and ``;name=`` after ``start`` is followed by a token up to the next
-    ``;`` or the end: without quoted-strings, ``;`` only starts a parameter, so the token is that parameter's whole
-    value, at the same place in every value of the same shape. A token needs no other check."""
+    when no quoted-string follows ``start`` and ``;name=`` after it is followed by a token up to the next ``;`` or
+    the end: without quoted-strings there, ``;`` only starts a parameter, so the token is that parameter's whole
+    value, at the same place in every value of the same shape. What comes before ``start`` (a From's quoted
+    display name, most real ones have one) is part of the shape, kept as it is. A token needs no other check."""
     split = _split_varying(value, f";{name}=", start)
     if split is None:
         return parse(value)
@@ -121,7 +122,7 @@ def parse_by_shape(value: str, name: str, start: int, shapes: dict[str, tuple[_P
 def _split_varying(value: str, marker: str, start: int) -> tuple[str, str] | None:
     """``(shape, token)``: ``value`` without the token after ``marker`` (found from ``start``), or None (see
     :func:`parse_by_shape`)."""
-    if '"' in value:
+    if value.find('"', start) >= 0:  # a quoted-string among the parameters: a ';' may be inside it
         return None
     at = value.find(marker, start)
     if at < 0:
