@@ -183,9 +183,12 @@ class RedirectOrigin(OriginServer):
         self.thread.start()
 
 
-def origin_headers(server: OriginServer) -> list[dict[str, str]]:
-    """Every request head the origin saw, lower-cased names."""
-    return [{k.lower(): v for k, v in entry["headers"]} for entry in server.seen]
+def origin_headers(server: OriginServer, path: str | None = None) -> list[dict[str, str]]:
+    """Every request head the origin saw (with ``path``, of the requests for that path only: the origins are
+    shared by the session's tests, some of which send an Authorization of their own on purpose), lower-cased
+    names."""
+    return [{k.lower(): v for k, v in entry["headers"]} for entry in server.seen
+            if path is None or str(entry["path"]).partition("?")[0] == path]
 
 
 def echo(response_json: str) -> Echo:

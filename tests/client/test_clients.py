@@ -31,9 +31,9 @@ from client_support import (
 from helpers import USERS, OriginServer, ProxyProcess
 
 
-def no_credentials_at(*servers: OriginServer) -> None:
+def no_credentials_at(*servers: OriginServer, path: str | None = None) -> None:
     for server in servers:
-        for headers in origin_headers(server):
+        for headers in origin_headers(server, path):
             assert "proxy-authorization" not in headers and "authorization" not in headers
 
 
@@ -47,7 +47,7 @@ def test_every_algorithm_plain_and_connect(kind: str, algorithm: str, proxies: P
                                       ("GET", tls, None)], auth=("alice", USERS["alice"]), ca=tls_origin[1])
     assert [r.status for r in replies] == [200] * 4
     assert replies[1].json()["body"] == "body" and replies[2].json()["path"] == f"/{kind}/{algorithm}"
-    no_credentials_at(origin, tls_origin[0])
+    no_credentials_at(origin, tls_origin[0], path=f"/{kind}/{algorithm}")
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
