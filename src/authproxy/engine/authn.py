@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from authproxy.auth.driver import Suspended, advance, body_hash, check_password
+from authproxy.auth.driver import Suspended, advance, body_hash, check_password, decide
 from authproxy.auth.errors import UserStoreError
 from authproxy.auth.nonces import NonceIssuer
 from authproxy.auth.policy import AuthPolicy
@@ -107,6 +107,12 @@ class Authenticator:
             known = self._basic_known(authorization)
             if known is not None:
                 return known
+        elif authorization is not None and authorization[:7].lower() == "digest " \
+                and "auth-int" not in authorization.lower():
+            # Digest without the body (qop=auth): every need is the store's or the counters', answered at once,
+            # so the same checks run without the flow's generator (driver.decide, as the SIP proxy does). With
+            # "auth-int" anywhere in the field, the flow, which waits for the body.
+            return decide(self.verifier, method, target, authorization, self.clock(), self.store, self.counters)
         flow = self.verifier.verify(method, target, authorization, self.clock(), connection)
         return self._settle(authorization, self._run(flow, None, authorization))
 
