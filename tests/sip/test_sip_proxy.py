@@ -8,6 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sip_strategies import requests
 
 from authproxy.auth.digest import BASE_ALGORITHMS, compute_ha1
 from authproxy.auth.headers import parse_challenges
@@ -20,7 +23,7 @@ from authproxy.auth.verifier import Verifier
 from authproxy.sip.actions import Send
 from authproxy.sip.client import SipAuthenticator, drive
 from authproxy.sip.log import ANSWERED, DROPPED, FORWARDED, SipRecord, format_sip_squid, parse_sip_line
-from authproxy.sip.message import SipRequest, SipResponse, response_to
+from authproxy.sip.message import SipRequest, SipResponse, replace_top_via, response_to
 from authproxy.sip.parse import parse_datagram
 from authproxy.sip.proxy import SipProxy
 from authproxy.sip.routing import BRANCH_PREFIX, NextHop
@@ -385,6 +388,25 @@ def test_what_cannot_reach_the_next_hop_is_a_503_for_a_request_and_dropped_other
         (record,) = proxy.unreachable(data, HOP.address, "udp", "why", NOW)
         assert isinstance(record, SipRecord) and record.action == DROPPED
         assert record.reason == "could not be sent to 127.0.0.9:5080: why"
+
+
+@given(requests(), st.sampled_from([("127.0.0.1", 5070), ("2001:db8::5", 40000)]), st.booleans())
+def test_the_proxys_own_responses_are_what_response_to_makes(request: SipRequest, source: tuple[str, int],
+                                                             tagged: bool) -> None:
+    """Answers._response_bytes writes the proxy's responses straight to bytes from the parsed request; they must
+    be what the checked way makes (the top Via stamped by replace_top_via, then response_to) and parse."""
+    if tagged and request.to.tag is None:
+        request = request.replace_headers([(n, f"{v};tag=uas" if n == "To" else v) for n, v in request.headers])
+    parsed = parse_datagram(request.to_bytes())
+    assert isinstance(parsed, SipRequest)
+    proxy = make_proxy()
+    headers = [("Proxy-Authenticate", 'Digest realm="r", nonce="n"'), ("Warning", '399 authproxy "why"')]
+    direct = proxy._response_bytes(parsed, source, 407, "Proxy Authentication Required", headers)
+    stamped = replace_top_via(parsed, parsed.vias[0].with_received(*source))
+    checked = response_to(stamped, 407, "Proxy Authentication Required", to_tag=proxy._to_tag(parsed),
+                          headers=headers)
+    assert direct == checked.to_bytes()
+    assert parse_datagram(direct) == checked
 
 
 def test_log_line_reads_back_and_holds_no_secret() -> None:

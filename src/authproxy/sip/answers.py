@@ -20,10 +20,9 @@ from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.buckets import Spend, TokenBuckets
 from authproxy.engine.throttle import client_key, retry_after
 from authproxy.sip.actions import Action, Send
-from authproxy.sip.challenge import challenge_response, offers_for
-from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name
+from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name, split_list
 from authproxy.sip.log import ANSWERED, DROPPED, Address, SipRecord
-from authproxy.sip.message import SipRequest, replace_top_via, response_to
+from authproxy.sip.message import SipRequest, wire
 from authproxy.sip.parse import Limits, parse_datagram
 from authproxy.sip.routing import Routing
 from authproxy.sip.transactions import TRANSACTION_LIFETIME, Transaction
@@ -104,14 +103,13 @@ class Answers(Routing):
 
     def _challenge(self, request: SipRequest, result: Reject, source: Address, transport: str, now: float,
                    record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:
-        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
-        offers = offers_for(self.verifier, now=now, rand=self.random(16), transport=transport,
-                            stale=result.stale)
-        warning = ("Warning", self._warning(result.outcome.client_text(PROXY)))
-        response = challenge_response(stamped, PROXY, offers, to_tag=self._to_tag(request), transport=transport,
-                                      extra_headers=[warning])
-        return self._sent(request, response.to_bytes(), source, transport, now, result.outcome, result.user,
-                          record)
+        # The verifier's own challenge values, one fresh nonce (as challenge.offers_for gives them, without
+        # parsing them back into offers only to build them again): Digest only, which SipProxy checked.
+        field = PROXY.challenge_field
+        headers = [(field, value) for value in self.verifier.challenges(now, self.random(16), result.stale)]
+        headers.append(("Warning", self._warning(result.outcome.client_text(PROXY))))
+        wire_form = self._response_bytes(request, source, PROXY.status, PROXY.reason, headers)
+        return self._sent(request, wire_form, source, transport, now, result.outcome, result.user, record)
 
     def _locked_out(self, request: SipRequest, source: Address, transport: str, now: float,
                     record: tuple[tuple[str, ...], bytes] | None, user: str | None, wait: float,
@@ -130,11 +128,27 @@ class Answers(Routing):
         if request.method == "ACK":  # section 17: an ACK is never answered
             return [SipRecord(now, source, transport, DROPPED, None, request.method, request.uri, None, outcome,
                               call_id=request.call_id, reason=why)]
-        stamped = replace_top_via(request, request.vias[0].with_received(source[0], source[1]))
         headers = [*extra, ("Warning", self._warning(why))]
-        response = response_to(stamped, status, _REASONS[status], to_tag=self._to_tag(request), headers=headers)
-        return self._sent(request, response.to_bytes(), source, transport, now, outcome, user,
-                          record if remember else None)
+        wire_form = self._response_bytes(request, source, status, _REASONS[status], headers)
+        return self._sent(request, wire_form, source, transport, now, outcome, user, record if remember else None)
+
+    def _response_bytes(self, request: SipRequest, source: Address, status: int, reason: str,
+                        headers: list[tuple[str, str]]) -> bytes:
+        """This proxy's response to ``request`` on the wire, as :func:`authproxy.sip.message.response_to` makes
+        it for the request with its top Via stamped (received, rport: section 18.2.1, RFC 3581): every Via,
+        From, To with this proxy's tag (section 8.2.6.2), Call-ID and CSeq copied, then ``headers`` and
+        Content-Length. Straight to bytes: the copied fields were checked when the request was parsed, the rest
+        are this proxy's (a test holds the two ways to the same bytes)."""
+        vias = request.get_all("Via")
+        first = split_list(vias[0]) if "," in vias[0] else [vias[0]]
+        first[0] = str(request.vias[0].with_received(source[0], source[1]))
+        vias[0] = ", ".join(first)
+        to = request.get_all("To")[0]
+        fields = [*[("Via", value) for value in vias], ("From", request.get_all("From")[0]),
+                  ("To", to if request.to.tag is not None else f"{to};tag={self._to_tag(request)}"),
+                  ("Call-ID", request.get_all("Call-ID")[0]), ("CSeq", request.get_all("CSeq")[0]), *headers,
+                  ("Content-Length", "0")]
+        return wire(f"SIP/2.0 {status} {reason}", fields)
 
     def _sent(self, request: SipRequest, wire: bytes, source: Address, transport: str, now: float,
               outcome: Outcome, user: str | None, record: tuple[tuple[str, ...], bytes] | None) -> list[Action]:

@@ -95,6 +95,9 @@ class SipProxy(Forwarding):
                  answer_rate: float = 200.0, answer_burst: int = 400, worker: int | None = None) -> None:
         if verifier.role is not PROXY:
             raise ConfigError("a SIP proxy verifies in the proxy role (407, Proxy-Authorization)")
+        if tuple(verifier.schemes) != ("digest",):
+            raise ConfigError("schemes: a SIP proxy challenges with Digest only (RFC 3261 section 22.1 deprecates "
+                              "Basic; NTLM and Negotiate are not SIP's)")
         if next_hop.transport not in local:
             raise ConfigError(f"next_hop: no {next_hop.transport} listener to send from and receive answers on")
         self.verifier, self.store, self.counters = verifier, store, counters
