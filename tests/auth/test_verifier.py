@@ -34,6 +34,7 @@ from authproxy.auth.headers import build_credentials, parse_auth_params, parse_c
 from authproxy.auth.nonces import NonceIssuer, NonceStatus
 from authproxy.auth.outcomes import Outcome
 from authproxy.auth.store import UserEntry
+from authproxy.auth.text import realm_problem
 from authproxy.auth.verifier import (
     Allow,
     AuthPolicy,
@@ -837,3 +838,24 @@ def test_a_digest_refusal_computes_the_response_whether_the_name_exists_or_not(
         outcomes.append(result.outcome)
     assert outcomes == [Outcome.UNKNOWN_USER, Outcome.NO_DIGEST_SECRET, Outcome.BAD_PASSWORD]
     assert len({o.client_text(v.role) for o in outcomes}) == 1
+
+
+@given(realm=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF, blacklist_characters='"\\\x7f'),
+                     min_size=1, max_size=30).filter(lambda r: realm_problem(r) is None),
+       algorithms=st.lists(st.sampled_from(["MD5", "SHA-256", "SHA-512-256", "MD5-sess", "SHA-256-sess"]),
+                           min_size=1, max_size=3, unique=True),
+       qop=st.sampled_from([("auth",), ("auth", "auth-int"), ("auth-int",)]), userhash=st.booleans(),
+       stale=st.booleans(), rand=st.binary(min_size=16, max_size=16))
+def test_challenges_kept_around_their_nonce_are_what_building_them_gives(
+        realm: str, algorithms: list[str], qop: tuple[str, ...], userhash: bool, stale: bool, rand: bytes) -> None:
+    """DigestScheme.challenges builds each challenge once with a stand-in nonce and puts every fresh nonce into
+    the text around it: the same text as building the challenge with that nonce."""
+    policy = AuthPolicy(realm, schemes=("digest",), digest_algorithms=tuple(algorithms), qop=qop, userhash=userhash)
+    issuer = NonceIssuer(b"k" * 32, realm, policy.nonce_lifetime)
+    scheme = Verifier(policy, issuer).schemes["digest"]
+    assert isinstance(scheme, DigestScheme)
+    for now, is_stale in ((1.8e9, stale), (1.8e9 + 1.5, stale), (1.8e9 + 2, not stale), (1.8e9 + 3, stale)):
+        # The first call of each kind keeps the text, the next ones use it.
+        expected = scheme._build_challenges(issuer.issue(now, rand), is_stale)
+        assert scheme.challenges(now, rand, is_stale) == expected
+        assert ("stale=true" in expected[0]) is is_stale

@@ -113,6 +113,12 @@ _RESPONSE_VALUE = re.compile(r'[0-9A-Fa-f]{32,128}(?=")')
 _CNONCE_VALUE = re.compile(r'[A-Za-z0-9+/=._~-]{1,128}(?=")')
 
 
+#: The nonce a challenge is first built with, to find where the real one goes (see DigestScheme.challenges): a
+#: nonce's form (base64url), and found once in the text, since every other quote in it is escaped.
+_STAND_IN = "authproxyNonceStandIn"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
 class DigestScheme:
     """Digest, checked on every request (never connection-bound): nonces from ``issuer``, the answer in
     ``role``'s info field."""
@@ -133,14 +139,34 @@ class DigestScheme:
         self._allowed: dict[str, Allow] = {}
         #: Whether an Allow carries the info field's value (rspauth, nextnonce); see Verifier.
         self.auth_info = True
+        # Each challenge's text before and after its nonce, by ``stale`` (see challenges).
+        self._around_nonce: dict[bool, list[tuple[str, str]] | None] = {}
 
     def challenges(self, now: float, rand: bytes, stale: bool) -> list[str]:
         """One Digest challenge per algorithm in the configured order, which is the operator's preference (RFC
         7616 section 3.7: most preferred first; the default puts SHA-256 first, and MD5 first suits clients that
-        read only the first challenge, such as urllib), all with one nonce."""
+        read only the first challenge, such as urllib), all with one nonce.
+
+        Only the nonce differs from one 407 to the next: each challenge is built once per ``stale`` with a
+        stand-in nonce and kept as the text around it, into which a fresh nonce goes (base64url: quoted as it
+        is). A 407 costs the nonce's HMAC, not a challenge's construction and checks again."""
+        nonce = self.issuer.issue(now, rand)
+        around = self._around_nonce.get(stale)
+        if around is None:
+            marker = f'nonce="{_STAND_IN}"'
+            built = self._build_challenges(_STAND_IN, stale)
+            # Where the stand-in is not found once (it always is: every other quote in the text is escaped),
+            # each 407 builds its challenges as they are.
+            around = [value.partition(marker)[::2] for value in built] \
+                if all(value.count(marker) == 1 for value in built) else None
+            self._around_nonce[stale] = around
+        if around is None or not _BASE64URL.fullmatch(nonce):
+            return self._build_challenges(nonce, stale)
+        return [f'{before}nonce="{nonce}"{after}' for before, after in around]
+
+    def _build_challenges(self, nonce: str, stale: bool) -> list[str]:
         policy = self.policy
         values: list[str] = []
-        nonce = self.issuer.issue(now, rand)
         for alg in (get_algorithm(name) for name in policy.digest_algorithms):
             if alg is None:
                 continue
