@@ -12,6 +12,11 @@ string: HA1 and HA2 are fixed), which keeps the load the same for every proxy wh
 A response to a request that was lost (UDP) never comes: when nothing arrives for ``stall`` seconds the
 window is refilled. Counted: 200s (the figure), 407s, other statuses, refills.
 
+With ``fresh``, a 407 per call, as a user agent that keeps no nonce goes (most do, for every INVITE and
+REGISTER): each transaction is the request without credentials (CSeq 1), the proxy's 407, the same request
+signed with that 407's nonce (CSeq 2, a new branch, nc 1), and the 200: one served request costs the proxy a
+challenge, a fresh nonce's check, and the forwarding.
+
 Also :func:`in_process`: the same requests through :class:`authproxy.sip.proxy.SipProxy` in memory, no
 socket (CPU time of the proxy's decisions alone), for profiling and before/after figures.
 
@@ -80,15 +85,35 @@ class Requests:
         self.nc = 0
         self._head = b""
         self._ha1 = ""
+        self._realm = ""
 
     def take(self, challenge: Challenge) -> None:
         """Answer ``challenge`` from now on, nc from 1."""
         self.challenge, self.nc = challenge, 0
+        self._realm = challenge.realm
         self._ha1 = _md5(f"{self.user}:{challenge.realm}:{self.password}")
         opaque = f', opaque="{challenge.opaque}"' if challenge.opaque is not None else ""
         self._head = (f'Proxy-Authorization: Digest username="{self.user}", realm="{challenge.realm}", '
                       f'nonce="{challenge.nonce}", uri="{self.uri}", algorithm=MD5{opaque}, qop=auth, '
                       f'cnonce="{CNONCE}", nc=').encode()
+
+    def unsigned(self, n: int) -> bytes:
+        """Call ``n``'s first request, without credentials (CSeq 1)."""
+        return self._start(n, "", 1) + b"Content-Length: 0\r\n\r\n"
+
+    def signed(self, n: int, nonce: str, opaque: str | None) -> bytes:
+        """Call ``n``'s request again (CSeq 2, a new branch) answering a 407's ``nonce`` with nc 1."""
+        response = _md5(f"{self._ha1}:{nonce}:00000001:{CNONCE}:auth:{self.ha2}")
+        extra = f', opaque="{opaque}"' if opaque is not None else ""
+        return self._start(n, "s", 2) + (
+            f'Proxy-Authorization: Digest username="{self.user}", realm="{self._realm}", nonce="{nonce}", '
+            f'uri="{self.uri}", algorithm=MD5{extra}, qop=auth, cnonce="{CNONCE}", nc=00000001, '
+            f'response="{response}"\r\nContent-Length: 0\r\n\r\n').encode()
+
+    def _start(self, n: int, branch: str, cseq: int) -> bytes:
+        return (f"OPTIONS {self.uri} SIP/2.0\r\nVia: {self.via}{n:x}{branch}\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:{self.user}@bench>;tag=ld{n:x}\r\nTo: <{self.uri}>\r\nCall-ID: {n:x}@bench.load\r\n"
+                f"CSeq: {cseq} OPTIONS\r\n").encode()
 
     def make(self, n: int) -> bytes:
         start = (f"OPTIONS {self.uri} SIP/2.0\r\nVia: {self.via}{n:x}\r\nMax-Forwards: 70\r\n"
@@ -117,8 +142,9 @@ class LoadResult:
 
 
 def run_load(port: int, *, user: str, password: str, duration: float, window: int = 32, host: str = LOOPBACK,
-             stall: float = 0.2) -> LoadResult:
-    """Authenticated OPTIONS to ``host:port`` for ``duration`` seconds, ``window`` in flight."""
+             stall: float = 0.2, fresh: bool = False) -> LoadResult:
+    """Authenticated OPTIONS to ``host:port`` for ``duration`` seconds, ``window`` in flight (``fresh``: a 407
+    per call, see the module's docstring)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -139,7 +165,7 @@ def run_load(port: int, *, user: str, password: str, duration: float, window: in
         if not first:
             raise SipLoadError(f"no 407 with an MD5 Digest challenge from {host}:{port}")
         requests.take(first[0])
-        return _loop(sock, requests, duration, window, stall)
+        return (_loop_fresh if fresh else _loop)(sock, requests, duration, window, stall)
     finally:
         sock.close()
 
@@ -180,6 +206,57 @@ def _loop(sock: socket.socket, requests: Requests, duration: float, window: int,
             break
         n += 1
         send(make(n))
+    seconds = time.monotonic() - started
+    return LoadResult(ok / seconds, ok, challenged, other, refills, seconds)
+
+
+_CALL = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([0-9a-f]+)@bench\.load\r\n", re.IGNORECASE)
+_FIRST = re.compile(rb"\r\nCSeq[ \t]*:[ \t]*1 ", re.IGNORECASE)
+_NONCE = re.compile(rb'nonce="([^"]+)"')
+_OPAQUE = re.compile(rb'opaque="([^"]*)"')
+
+
+def _loop_fresh(sock: socket.socket, requests: Requests, duration: float, window: int, stall: float) -> LoadResult:
+    """A 407 per call: each 407 to a call's first request is answered at once with its nonce; a 200 (or any
+    other final answer) ends the call and starts the next. ``challenged`` counts 407s to signed requests."""
+    ok = challenged = other = refills = received = 0
+    n = 16
+    sock.settimeout(stall)
+    send, recv, unsigned, signed = sock.send, sock.recv, requests.unsigned, requests.signed
+    started = time.monotonic()
+    deadline = started + duration
+    for _ in range(window):
+        n += 1
+        send(unsigned(n))
+    while True:
+        try:
+            data = recv(65535)
+        except TimeoutError:
+            refills += 1
+            if time.monotonic() >= deadline:
+                break
+            for _ in range(window):
+                n += 1
+                send(unsigned(n))
+            continue
+        received += 1
+        if not received & 1023 and time.monotonic() >= deadline:
+            break
+        if data.startswith(b"SIP/2.0 407 "):
+            call = _CALL.search(data)
+            nonce = _NONCE.search(data)
+            if call is not None and nonce is not None and _FIRST.search(data) is not None:
+                opaque = _OPAQUE.search(data)
+                send(signed(int(call.group(1), 16), nonce.group(1).decode(),
+                            None if opaque is None else opaque.group(1).decode()))
+                continue
+            challenged += 1
+        elif data.startswith(b"SIP/2.0 200 "):
+            ok += 1
+        else:
+            other += 1
+        n += 1
+        send(unsigned(n))
     seconds = time.monotonic() - started
     return LoadResult(ok / seconds, ok, challenged, other, refills, seconds)
 
@@ -277,6 +354,7 @@ def main() -> None:
     p.add_argument("--password", default="secret")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--window", type=int, default=32)
+    p.add_argument("--fresh", action="store_true", help="a 407 per call (the request unsigned, then signed)")
     p.add_argument("--in-process", type=int, metavar="N", help="N requests through SipProxy in memory instead")
     p.add_argument("--profile", action="store_true", help="with --in-process: cProfile's hottest functions")
     a = p.parse_args()
@@ -286,7 +364,8 @@ def main() -> None:
         return
     if a.port is None:
         p.error("--port or --in-process")
-    print(run_load(a.port, user=a.user, password=a.password, duration=a.duration, window=a.window).as_dict())
+    print(run_load(a.port, user=a.user, password=a.password, duration=a.duration, window=a.window,
+                   fresh=a.fresh).as_dict())
 
 
 if __name__ == "__main__":

@@ -120,8 +120,9 @@ def start_sip_peer(name: str, setup: Setup, procs: ProcessSet, hop: int) -> tupl
                 "--digest-algorithms", "MD5", "--access-log", "", "--config", str(d / "sip.toml")]
         # One client address sends everything: the per-source share of the transaction table (2,000 of 20,000
         # by default, each kept 32 s) would answer 503 past 62 requests/s. The whole table still bounds memory.
+        # And its answers to one address are not bounded (udp_answer_rate): every call's 407 goes to the load.
         (d / "sip.toml").write_text(f"[sip]\nmax_transactions = {SIP_TRANSACTIONS}\n"
-                                    f"max_transactions_per_source = {SIP_TRANSACTIONS + 1}\n")
+                                    f"max_transactions_per_source = {SIP_TRANSACTIONS + 1}\nudp_answer_rate = 0\n")
         started = procs.start("sip-authproxy", pinned(setup.proxy_cpu, argv))
     elif name in KAMAILIO_VARIANTS:
         nc = name == "kamailio-nc"
@@ -177,6 +178,8 @@ class SipRow:
         self.status: dict[str, str] = {}
         self.running: dict[str, tuple[Started, int]] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SIP_PEERS}
+        # The same with a 407 per call (sipload's fresh mode): the request unsigned, its 407, signed, its 200.
+        self.fresh: dict[str, list[dict[str, Any]]] = {name: [] for name in SIP_PEERS}
         self.failures: dict[str, list[str]] = {name: [] for name in SIP_PEERS}
 
     def run(self) -> None:
@@ -185,8 +188,9 @@ class SipRow:
             for repeat in range(self.repeats):
                 names = [n for n in SIP_PEERS if n in self.running]
                 k = repeat % max(1, len(names))
-                for name in names[k:] + names[:k]:
-                    self._sample(name, repeat)
+                for fresh in (False, True):
+                    for name in names[k:] + names[:k]:
+                        self._sample(name, repeat, fresh)
         finally:
             for started, _ in self.running.values():
                 self.procs.stop(started)
@@ -216,7 +220,7 @@ class SipRow:
             self.running[name] = (started, port)
             self.log(f"SIP {name}: pid {started.pid}, udp port {port}")
 
-    def _sample(self, name: str, repeat: int) -> None:
+    def _sample(self, name: str, repeat: int, fresh: bool = False) -> None:
         started, port = self.running[name]
         if started.proc.poll() is not None:
             self.status[name] = f"not run: exited with status {started.proc.returncode}: {started.log_tail()}"
@@ -225,7 +229,8 @@ class SipRow:
         before = {c: cpu_jiffies(c) for c in cpus}
         cpu0, wall0 = group_cpu_seconds(started.pid), time.monotonic()
         try:
-            result = run_load(port, user=self.setup.user, password=self.setup.password, duration=self.duration)
+            result = run_load(port, user=self.setup.user, password=self.setup.password, duration=self.duration,
+                              fresh=fresh)
         except (SipLoadError, OSError) as exc:
             self.failures[name].append(str(exc))
             self.log(f"!!! SIP {name} (repeat {repeat + 1}): {exc}")
@@ -236,34 +241,53 @@ class SipRow:
             busy0, total0 = before[c]
             busy1, total1 = cpu_jiffies(c)
             sample[f"cpu{c}_busy_pct"] = 100 * (busy1 - busy0) / max(1, total1 - total0)
-        self.samples[name].append(sample)
-        self.log(f"sip       {name:11} repeat {repeat + 1}/{self.repeats}: "
+        (self.fresh if fresh else self.samples)[name].append(sample)
+        self.log(f"sip{' 407' if fresh else '    '}   {name:11} repeat {repeat + 1}/{self.repeats}: "
                  + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in sample.items()))
         time.sleep(0.5)
 
     def data(self) -> dict[str, Any]:
-        """What results.json keeps: status, samples, failures and medians per proxy, and the ratios."""
-        summary = {}
-        for name, samples in self.samples.items():
-            if samples:
-                summary[name] = {key: statistics.median(s[key] for s in samples)
-                                 for key in ("rps", "cpu_pct", "challenged", "other", "refills")}
-                summary[name]["runs"] = len(samples)
-        a = summary.get("authproxy", {}).get("rps")
-        ratios = {f"authproxy/{k}": (a / summary[k]["rps"] if a is not None and summary.get(k, {}).get("rps")
-                                     else None) for k in KAMAILIO_VARIANTS}
+        """What results.json keeps: status, samples, failures and medians per proxy, and the ratios; the same under
+        ``fresh`` for the 407-per-call load."""
         return {"labels": {"authproxy": "authproxy sip serve", **KAMAILIO_VARIANTS},
                 "status": {n: self.status.get(n, "not run: not started") for n in SIP_PEERS},
-                "samples": self.samples, "failures": self.failures, "summary": summary, "ratios": ratios}
+                "failures": self.failures, **_summarised(self.samples),
+                "fresh": _summarised(self.fresh)}
+
+
+def _summarised(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    summary = {}
+    for name, taken in samples.items():
+        if taken:
+            summary[name] = {key: statistics.median(s[key] for s in taken)
+                             for key in ("rps", "cpu_pct", "challenged", "other", "refills")}
+            summary[name]["runs"] = len(taken)
+    a = summary.get("authproxy", {}).get("rps")
+    ratios = {f"authproxy/{k}": (a / summary[k]["rps"] if a is not None and summary.get(k, {}).get("rps")
+                                 else None) for k in KAMAILIO_VARIANTS}
+    return {"samples": samples, "summary": summary, "ratios": ratios}
 
 
 def sip_markdown(sip: dict[str, Any], duration: float) -> list[str]:
-    """The SIP table of results.md."""
+    """The SIP tables of results.md: one nonce for the whole run (nc 1, 2, 3...), then a 407 per call."""
     lines = ["", f"SIP: authenticated OPTIONS over UDP, one proxy on one CPU, the same load on the other CPU "
              f"(bench/sipload.py: one socket, 32 in flight, MD5 Digest with qop=auth on one nonce, nc 1, 2, 3..., "
              f"a new transaction each), {duration:g} s per run, both proxies forwarding to the same next hop (a "
              "kamailio answering 200, on the load CPU) and relaying its 200. Ratio: authproxy ÷ that row.", "",
-             "| proxy | replays refused | OPTIONS/s | authproxy ÷ this | 407s (stale nonce) | other statuses | CPU % |",
+             *_sip_table(sip, "OPTIONS/s", "407s (stale nonce)")]
+    if sip.get("fresh", {}).get("summary"):
+        lines += ["", "A 407 per call (`sipload.py --fresh`, as a user agent that keeps no nonce goes): each call "
+                  "is the OPTIONS without credentials, the proxy's 407, the same OPTIONS signed with that 407's "
+                  "nonce (nc 1), the 200. Calls/s counts the 200s.", "",
+                  *_sip_table({**sip, **sip["fresh"]}, "calls/s", "407s to a signed request")]
+    lines += ["", "CPU % under 100 means the proxy was not what set the pace (the load CPU, shared with the next hop, "
+              "was); 407s and other statuses are counts per run (medians): kamailio with nonce_count answers some "
+              "requests 500 \"No error (2/SL)\" (its t_newtran failing), not counted as served."]
+    return lines
+
+
+def _sip_table(sip: dict[str, Any], rate: str, challenged: str) -> list[str]:
+    lines = [f"| proxy | replays refused | {rate} | authproxy ÷ this | {challenged} | other statuses | CPU % |",
              "|---|---|---|---|---|---|---|"]
     replays = {"authproxy": "(nonce, nc) once, qop required, uri = Request-URI",
                "kamailio": "no (a nonce is taken again with any nc for 300 s)",
@@ -282,7 +306,4 @@ def sip_markdown(sip: dict[str, Any], duration: float) -> list[str]:
         lines.append(f"| {label} | {replays[name]} | {s['rps']:,.0f} | "
                      f"{'—' if ratio is None else f'{ratio:.2f}×'} | {s['challenged']:,.0f} | {s['other']:,.0f} | "
                      f"{s['cpu_pct']:.0f} |")
-    lines += ["", "CPU % under 100 means the proxy was not what set the pace (the load CPU, shared with the next hop, "
-              "was); 407s and other statuses are counts per run (medians): kamailio with nonce_count answers some "
-              "requests 500 \"No error (2/SL)\" (its t_newtran failing), not counted as served."]
     return lines

@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 from sip_uas import Uas
 
-from authproxy.sip.log import FORWARDED, parse_sip_line
+from authproxy.sip.log import ANSWERED, FORWARDED, parse_sip_line
 
 from helpers import USERS, SipProxyProcess, make_users_file, start_sip_proxy
 
@@ -46,7 +46,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SipProxyPr
         # answers were 503). Raised as bench/sippeers.py raises it; the table still bounds memory.
         proc = start_sip_proxy(tmp, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
                                listen=("udp:127.0.0.1:0",),
-                               config_text="[sip]\nmax_transactions = 100000\nmax_transactions_per_source = 100001\n")
+                               config_text="[sip]\nmax_transactions = 100000\nmax_transactions_per_source = 100001\n"
+                                           "udp_answer_rate = 0\n")
         try:
             yield proc, uas
         finally:
@@ -70,6 +71,30 @@ def test_over_udp_every_answer_is_accepted(proxy: tuple[SipProxyProcess, Uas]) -
     lines = [parse_sip_line(line) for line in proc.log_path.read_text().splitlines()]
     forwarded = [line for line in lines if line.action == FORWARDED]
     assert len(forwarded) >= result.ok and {line.user for line in forwarded} == {"alice"}
+
+
+def test_with_a_407_per_call_every_call_is_challenged_then_forwarded(tmp_path: Path) -> None:
+    """The bench's second SIP load (--fresh): each call's unsigned request gets its 407, the request signed with
+    that 407's nonce is forwarded; the load's one address has the whole transaction table and unbounded answers,
+    as in the bench (two transactions a call)."""
+    users = make_users_file(tmp_path / "sip.users", REALM)
+    with Uas({}, roles=()) as uas:
+        proc = start_sip_proxy(tmp_path, users, f"sip:127.0.0.1:{uas.port}", "--digest-algorithms", "MD5",
+                               listen=("udp:127.0.0.1:0",),
+                               config_text="[sip]\nmax_transactions = 100000\nmax_transactions_per_source = 100001\n"
+                                           "udp_answer_rate = 0\n")
+        try:
+            result = sipload.run_load(proc.ports["udp"], user="alice", password=USERS["alice"], duration=0.3,
+                                      window=4, fresh=True)
+        finally:
+            proc.stop()  # flushes the access log
+    assert result.ok > 0 and (result.challenged, result.other) == (0, 0)
+    lines = [parse_sip_line(line) for line in proc.log_path.read_text().splitlines()]
+    calls: dict[str | None, list[tuple[str, str]]] = {}
+    for line in lines:
+        calls.setdefault(line.call_id_or_reason, []).append((line.action, line.outcome))
+    done = [call for call in calls.values() if call == [(ANSWERED, "missing"), (FORWARDED, "ok")]]
+    assert len(done) >= result.ok  # every 200 the load counted: a 407, then a signed request forwarded
 
 
 def test_the_same_nc_again_is_refused(tmp_path: Path) -> None:
