@@ -31,6 +31,7 @@ import hashlib
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 LOOPBACK = "127.0.0.1"
@@ -170,16 +171,28 @@ def run_load(port: int, *, user: str, password: str, duration: float, window: in
         sock.close()
 
 
-def _loop(sock: socket.socket, requests: Requests, duration: float, window: int, stall: float) -> LoadResult:
-    ok = challenged = other = refills = received = 0
+@dataclass
+class _Counts:
+    ok: int = 0
+    challenged: int = 0
+    other: int = 0
+
+
+def _drive(sock: socket.socket, duration: float, window: int, stall: float, new_call: Callable[[int], bytes],
+           follow_up: Callable[[bytes, _Counts], bytes | None]) -> LoadResult:
+    """``window`` calls in flight for ``duration`` seconds: ``new_call(n)`` is call ``n``'s first request, and
+    ``follow_up`` counts an answer and gives the call's next request, or None when the call is over (the next
+    call then starts). When nothing arrives for ``stall`` seconds (lost on UDP), the window is refilled."""
+    counts = _Counts()
+    refills = received = 0
     n = 16
     sock.settimeout(stall)
-    send, recv, make = sock.send, sock.recv, requests.make
+    send, recv = sock.send, sock.recv
     started = time.monotonic()
     deadline = started + duration
     for _ in range(window):
         n += 1
-        send(make(n))
+        send(new_call(n))
     while True:
         try:
             data = recv(65535)
@@ -189,25 +202,38 @@ def _loop(sock: socket.socket, requests: Requests, duration: float, window: int,
                 break
             for _ in range(window):
                 n += 1
-                send(make(n))
+                send(new_call(n))
             continue
+        received += 1
+        if not received & 1023 and time.monotonic() >= deadline:
+            break
+        again = follow_up(data, counts)
+        if again is not None:
+            send(again)
+            continue
+        n += 1
+        send(new_call(n))
+    seconds = time.monotonic() - started
+    return LoadResult(counts.ok / seconds, counts.ok, counts.challenged, counts.other, refills, seconds)
+
+
+def _loop(sock: socket.socket, requests: Requests, duration: float, window: int, stall: float) -> LoadResult:
+    """One nonce for the whole run, nc 1, 2, 3...: a call is one request; a 407 with a new nonce (stale) is
+    answered from then on."""
+    def follow_up(data: bytes, counts: _Counts) -> None:
         if data.startswith(b"SIP/2.0 200 "):
-            ok += 1
+            counts.ok += 1
         elif data.startswith(b"SIP/2.0 407 "):
-            challenged += 1
+            counts.challenged += 1
             fresh = challenges_in(data)
             current = requests.challenge
             if fresh and current is not None and fresh[0].nonce != current.nonce:
                 requests.take(fresh[0])
         else:
-            other += 1
-        received += 1
-        if not received & 1023 and time.monotonic() >= deadline:
-            break
-        n += 1
-        send(make(n))
-    seconds = time.monotonic() - started
-    return LoadResult(ok / seconds, ok, challenged, other, refills, seconds)
+            counts.other += 1
+        return None
+
+    return _drive(sock, duration, window, stall, requests.make, follow_up)
 
 
 _CALL = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([0-9a-f]+)@bench\.load\r\n", re.IGNORECASE)
@@ -218,47 +244,22 @@ _OPAQUE = re.compile(rb'opaque="([^"]*)"')
 
 def _loop_fresh(sock: socket.socket, requests: Requests, duration: float, window: int, stall: float) -> LoadResult:
     """A 407 per call: each 407 to a call's first request is answered at once with its nonce; a 200 (or any
-    other final answer) ends the call and starts the next. ``challenged`` counts 407s to signed requests."""
-    ok = challenged = other = refills = received = 0
-    n = 16
-    sock.settimeout(stall)
-    send, recv, unsigned, signed = sock.send, sock.recv, requests.unsigned, requests.signed
-    started = time.monotonic()
-    deadline = started + duration
-    for _ in range(window):
-        n += 1
-        send(unsigned(n))
-    while True:
-        try:
-            data = recv(65535)
-        except TimeoutError:
-            refills += 1
-            if time.monotonic() >= deadline:
-                break
-            for _ in range(window):
-                n += 1
-                send(unsigned(n))
-            continue
-        received += 1
-        if not received & 1023 and time.monotonic() >= deadline:
-            break
+    other final answer) ends the call. ``challenged`` counts 407s to signed requests."""
+    def follow_up(data: bytes, counts: _Counts) -> bytes | None:
         if data.startswith(b"SIP/2.0 407 "):
-            call = _CALL.search(data)
-            nonce = _NONCE.search(data)
+            call, nonce = _CALL.search(data), _NONCE.search(data)
             if call is not None and nonce is not None and _FIRST.search(data) is not None:
                 opaque = _OPAQUE.search(data)
-                send(signed(int(call.group(1), 16), nonce.group(1).decode(),
-                            None if opaque is None else opaque.group(1).decode()))
-                continue
-            challenged += 1
+                return requests.signed(int(call.group(1), 16), nonce.group(1).decode(),
+                                       None if opaque is None else opaque.group(1).decode())
+            counts.challenged += 1
         elif data.startswith(b"SIP/2.0 200 "):
-            ok += 1
+            counts.ok += 1
         else:
-            other += 1
-        n += 1
-        send(unsigned(n))
-    seconds = time.monotonic() - started
-    return LoadResult(ok / seconds, ok, challenged, other, refills, seconds)
+            counts.other += 1
+        return None
+
+    return _drive(sock, duration, window, stall, requests.unsigned, follow_up)
 
 
 # ---------------------------------------------------------------------------------------------- in process
