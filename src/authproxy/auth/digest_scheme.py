@@ -106,11 +106,13 @@ def uri_matches(method: str, target: str, uri: str) -> bool:
 _NC_SPAN = re.compile(r"(?:^|[\s,])nc\s*=\s*([0-9A-Fa-f]{8})(?=\s*(?:,|$))")
 _RESPONSE_SPAN = re.compile(r'(?:^|[\s,])response\s*=\s*"([0-9A-Fa-f]{32,128})"')
 _CNONCE_SPAN = re.compile(r'(?:^|[\s,])cnonce\s*=\s*"([A-Za-z0-9+/=._~-]{1,128})"')
+_NONCE_SPAN = re.compile(r'(?:^|[\s,])nonce\s*=\s*"([A-Za-z0-9+/=._~-]{1,256})"')
 # The same three values where clients write them (``nc=...``, ``response="..."``, ``cnonce="..."``): found with
 # str.find and matched where found, a tenth of the cost of the searches above, which are the fallback.
 _NC_VALUE = re.compile(r"[0-9A-Fa-f]{8}(?=\s*(?:,|$))")
 _RESPONSE_VALUE = re.compile(r'[0-9A-Fa-f]{32,128}(?=")')
 _CNONCE_VALUE = re.compile(r'[A-Za-z0-9+/=._~-]{1,128}(?=")')
+_NONCE_VALUE = re.compile(r'[A-Za-z0-9+/=._~-]{1,256}(?=")')
 
 
 #: The nonce a challenge is first built with, to find where the real one goes (see DigestScheme.challenges): a
@@ -204,11 +206,12 @@ class DigestScheme:
         """The Digest credentials of ``authorization``, parsed once per shape.
 
         A client sends the same field again and again with only ``nc``, ``response`` and perhaps ``cnonce``
-        changed. Those three values are cut out (each replaced by a NUL, which no valid field contains) to
-        make a key; a field with a known key differs from the one parsed before only inside those three
-        spans, by characters that are neither delimiters nor quotes, so it parses to the same parameters but
-        for those three values, which are taken from the spans. A template is kept only when its spans are
-        exactly the parsed nc, response and cnonce values. Every check after parsing still runs per request.
+        changed, and ``nonce`` after each 407 (a SIP user agent gets one per call). Those four values are cut
+        out (each replaced by a NUL, which no valid field contains) to make a key; a field with a known key
+        differs from the one parsed before only inside those four spans, by characters that are neither
+        delimiters nor quotes, so it parses to the same parameters but for those four values, which are taken
+        from the spans. A template is kept only when its spans are exactly the parsed nc, response, cnonce and
+        nonce values. Every check after parsing still runs per request.
         """
         # Where nc, response and cnonce are: first where clients write them (found with str.find, matched where
         # found), else by the searches. A span found in the wrong place only forms a key no template is kept
@@ -220,30 +223,37 @@ class DigestScheme:
         m_response = _RESPONSE_VALUE.match(authorization, at + 10) if at >= 0 else None
         at = authorization.find('cnonce="')
         m_cnonce = _CNONCE_VALUE.match(authorization, at + 8) if at >= 0 else None
-        if m_nc is None or m_response is None or m_cnonce is None:
-            m_nc, m_response, m_cnonce = (_NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
-                                          _CNONCE_SPAN.search(authorization))
-            if m_nc is None or m_response is None or m_cnonce is None:
+        at = authorization.find(' nonce="')  # the space: not the end of 'cnonce="'
+        m_nonce = _NONCE_VALUE.match(authorization, at + 8) if at >= 0 else None
+        if m_nc is None or m_response is None or m_cnonce is None or m_nonce is None:
+            m_nc, m_response, m_cnonce, m_nonce = (
+                _NC_SPAN.search(authorization), _RESPONSE_SPAN.search(authorization),
+                _CNONCE_SPAN.search(authorization), _NONCE_SPAN.search(authorization))
+            if m_nc is None or m_response is None or m_cnonce is None or m_nonce is None:
                 return DigestCredentials.from_credentials(parse_credentials(authorization))
-            (n0, n1), (r0, r1), (c0, c1) = m_nc.span(1), m_response.span(1), m_cnonce.span(1)
+            (n0, n1), (r0, r1), (c0, c1), (o0, o1) = m_nc.span(1), m_response.span(1), m_cnonce.span(1), \
+                m_nonce.span(1)
         else:
-            (n0, n1), (r0, r1), (c0, c1) = m_nc.span(), m_response.span(), m_cnonce.span()
+            (n0, n1), (r0, r1), (c0, c1), (o0, o1) = m_nc.span(), m_response.span(), m_cnonce.span(), \
+                m_nonce.span()
         nc, response, cnonce = authorization[n0:n1], authorization[r0:r1], authorization[c0:c1]
-        (a0, a1), (b0, b1), (z0, z1) = sorted(((n0, n1), (r0, r1), (c0, c1)))
-        if a1 > b0 or b1 > z0:
+        nonce = authorization[o0:o1]
+        (a0, a1), (b0, b1), (y0, y1), (z0, z1) = sorted(((n0, n1), (r0, r1), (c0, c1), (o0, o1)))
+        if a1 > b0 or b1 > y0 or y1 > z0:
             return DigestCredentials.from_credentials(parse_credentials(authorization))
-        key = f"{authorization[:a0]}\0{authorization[a1:b0]}\0{authorization[b1:z0]}\0{authorization[z1:]}"
+        key = (f"{authorization[:a0]}\0{authorization[a1:b0]}\0{authorization[b1:y0]}\0{authorization[y1:z0]}"
+               f"\0{authorization[z1:]}")
         template = self._shapes.get(key)
         # A response of another length than the algorithm's is the full parse's to refuse (400).
         if template is not None and len(response) == template.algorithm.hex_length:
-            # The template's fields with the three changed: copied straight into a new instance's __dict__
+            # The template's fields with the four changed: copied straight into a new instance's __dict__
             # (eleven frozen-dataclass setattr calls cost more than the rest of a hit; no __post_init__ to run).
             dc = object.__new__(DigestCredentials)
-            dc.__dict__.update(template.__dict__, response=response.lower(), cnonce=cnonce, nc=nc)
+            dc.__dict__.update(template.__dict__, response=response.lower(), cnonce=cnonce, nc=nc, nonce=nonce)
             return dc
         dc = DigestCredentials.from_credentials(parse_credentials(authorization))
-        if (dc.nc, dc.response, dc.cnonce) == (nc, response.lower(), cnonce) and dc.qop == "auth" \
-                and len(response) == dc.algorithm.hex_length:
+        if (dc.nc, dc.response, dc.cnonce, dc.nonce) == (nc, response.lower(), cnonce, nonce) \
+                and dc.qop == "auth" and len(response) == dc.algorithm.hex_length:
             if len(self._shapes) >= 4096:
                 self._shapes.clear()
             self._shapes[key] = dc
