@@ -20,9 +20,9 @@ from authproxy.auth.verifier import Reject, Verifier
 from authproxy.engine.buckets import Spend, TokenBuckets
 from authproxy.engine.throttle import client_key, retry_after
 from authproxy.sip.actions import Action, Send
-from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name, split_list
+from authproxy.sip.fields import CONTROL_RE, SipError, canonical_name
 from authproxy.sip.log import ANSWERED, DROPPED, Address, SipRecord
-from authproxy.sip.message import SipRequest, wire
+from authproxy.sip.message import SipRequest, wire, with_first_value
 from authproxy.sip.parse import Limits, parse_datagram
 from authproxy.sip.routing import Routing
 from authproxy.sip.transactions import TRANSACTION_LIFETIME, Transaction
@@ -140,9 +140,7 @@ class Answers(Routing):
         Content-Length. Straight to bytes: the copied fields were checked when the request was parsed, the rest
         are this proxy's (a test holds the two ways to the same bytes)."""
         vias = request.get_all("Via")
-        first = split_list(vias[0]) if "," in vias[0] else [vias[0]]
-        first[0] = str(request.vias[0].with_received(source[0], source[1]))
-        vias[0] = ", ".join(first)
+        vias[0] = with_first_value(vias[0], str(request.vias[0].with_received(source[0], source[1])))
         to = request.get_all("To")[0]
         fields = [*[("Via", value) for value in vias], ("From", request.get_all("From")[0]),
                   ("To", to if request.to.tag is not None else f"{to};tag={self._to_tag(request)}"),

@@ -12,9 +12,9 @@ from authproxy.auth.outcomes import Outcome
 from authproxy.auth.roles import PROXY
 from authproxy.sip.actions import Action, Send
 from authproxy.sip.answers import Answers
-from authproxy.sip.fields import SipError, canonical_name, split_list
+from authproxy.sip.fields import SipError, canonical_name
 from authproxy.sip.log import ANSWERED, DROPPED, Address, SipRecord, format_address
-from authproxy.sip.message import SipRequest, SipResponse, response_to
+from authproxy.sip.message import SipRequest, SipResponse, response_to, with_first_value
 from authproxy.sip.parse import parse_datagram
 from authproxy.sip.route import normal_host
 from authproxy.sip.routing import BRANCH_PREFIX, Route
@@ -75,7 +75,7 @@ class Forwarding(Answers):
                     routes = ()
                 continue
             if name == "Via" and stamped is not None:
-                value = stamped if "," not in value else ", ".join([stamped, *split_list(value)[1:]])
+                value = with_first_value(value, stamped)
                 stamped = None
             elif name == _OWN_FIELD and is_own_field(value, realm, verifier):
                 continue  # section 22.3: this proxy's credentials stop here; other realms' go on
@@ -109,10 +109,10 @@ class Forwarding(Answers):
         for name, value in response.headers:
             if name == "Via" and not popped:
                 popped = True
-                rest = split_list(value)[1:] if "," in value else None
-                if not rest:
+                rest = with_first_value(value, None)
+                if rest is None:
                     continue  # the line held this proxy's Via alone
-                value = ", ".join(rest)
+                value = rest
             lines.append(f"{name}: {value}")
         lines.append("\r\n")
         onward = "\r\n".join(lines).encode("utf-8") + response.body

@@ -69,14 +69,12 @@ class Handover:
         for _ in range(_BATCH):
             try:
                 datagram = self.inbox.recv(1 << 18)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing more now (BlockingIOError), or the pair is gone
                 return
             parts = datagram.split(b"\n", 3)
-            if len(parts) != 4 or parts[0].decode("ascii", "replace") not in _STREAMS or not parts[2].isdigit():
+            transport = parts[0].decode("ascii", "replace")
+            if len(parts) != 4 or transport not in _STREAMS or not parts[2].isdigit():
                 continue
-            transport = parts[0].decode("ascii")
             deliver(Send(parts[3], (parts[1].decode("ascii", "replace"), int(parts[2])), transport))
 
     def close(self) -> None:

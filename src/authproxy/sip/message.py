@@ -391,12 +391,28 @@ def top_via_replaced(headers: Headers, via: Via | None) -> list[tuple[str, str]]
     out = list(headers)
     for i, (name, value) in enumerate(out):
         if name == "Via":
-            rest = split_list(value)[1:]
-            if via is not None:
-                rest.insert(0, str(via))
-            if rest:
-                out[i] = (name, ", ".join(rest))
+            line = with_first_value(value, None if via is None else str(via))
+            if line is not None:
+                out[i] = (name, line)
             else:
                 del out[i]
             break
     return out
+
+
+@overload
+def with_first_value(line: str, first: str) -> str: ...
+
+
+@overload
+def with_first_value(line: str, first: None) -> str | None: ...
+
+
+def with_first_value(line: str, first: str | None) -> str | None:
+    """A list field's line (section 7.3.1; a Via line: a proxy stamps or pops its top value, sections 16.6 and
+    16.7) with its first value replaced by ``first``, or removed when ``first`` is None; None when no value is
+    left. The one place that splits a line for that: what forwards, relays and answers all call it."""
+    rest = split_list(line)[1:] if "," in line else []
+    if first is not None:
+        rest.insert(0, first)
+    return ", ".join(rest) if rest else None

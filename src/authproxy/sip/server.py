@@ -145,7 +145,7 @@ class SipServer:
                               public=public, aliases=aliases, record_route=config.record_route, path=config.path,
                               trusted=config.trusted, throttle=throttle, answer_rate=config.udp_answer_rate,
                               answer_burst=config.udp_answer_burst,
-                              worker=worker.index if self.handover is not None and worker is not None else None)
+                              worker=None if self.handover is None else self.handover.index)
         if self.handover is not None:
             self.handover.start(self._send)
         if hop_sock is not None:
